@@ -1,0 +1,294 @@
+//! The HTTP admin API (axum):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/members` | members in the channel's view: `id`, `host`, `port`, `domain`, `alive_ms` |
+//! | `GET /api/node` | this node: name, id, address, domain, readiness, member count |
+//! | `GET /api/ready` | 200 when ready, 503 otherwise |
+//! | `GET /api/events` | the last membership events (added / disappeared with reason) |
+//! | `GET /api/messages` | the last received messages (sender, options, length, preview) |
+//! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
+//! | `GET /metrics` | Prometheus text |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::channel::Channel;
+use crate::member::{Member, MemberId};
+use crate::metrics::Metrics;
+use crate::wire::SendOptions;
+
+/// Largest body `POST /api/send` accepts.
+const MAX_SEND_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    channel: Channel,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// One member in `GET /api/members`.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct MemberJson {
+    /// Unique id, 32 hex digits.
+    pub id: String,
+    /// Receiver host.
+    pub host: String,
+    /// Receiver port.
+    pub port: u16,
+    /// Domain (ISO-8859-1 text).
+    pub domain: String,
+    /// Uptime the member reported in its latest heartbeat, in ms.
+    pub alive_ms: i64,
+}
+
+impl From<&Member> for MemberJson {
+    fn from(m: &Member) -> Self {
+        Self {
+            id: m.id.unique_hex(),
+            host: m.id.host.to_string(),
+            port: m.id.port,
+            domain: m.domain_str(),
+            alive_ms: m.alive_ms,
+        }
+    }
+}
+
+/// The running API server.
+#[derive(Debug)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds and serves.
+    pub async fn start(
+        addr: SocketAddr,
+        name: String,
+        channel: Channel,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            name: name.into(),
+            channel,
+            metrics,
+            ready,
+        };
+        let app = Router::new()
+            .route("/api/members", get(members))
+            .route("/api/node", get(node))
+            .route("/api/ready", get(readiness))
+            .route("/api/events", get(events))
+            .route("/api/messages", get(messages))
+            .route("/api/send", post(send))
+            .route("/metrics", get(metrics_text))
+            .layer(DefaultBodyLimit::max(MAX_SEND_BODY))
+            .with_state(state);
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (in-flight requests finish, bounded to one second).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn members(State(s): State<AppState>) -> Json<Vec<MemberJson>> {
+    Json(s.channel.members().iter().map(MemberJson::from).collect())
+}
+
+async fn node(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let id = s.channel.local_id();
+    let p = s.channel.local_packet();
+    Json(serde_json::json!({
+        "name": &*s.name,
+        "id": id.unique_hex(),
+        "host": id.host.to_string(),
+        "port": id.port,
+        "domain": p.domain.iter().map(|&b| b as char).collect::<String>(),
+        "ready": s.ready.load(Ordering::Relaxed),
+        "members": s.channel.members().len(),
+    }))
+}
+
+async fn readiness(State(s): State<AppState>) -> Response {
+    let ready = s.ready.load(Ordering::Relaxed);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(serde_json::json!({ "ready": ready }))).into_response()
+}
+
+async fn events(State(s): State<AppState>) -> Response {
+    Json(s.channel.recent_events()).into_response()
+}
+
+async fn messages(State(s): State<AppState>) -> Response {
+    Json(s.channel.recent_messages()).into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct SendQuery {
+    /// Tribes option string: an integer or names (`byte,use_ack,sync`). Default 2 (USE_ACK).
+    options: Option<String>,
+    /// `all` (default) or comma-separated member ids (hex).
+    to: Option<String>,
+}
+
+/// Result of `POST /api/send`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendResult {
+    /// Whether every destination was reached.
+    pub ok: bool,
+    /// How many members the message was sent to.
+    pub sent_to: usize,
+    /// Each member not reached, with the error.
+    pub faulty: Vec<FaultyJson>,
+    /// A request-level error (bad options, unknown member, queue full).
+    pub error: Option<String>,
+}
+
+/// A member a send did not reach.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FaultyJson {
+    /// Member id (hex).
+    pub id: String,
+    /// The error.
+    pub error: String,
+}
+
+fn bad_request(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(SendResult {
+            ok: false,
+            sent_to: 0,
+            faulty: vec![],
+            error: Some(msg),
+        }),
+    )
+        .into_response()
+}
+
+async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>, body: Bytes) -> Response {
+    let options = match q.options.as_deref().unwrap_or("2").parse::<SendOptions>() {
+        Ok(o) => o,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let members = s.channel.member_ids();
+    let dests: Vec<MemberId> = match q.to.as_deref().unwrap_or("all") {
+        "all" => members,
+        list => {
+            let mut out = Vec::new();
+            for want in list.split(',').map(str::trim) {
+                match members
+                    .iter()
+                    .find(|m| m.unique_hex() == want.to_ascii_lowercase())
+                {
+                    Some(m) => out.push(*m),
+                    None => return bad_request(format!("unknown member id {want:?}")),
+                }
+            }
+            out
+        }
+    };
+    if dests.is_empty() {
+        return bad_request("no members to send to".into());
+    }
+    let n = dests.len();
+    match s.channel.send(&dests, &body, options).await {
+        Ok(()) => Json(SendResult {
+            ok: true,
+            sent_to: n,
+            faulty: vec![],
+            error: None,
+        })
+        .into_response(),
+        Err(crate::channel::ChannelSendError::Failed(e)) => (
+            StatusCode::BAD_GATEWAY,
+            Json(SendResult {
+                ok: false,
+                sent_to: n,
+                faulty: e
+                    .faulty
+                    .iter()
+                    .map(|f| FaultyJson {
+                        id: f.member.unique_hex(),
+                        error: f.error.to_string(),
+                    })
+                    .collect(),
+                error: Some(e.to_string()),
+            }),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(SendResult {
+                ok: false,
+                sent_to: 0,
+                faulty: vec![],
+                error: Some(e.to_string()),
+            }),
+        )
+            .into_response(),
+    }
+}

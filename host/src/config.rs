@@ -1,0 +1,456 @@
+//! The node's configuration: one TOML file, one documented struct.
+//!
+//! Every key has a default (Tomcat's where it has one), unknown keys are
+//! refused, and [`Config::load`] validates the whole file, naming the file and
+//! the offending key in its error.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {file}: {source}")]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("invalid config file {file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message (names the key and the line).
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config file {file}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file (`<built-in>` for configs built in code).
+        file: PathBuf,
+        /// Dotted key, e.g. `membership.drop_time_ms`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A whole node configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`: identity.
+    pub node: NodeConfig,
+    /// `[membership]`: how members find each other.
+    pub membership: MembershipConfig,
+    /// `[receiver]`: the TCP listener.
+    pub receiver: ReceiverConfig,
+    /// `[sender]`: outgoing connections.
+    pub sender: SenderConfig,
+    /// `[dispatch]`: the asynchronous send queue.
+    pub dispatch: DispatchConfig,
+    /// `[api]`: the HTTP admin endpoint.
+    pub api: ApiConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name for logs and the admin API. Default `"shoal"`.
+    pub name: String,
+    /// Cluster domain carried in the member packet (Tomcat: empty). Members of
+    /// other domains are still members unless a domain filter is configured.
+    pub domain: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "shoal".into(),
+            domain: String::new(),
+        }
+    }
+}
+
+/// How members are discovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipKind {
+    /// UDP multicast heartbeats to `address:port` (Tomcat's McastService).
+    #[default]
+    Multicast,
+    /// UDP unicast heartbeats to each address in `members`.
+    Static,
+}
+
+/// `[membership]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// `"multicast"` (default) or `"static"`.
+    pub kind: MembershipKind,
+    /// Multicast group. Tomcat: 228.0.0.4.
+    pub address: Ipv4Addr,
+    /// Multicast port. Tomcat: 45564. Address and port define the cluster.
+    pub port: u16,
+    /// Heartbeat interval. Tomcat: 500 ms.
+    pub frequency_ms: u64,
+    /// A member silent for longer than this is dropped. Tomcat: 3000 ms.
+    pub drop_time_ms: u64,
+    /// Multicast TTL; unset leaves the OS default (1).
+    pub ttl: Option<u32>,
+    /// Address of the interface to multicast on (Tomcat's `bind`); unset: the OS's choice.
+    /// Use `127.0.0.1` for a cluster on one machine.
+    pub bind: Option<Ipv4Addr>,
+    /// Do not receive our own multicast (IP_MULTICAST_LOOP off). Tomcat: false.
+    pub local_loopback_disabled: bool,
+    /// For `kind = "static"`: every member's receiver address `host:port`. The
+    /// node heartbeats over UDP to the same host and port number; its own entry
+    /// may be listed (it is skipped).
+    pub members: Vec<String>,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            kind: MembershipKind::Multicast,
+            address: Ipv4Addr::new(228, 0, 0, 4),
+            port: 45564,
+            frequency_ms: 500,
+            drop_time_ms: 3000,
+            ttl: None,
+            bind: None,
+            local_loopback_disabled: false,
+            members: Vec::new(),
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// The static member addresses, parsed. Call after [`Config::validate`].
+    pub fn static_members(&self) -> Vec<SocketAddr> {
+        self.members.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+/// `[receiver]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// Address to listen on and advertise: an IP, or `"auto"` (Tomcat's default)
+    /// for the address of the interface that routes to the multicast group.
+    pub address: String,
+    /// First port to try. Tomcat: 4000. `0` lets the OS choose.
+    pub port: u16,
+    /// How many consecutive ports to try (Tomcat's autoBind): 4000..4099 by default.
+    pub auto_bind: u16,
+    /// Maximum simultaneous inbound connections; more are refused and counted.
+    pub max_connections: usize,
+    /// Largest accepted frame (data bytes). Tribes has no limit; default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// A peer that leaves a frame incomplete this long is disconnected.
+    /// Tomcat's receiver timeout: 3000 ms.
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            address: "auto".into(),
+            port: 4000,
+            auto_bind: 100,
+            max_connections: 1024,
+            max_frame_bytes: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+            stall_timeout_ms: 3000,
+        }
+    }
+}
+
+/// `[sender]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Time allowed for one send to one member: connect, write and ACK. Tomcat: 3000 ms.
+    pub timeout_ms: u64,
+    /// Reconnect-and-resend attempts after a connection error. Tomcat: 1.
+    pub max_retry_attempts: u32,
+    /// Maximum concurrent connections to one member. Tomcat's poolSize: 25.
+    pub pool_size: usize,
+    /// Time to wait for a free pooled connection. Tomcat's maxWait: 3000 ms.
+    pub max_wait_ms: u64,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 3000,
+            max_retry_attempts: 1,
+            pool_size: 25,
+            max_wait_ms: 3000,
+        }
+    }
+}
+
+/// `[dispatch]`: the queue behind asynchronous sends (Tomcat's MessageDispatchInterceptor).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Bytes allowed in the queue. Tomcat: 64 MiB.
+    pub max_queue_size: usize,
+    /// When the queue is full: send in the caller (true, Tomcat's default) or fail.
+    pub always_send: bool,
+    /// Tasks draining the queue (Tomcat: up to 10 threads).
+    pub workers: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_queue_size: 64 * 1024 * 1024,
+            always_send: true,
+            workers: 4,
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address of the HTTP admin API; `""` disables it. Default 127.0.0.1:8080.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The listen address, if the API is enabled. Call after [`Config::validate`].
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+/// Placeholder file name for configurations not read from a file.
+const BUILT_IN: &str = "<built-in>";
+
+impl Config {
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `file` is used in errors only.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate_in(file)?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_in(Path::new(BUILT_IN))
+    }
+
+    fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let m = &self.membership;
+        if !m.address.is_multicast() {
+            return Err(bad(
+                "membership.address",
+                format!("{} is not a multicast address", m.address),
+            ));
+        }
+        if m.frequency_ms == 0 || m.frequency_ms > 60_000 {
+            return Err(bad(
+                "membership.frequency_ms",
+                "must be between 1 and 60000".into(),
+            ));
+        }
+        if m.drop_time_ms <= m.frequency_ms {
+            return Err(bad(
+                "membership.drop_time_ms",
+                format!("must be greater than frequency_ms ({})", m.frequency_ms),
+            ));
+        }
+        if matches!(m.ttl, Some(t) if t > 255) {
+            return Err(bad("membership.ttl", "must be between 0 and 255".into()));
+        }
+        for (i, s) in m.members.iter().enumerate() {
+            if s.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    &format!("membership.members[{i}]"),
+                    format!("{s:?} is not an address like \"127.0.0.1:4001\""),
+                ));
+            }
+        }
+        if m.kind == MembershipKind::Static && m.members.is_empty() {
+            return Err(bad(
+                "membership.members",
+                "kind = \"static\" needs at least one member".into(),
+            ));
+        }
+        let r = &self.receiver;
+        if r.address != "auto" && r.address.parse::<IpAddr>().is_err() {
+            return Err(bad(
+                "receiver.address",
+                format!("{:?} is neither an IP address nor \"auto\"", r.address),
+            ));
+        }
+        if r.auto_bind == 0 {
+            return Err(bad("receiver.auto_bind", "must be at least 1".into()));
+        }
+        if r.max_connections == 0 {
+            return Err(bad("receiver.max_connections", "must be at least 1".into()));
+        }
+        if !(1024..=1 << 30).contains(&r.max_frame_bytes) {
+            return Err(bad(
+                "receiver.max_frame_bytes",
+                "must be between 1024 and 1073741824".into(),
+            ));
+        }
+        if r.stall_timeout_ms == 0 {
+            return Err(bad(
+                "receiver.stall_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        let s = &self.sender;
+        if s.timeout_ms == 0 {
+            return Err(bad("sender.timeout_ms", "must be at least 1".into()));
+        }
+        if s.pool_size == 0 || s.pool_size > 1024 {
+            return Err(bad("sender.pool_size", "must be between 1 and 1024".into()));
+        }
+        if s.max_retry_attempts > 100 {
+            return Err(bad(
+                "sender.max_retry_attempts",
+                "must be at most 100".into(),
+            ));
+        }
+        let d = &self.dispatch;
+        if d.workers == 0 || d.workers > 256 {
+            return Err(bad("dispatch.workers", "must be between 1 and 256".into()));
+        }
+        if d.max_queue_size == 0 || d.max_queue_size > 1 << 34 {
+            return Err(bad(
+                "dispatch.max_queue_size",
+                "must be between 1 and 17179869184".into(),
+            ));
+        }
+        if !self.api.listen.is_empty() && self.api.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "api.listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:8080\"",
+                    self.api.listen
+                ),
+            ));
+        }
+        if self.node.domain.chars().any(|c| c as u32 > 0xff) {
+            return Err(bad("node.domain", "must be ISO-8859-1 text".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn defaults_are_tomcats() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.membership.address, Ipv4Addr::new(228, 0, 0, 4));
+        assert_eq!(c.membership.port, 45564);
+        assert_eq!(
+            (c.membership.frequency_ms, c.membership.drop_time_ms),
+            (500, 3000)
+        );
+        assert_eq!((c.receiver.port, c.receiver.auto_bind), (4000, 100));
+        assert_eq!(
+            (c.sender.timeout_ms, c.sender.max_retry_attempts),
+            (3000, 1)
+        );
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            r#"
+            [node]
+            name = "a"
+            domain = "shoal"
+            [membership]
+            kind = "static"
+            members = ["127.0.0.1:4001", "127.0.0.1:4002"]
+            [receiver]
+            address = "127.0.0.1"
+            port = 4001
+            [api]
+            listen = "127.0.0.1:8081"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.membership.kind, MembershipKind::Static);
+        assert_eq!(c.membership.static_members().len(), 2);
+        assert_eq!(
+            c.api.listen_addr(),
+            Some("127.0.0.1:8081".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse("[membership]\ndrop_time_ms = 100\n").expect_err("invalid");
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "membership.drop_time_ms"),
+            "{msg}"
+        );
+        assert!(msg.contains("node.toml"), "{msg}");
+
+        let e = parse("[receiver]\nprot = 4000\n").expect_err("unknown key");
+        assert!(matches!(&e, ConfigError::Parse { .. }));
+        assert!(
+            e.to_string().contains("prot") && e.to_string().contains("node.toml"),
+            "{e}"
+        );
+
+        let e = parse("[membership]\nkind = \"static\"\nmembers = [\"nonsense\"]\n")
+            .expect_err("bad member");
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "membership.members[0]"),
+            "{e}"
+        );
+
+        let e = parse("[membership]\nport = \"x\"\n").expect_err("wrong type");
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The asynchronous send queue (Tomcat's MessageDispatchInterceptor, tribes.md
+//! §4.3): a send with the `ASYNCHRONOUS` bit returns at once and workers send
+//! it later. The queue is bounded in bytes (`max_queue_size`); when full, the
+//! message is sent in the caller (`always_send`, Tomcat's default) or refused.
+//!
+//! Workers drain several queued messages at a time and write those for the same
+//! destinations in one system call, which is where asynchronous throughput
+//! comes from. Failures are logged and counted (`async_send_failures_total`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::DispatchConfig;
+use crate::member::MemberId;
+use crate::metrics::Metrics;
+use crate::transport::sender::Sender;
+
+/// Most messages one worker takes from the queue at a time.
+const BATCH: usize = 64;
+
+/// One queued message.
+#[derive(Debug)]
+pub struct Job {
+    /// Where it goes.
+    pub dests: Arc<[MemberId]>,
+    /// The encoded frame.
+    pub frame: Bytes,
+    /// Whether the receiver will answer with an ACK.
+    pub ack: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why an asynchronous send was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The queue is full and `always_send` is off.
+    #[error("asynchronous send queue full ({limit} bytes)")]
+    QueueFull {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The node is shutting down.
+    #[error("asynchronous send queue closed")]
+    Closed,
+}
+
+/// What the caller should do with a message.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// Queued; a worker will send it.
+    Queued,
+    /// The queue is full and `always_send` is on: send it now, in the caller.
+    SendNow(Job),
+}
+
+/// The queue and its workers.
+#[derive(Debug)]
+pub struct Dispatcher {
+    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    budget: Arc<Semaphore>,
+    cfg: DispatchConfig,
+    metrics: Arc<Metrics>,
+    workers: Mutex<JoinSet<()>>,
+}
+
+impl Dispatcher {
+    /// Starts `cfg.workers` workers sending through `sender`.
+    pub fn start(cfg: DispatchConfig, sender: Arc<Sender>, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = JoinSet::new();
+        for _ in 0..cfg.workers {
+            workers.spawn(worker(rx.clone(), sender.clone(), metrics.clone()));
+        }
+        // The byte budget; a u32 bounds one acquisition, which caps frames anyway.
+        let budget = Arc::new(Semaphore::new(
+            cfg.max_queue_size.min(Semaphore::MAX_PERMITS),
+        ));
+        Self {
+            tx: std::sync::Mutex::new(Some(tx)),
+            budget,
+            cfg,
+            metrics,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    /// Queues a message, or hands it back when the queue is full and
+    /// `always_send` is on. Never blocks.
+    pub fn enqueue(
+        &self,
+        dests: Arc<[MemberId]>,
+        frame: Bytes,
+        ack: bool,
+    ) -> Result<Enqueued, EnqueueError> {
+        let len = frame.len();
+        let permit = u32::try_from(len)
+            .ok()
+            .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok());
+        let mut job = Job {
+            dests,
+            frame,
+            ack,
+            permit: None,
+        };
+        let Some(permit) = permit else {
+            if self.budget.is_closed() {
+                return Err(EnqueueError::Closed);
+            }
+            if self.cfg.always_send {
+                Metrics::inc(&self.metrics.async_queue_overflow_sync_total);
+                return Ok(Enqueued::SendNow(job));
+            }
+            Metrics::inc(&self.metrics.async_queue_full_total);
+            return Err(EnqueueError::QueueFull {
+                limit: self.cfg.max_queue_size,
+            });
+        };
+        job.permit = Some(permit);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return Err(EnqueueError::Closed);
+        };
+        self.metrics
+            .async_queue_bytes
+            .fetch_add(len as i64, Ordering::Relaxed);
+        tx.send(job).map_err(|_| EnqueueError::Closed)?;
+        Ok(Enqueued::Queued)
+    }
+
+    /// Stops taking messages and waits up to `deadline` for the queue to drain.
+    /// Returns whether it drained completely.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut workers = self.workers.lock().await;
+        let drained = tokio::time::timeout(deadline, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            workers.abort_all();
+        }
+        self.budget.close();
+        drained
+    }
+}
+
+async fn worker(
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    sender: Arc<Sender>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return; // closed and empty
+            }
+        }
+        let queued: usize = batch.iter().map(|j: &Job| j.frame.len()).sum();
+        metrics
+            .async_queue_bytes
+            .fetch_sub(queued as i64, Ordering::Relaxed);
+        // Group consecutive messages with the same destinations into one write.
+        let mut start = 0;
+        while start < batch.len() {
+            let mut end = start + 1;
+            while end < batch.len() && batch[end].dests == batch[start].dests {
+                end += 1;
+            }
+            let group = &batch[start..end];
+            let frames: Vec<Bytes> = group.iter().map(|j| j.frame.clone()).collect();
+            let acks = group.iter().filter(|j| j.ack).count();
+            if let Err(e) = sender.send(&group[0].dests, &frames, acks).await {
+                Metrics::inc(&metrics.async_send_failures_total);
+                tracing::warn!(error = %e, messages = frames.len(), "asynchronous send failed");
+            }
+            start = end;
+        }
+        batch.clear(); // releases the byte permits
+    }
+}

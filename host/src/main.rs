@@ -1,0 +1,65 @@
+//! The `shoal` binary: parses the command line, sets up logging and runs the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A cluster node speaking Apache Tribes' wire format"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT or SIGTERM, then leave the cluster gracefully.
+    Run {
+        /// TOML configuration file; without it, every default applies.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Start 3 nodes on loopback as separate processes and walk through
+    /// discovery, acknowledged messages and failure detection.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = match &config {
+                Some(path) => shoal::Config::load(path)?,
+                None => shoal::Config::default(),
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(run(cfg))
+        }
+        Command::Demo => shoal::demo::run(),
+    }
+}
+
+async fn run(cfg: shoal::Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let node = shoal::Node::start(cfg).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    node.shutdown().await;
+    Ok(())
+}

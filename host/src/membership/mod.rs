@@ -1,0 +1,280 @@
+//! Membership: who is in the cluster.
+//!
+//! [`table`] holds Tribes' identity and expiry rules as a pure state machine;
+//! this module runs it over UDP: multicast heartbeats (Tomcat's McastService)
+//! or unicast heartbeats to a static list. Both send the same member packet
+//! every `frequency_ms`, expire members silent for more than `drop_time_ms`,
+//! and announce a graceful stop with one shutdown packet.
+
+pub mod table;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{MembershipConfig, MembershipKind};
+use crate::member::Member;
+use crate::metrics::Metrics;
+use crate::wire::{MemberPacket, SHUTDOWN_COMMAND};
+pub use table::{LeaveReason, MemberEvent, MemberTable};
+
+/// Receive buffer: one UDP datagram at most (Tribes' MAX_PACKET_SIZE).
+const MAX_DATAGRAM: usize = 65_535;
+/// Membership events waiting for the channel; the service waits when full.
+const EVENT_QUEUE: usize = 1024;
+/// Log one warning per this many malformed datagrams (like DomainFilter's logInterval).
+const WARN_EVERY: u64 = 100;
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The UDP socket could not be set up.
+    #[error("membership socket on {addr}: {source}")]
+    Socket {
+        /// Address being bound or joined.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running membership service.
+#[derive(Debug)]
+pub struct Membership {
+    table: Arc<Mutex<MemberTable>>,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Service {
+    socket: UdpSocket,
+    targets: Vec<SocketAddr>,
+    local: MemberPacket,
+    started: Instant,
+    frequency: Duration,
+    table: Arc<Mutex<MemberTable>>,
+    events: mpsc::Sender<MemberEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl Membership {
+    /// Binds the socket, sends the first heartbeat and starts the service task.
+    ///
+    /// `local` is this node's packet (alive time is filled in per heartbeat);
+    /// `unicast_bind` is where a static-list node receives heartbeats (the
+    /// receiver's address and port number).
+    pub async fn start(
+        cfg: &MembershipConfig,
+        local: MemberPacket,
+        unicast_bind: SocketAddr,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, mpsc::Receiver<MemberEvent>), MembershipError> {
+        let (socket, targets) = match cfg.kind {
+            MembershipKind::Multicast => {
+                let group = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
+                (multicast_socket(cfg)?, vec![group])
+            }
+            MembershipKind::Static => {
+                let sock = bind_udp(unicast_bind, false)?;
+                let targets = cfg
+                    .static_members()
+                    .into_iter()
+                    .filter(|a| *a != unicast_bind)
+                    .collect();
+                (sock, targets)
+            }
+        };
+        let local_id = Member::from_packet(&local).ok().map(|m| m.id);
+        let table = Arc::new(Mutex::new(MemberTable::new(
+            local_id,
+            Duration::from_millis(cfg.drop_time_ms),
+        )));
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let svc = Service {
+            socket,
+            targets,
+            local,
+            started: Instant::now(),
+            frequency: Duration::from_millis(cfg.frequency_ms),
+            table: table.clone(),
+            events,
+            metrics,
+        };
+        svc.send_heartbeat(false).await;
+        let task = tokio::spawn(svc.run(stop_rx));
+        Ok((
+            Self {
+                table,
+                stop_tx,
+                task: Some(task),
+            },
+            rx,
+        ))
+    }
+
+    /// Members currently known to the membership layer (before the channel's
+    /// interceptors), longest-running first.
+    pub fn members(&self) -> Vec<Member> {
+        lock(&self.table).members()
+    }
+
+    /// The live table, for readers that need the latest alive times.
+    pub fn table(&self) -> Arc<Mutex<MemberTable>> {
+        self.table.clone()
+    }
+
+    /// Stops the service after announcing the departure with one shutdown packet.
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub(crate) fn lock(t: &Mutex<MemberTable>) -> std::sync::MutexGuard<'_, MemberTable> {
+    // A panic while holding the lock cannot leave the table half-updated in a
+    // way that matters more than losing membership altogether.
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Service {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.frequency);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first heartbeat went out in start()
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {
+                    self.send_heartbeat(false).await;
+                    self.expire().await;
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
+                    Err(e) => {
+                        // ICMP errors from unicast targets that are down surface here.
+                        tracing::debug!(error = %e, "membership receive error");
+                    }
+                },
+            }
+        }
+        self.send_heartbeat(true).await;
+        tracing::info!("membership stopped (shutdown announced)");
+    }
+
+    async fn send_heartbeat(&self, shutdown: bool) {
+        let mut p = self.local.clone();
+        p.alive_ms = self.started.elapsed().as_millis() as i64;
+        if shutdown {
+            p.command = Bytes::from_static(SHUTDOWN_COMMAND);
+        }
+        let mut buf = BytesMut::with_capacity(p.encoded_len());
+        p.encode(&mut buf);
+        for t in &self.targets {
+            match self.socket.send_to(&buf, t).await {
+                Ok(_) => Metrics::inc(&self.metrics.heartbeats_sent_total),
+                Err(e) => tracing::debug!(target_addr = %t, error = %e, "heartbeat send failed"),
+            }
+        }
+    }
+
+    async fn on_datagram(&self, data: &[u8], from: SocketAddr) {
+        let member = match MemberPacket::decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|p| Member::from_packet(&p).map_err(|e| e.to_string()))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                if data.starts_with(b"FLT2002") {
+                    // A Tribes SEND_OPTIONS_MULTICAST channel message: not supported yet.
+                    tracing::debug!(%from, "ignoring multicast channel message");
+                    return;
+                }
+                let n = self
+                    .metrics
+                    .bad_heartbeats_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n % WARN_EVERY == 0 {
+                    tracing::warn!(%from, error = %e, dropped = n + 1, "dropping malformed membership datagram");
+                }
+                return;
+            }
+        };
+        let is_local = lock(&self.table).local_id() == Some(member.id);
+        if !is_local {
+            Metrics::inc(&self.metrics.heartbeats_received_total);
+        }
+        let ev = lock(&self.table).heartbeat(member, Instant::now());
+        if let Some(ev) = ev {
+            let _ = self.events.send(ev).await;
+        }
+    }
+
+    async fn expire(&self) {
+        let evs = lock(&self.table).expire(Instant::now());
+        for ev in evs {
+            let _ = self.events.send(ev).await;
+        }
+    }
+}
+
+fn sock_err(addr: SocketAddr) -> impl Fn(std::io::Error) -> MembershipError {
+    move |source| MembershipError::Socket { addr, source }
+}
+
+fn bind_udp(addr: SocketAddr, reuse: bool) -> Result<UdpSocket, MembershipError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let e = sock_err(addr);
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(&e)?;
+    if reuse {
+        s.set_reuse_address(true).map_err(sock_err(addr))?;
+        s.set_reuse_port(true).map_err(sock_err(addr))?;
+    }
+    s.set_nonblocking(true).map_err(sock_err(addr))?;
+    s.bind(&addr.into()).map_err(sock_err(addr))?;
+    UdpSocket::from_std(s.into()).map_err(sock_err(addr))
+}
+
+/// A socket joined to the group, bound to the group's port with address reuse so
+/// several nodes on one host share it (as Java's MulticastSocket does).
+fn multicast_socket(cfg: &MembershipConfig) -> Result<UdpSocket, MembershipError> {
+    let group = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
+    let iface = cfg.bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    // Binding to the group address (not the wildcard) keeps unrelated unicast
+    // traffic to this port out, as Tomcat does when `bind` is set.
+    let sock = match bind_udp(group, true) {
+        Ok(s) => s,
+        Err(_) => bind_udp(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), cfg.port),
+            true,
+        )?,
+    };
+    let e = sock_err(group);
+    sock.join_multicast_v4(cfg.address, iface).map_err(&e)?;
+    let s2 = socket2::SockRef::from(&sock);
+    if let Some(bind) = cfg.bind {
+        s2.set_multicast_if_v4(&bind).map_err(sock_err(group))?;
+    }
+    s2.set_multicast_loop_v4(!cfg.local_loopback_disabled)
+        .map_err(sock_err(group))?;
+    if let Some(ttl) = cfg.ttl {
+        s2.set_multicast_ttl_v4(ttl).map_err(sock_err(group))?;
+    }
+    Ok(sock)
+}

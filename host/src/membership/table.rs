@@ -1,0 +1,230 @@
+//! The member table: Tribes' identity and expiry rules (tribes.md §1.3–§1.4) as a
+//! state machine fed with packets and explicit time. No sockets here.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::member::{Member, MemberId};
+
+/// Why a member left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// Silent for longer than the drop time.
+    Expired,
+    /// It announced a graceful stop (the shutdown command).
+    Shutdown,
+}
+
+/// A change in membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// A member was heard from for the first time.
+    Added(Member),
+    /// A member left.
+    Disappeared(Member, LeaveReason),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    member: Member,
+    last_heard: Instant,
+}
+
+/// Members heard from, keyed by identity.
+#[derive(Debug)]
+pub struct MemberTable {
+    local: Option<MemberId>,
+    drop_time: Duration,
+    entries: HashMap<MemberId, Entry>,
+}
+
+impl MemberTable {
+    /// An empty table that drops members silent for more than `drop_time`.
+    /// Packets from `local` (the node itself) are ignored.
+    pub fn new(local: Option<MemberId>, drop_time: Duration) -> Self {
+        Self {
+            local,
+            drop_time,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Applies one heartbeat received at `now`.
+    ///
+    /// An unknown member is added (→ `Added`); a known one refreshes its alive time,
+    /// payload and command (no event; domain and ports stay as first seen, as in
+    /// Tribes); a shutdown command removes it at once (→ `Disappeared`).
+    pub fn heartbeat(&mut self, member: Member, now: Instant) -> Option<MemberEvent> {
+        if Some(member.id) == self.local {
+            return None;
+        }
+        if member.command.as_ref() == crate::wire::SHUTDOWN_COMMAND {
+            return self
+                .entries
+                .remove(&member.id)
+                .map(|e| MemberEvent::Disappeared(e.member, LeaveReason::Shutdown));
+        }
+        match self.entries.get_mut(&member.id) {
+            Some(e) => {
+                e.last_heard = now;
+                e.member.alive_ms = member.alive_ms;
+                e.member.payload = member.payload;
+                e.member.command = member.command;
+                None
+            }
+            None => {
+                self.entries.insert(
+                    member.id,
+                    Entry {
+                        member: member.clone(),
+                        last_heard: now,
+                    },
+                );
+                Some(MemberEvent::Added(member))
+            }
+        }
+    }
+
+    /// Removes every member not heard from for strictly more than the drop time.
+    pub fn expire(&mut self, now: Instant) -> Vec<MemberEvent> {
+        let drop_time = self.drop_time;
+        let gone: Vec<MemberId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_heard) > drop_time)
+            .map(|(id, _)| *id)
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| self.entries.remove(&id))
+            .map(|e| MemberEvent::Disappeared(e.member, LeaveReason::Expired))
+            .collect()
+    }
+
+    /// Current members, longest-running first (Tribes' `Membership` order: by
+    /// reported alive time, descending), ties broken by identity.
+    pub fn members(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self.entries.values().map(|e| e.member.clone()).collect();
+        v.sort_by(|a, b| b.alive_ms.cmp(&a.alive_ms).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// The member's uptime now, estimated from its latest heartbeat: the alive
+    /// time it reported plus the time since we received it.
+    pub fn uptime_ms(&self, id: &MemberId, now: Instant) -> Option<i64> {
+        self.entries.get(id).map(|e| {
+            e.member.alive_ms + now.saturating_duration_since(e.last_heard).as_millis() as i64
+        })
+    }
+
+    /// When `id` was last heard from.
+    pub fn last_heard(&self, id: &MemberId) -> Option<Instant> {
+        self.entries.get(id).map(|e| e.last_heard)
+    }
+
+    /// The node's own identity, if set.
+    pub fn local_id(&self) -> Option<MemberId> {
+        self.local
+    }
+
+    /// Number of members (the node itself excluded).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no member is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn member(port: u16, uid: u8, alive: i64) -> Member {
+        Member {
+            id: MemberId {
+                host: "127.0.0.1".parse().expect("ip"),
+                port,
+                unique_id: [uid; 16],
+            },
+            domain: Bytes::from_static(b"d"),
+            alive_ms: alive,
+            payload: Bytes::new(),
+            command: Bytes::new(),
+            secure_port: -1,
+            udp_port: -1,
+        }
+    }
+
+    const DROP: Duration = Duration::from_millis(3000);
+
+    #[test]
+    fn add_refresh_expire() {
+        let t0 = Instant::now();
+        let mut t = MemberTable::new(None, DROP);
+        let a = member(4000, 1, 100);
+        assert_eq!(
+            t.heartbeat(a.clone(), t0),
+            Some(MemberEvent::Added(a.clone()))
+        );
+        let mut a2 = a.clone();
+        a2.alive_ms = 600;
+        a2.domain = Bytes::from_static(b"other");
+        assert_eq!(t.heartbeat(a2, t0 + Duration::from_millis(500)), None);
+        let m = &t.members()[0];
+        assert_eq!(m.alive_ms, 600, "alive time refreshed");
+        assert_eq!(m.domain.as_ref(), b"d", "domain kept as first seen");
+        // exactly drop time after the last heartbeat: still there (strictly greater)
+        assert!(t.expire(t0 + Duration::from_millis(3500)).is_empty());
+        let ev = t.expire(t0 + Duration::from_millis(3501));
+        assert!(
+            matches!(&ev[..], [MemberEvent::Disappeared(m, LeaveReason::Expired)] if m.id == a.id)
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn restart_is_a_new_member() {
+        let t0 = Instant::now();
+        let mut t = MemberTable::new(None, DROP);
+        t.heartbeat(member(4000, 1, 100), t0);
+        let ev = t.heartbeat(member(4000, 2, 100), t0);
+        assert!(matches!(ev, Some(MemberEvent::Added(_))));
+        assert_eq!(t.len(), 2);
+        let ev = t.expire(t0 + Duration::from_secs(4));
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn shutdown_removes_at_once_and_local_is_ignored() {
+        let t0 = Instant::now();
+        let local = member(4001, 9, 1);
+        let mut t = MemberTable::new(Some(local.id), DROP);
+        assert_eq!(t.heartbeat(local, t0), None);
+        let a = member(4000, 1, 100);
+        t.heartbeat(a.clone(), t0);
+        let mut bye = a.clone();
+        bye.command = Bytes::from_static(crate::wire::SHUTDOWN_COMMAND);
+        let ev = t.heartbeat(bye.clone(), t0);
+        assert!(matches!(
+            ev,
+            Some(MemberEvent::Disappeared(_, LeaveReason::Shutdown))
+        ));
+        // a shutdown from an unknown member raises nothing
+        assert_eq!(t.heartbeat(bye, t0), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn order_is_longest_running_first() {
+        let t0 = Instant::now();
+        let mut t = MemberTable::new(None, DROP);
+        t.heartbeat(member(4000, 1, 100), t0);
+        t.heartbeat(member(4001, 2, 9000), t0);
+        t.heartbeat(member(4002, 3, 500), t0);
+        let ports: Vec<u16> = t.members().iter().map(|m| m.id.port).collect();
+        assert_eq!(ports, vec![4001, 4002, 4000]);
+    }
+}

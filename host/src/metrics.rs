@@ -1,0 +1,121 @@
+//! Node counters, rendered in Prometheus' text format for `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident : $kind:ident ),* $(,)?) => {
+        /// Every counter and gauge the node exports. Updated with relaxed atomics.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])* pub $name: counters!(@ty $kind), )*
+        }
+
+        impl Metrics {
+            /// Renders all metrics as Prometheus text exposition (version 0.0.4),
+            /// each named `shoal_<field>`.
+            pub fn render(&self) -> String {
+                let mut out = String::with_capacity(4096);
+                $(
+                    let help = concat!($($doc),*).trim();
+                    let _ = writeln!(out, "# HELP shoal_{} {}", stringify!($name), help);
+                    let _ = writeln!(out, "# TYPE shoal_{} {}", stringify!($name), counters!(@prom $kind));
+                    let _ = writeln!(out, "shoal_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
+    (@ty counter) => { AtomicU64 };
+    (@ty gauge) => { AtomicI64 };
+    (@prom counter) => { "counter" };
+    (@prom gauge) => { "gauge" };
+}
+
+counters! {
+    /// Channel messages sent (one per destination member).
+    messages_sent_total: counter,
+    /// Bytes of channel frames sent, markers included.
+    bytes_sent_total: counter,
+    /// Channel messages received and decoded.
+    messages_received_total: counter,
+    /// Bytes of channel frames received, markers included.
+    bytes_received_total: counter,
+    /// Sends to a member that failed after retries (connect, write, timeout or FAIL-ACK).
+    send_failures_total: counter,
+    /// FAIL-ACKs received: the remote listener failed to process a message.
+    fail_acks_received_total: counter,
+    /// ACKs not received within the send timeout.
+    ack_timeouts_total: counter,
+    /// FAIL-ACKs sent because a local listener failed.
+    fail_acks_sent_total: counter,
+    /// Reconnect-and-resend attempts after a connection error.
+    send_retries_total: counter,
+    /// Frames dropped as malformed (bad markers, lengths or fields); the connection was closed.
+    bad_frames_total: counter,
+    /// Inbound connections closed because a partial frame stalled.
+    stalled_connections_total: counter,
+    /// Inbound connections refused because the connection limit was reached.
+    refused_connections_total: counter,
+    /// Inbound TCP connections currently open.
+    inbound_connections: gauge,
+    /// Membership datagrams dropped as malformed or unusable.
+    bad_heartbeats_total: counter,
+    /// Heartbeats sent.
+    heartbeats_sent_total: counter,
+    /// Heartbeats received (own excluded).
+    heartbeats_received_total: counter,
+    /// Members currently in the channel's view.
+    members: gauge,
+    /// Members added since start.
+    members_added_total: counter,
+    /// Members that disappeared since start (expired or shut down).
+    members_disappeared_total: counter,
+    /// Bytes waiting in the asynchronous send queue.
+    async_queue_bytes: gauge,
+    /// Asynchronous sends refused because the queue was full (alwaysSend off).
+    async_queue_full_total: counter,
+    /// Asynchronous sends made synchronously because the queue was full (alwaysSend on).
+    async_queue_overflow_sync_total: counter,
+    /// Asynchronous sends that failed for at least one member.
+    async_send_failures_total: counter,
+    /// Received messages a listener rejected (answered with FAIL-ACK when SYNC_ACK).
+    listener_errors_total: counter,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Increments a counter.
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.bytes_sent_total, 42);
+        m.members.store(3, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE shoal_bytes_sent_total counter\nshoal_bytes_sent_total 42\n")
+        );
+        assert!(text.contains("# TYPE shoal_members gauge\nshoal_members 3\n"));
+        assert!(text.contains("# HELP shoal_members Members currently in the channel's view."));
+    }
+}

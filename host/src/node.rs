@@ -1,0 +1,278 @@
+//! A node: wires config, receiver, sender, channel, membership and the admin
+//! API together, and owns start-up and shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::api::ApiServer;
+use crate::channel::Channel;
+use crate::config::{Config, MembershipKind};
+use crate::dispatch::Dispatcher;
+use crate::member::{Member, MemberId};
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::transport::receiver::{self, Receiver, ReceiverError};
+use crate::transport::sender::Sender;
+use crate::wire::MemberPacket;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The receiver could not bind.
+    #[error(transparent)]
+    Receiver(#[from] ReceiverError),
+    /// The membership socket could not be set up.
+    #[error(transparent)]
+    Membership(#[from] crate::membership::MembershipError),
+    /// The admin API could not bind.
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another I/O failure during start-up.
+    #[error("start-up failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    channel: Channel,
+    membership: Option<Membership>,
+    receiver: Option<Receiver>,
+    api: Option<ApiServer>,
+    events: Option<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    drain_deadline: Duration,
+}
+
+/// Resolves `receiver.address`: an IP, or "auto" for the address of the
+/// interface that routes to the membership group (a route lookup; nothing is sent).
+fn resolve_address(cfg: &Config) -> IpAddr {
+    if let Ok(ip) = cfg.receiver.address.parse::<IpAddr>() {
+        return ip;
+    }
+    if let Some(bind) = cfg.membership.bind {
+        return IpAddr::V4(bind);
+    }
+    let probe = || -> std::io::Result<IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(SocketAddr::new(
+            IpAddr::V4(cfg.membership.address),
+            cfg.membership.port,
+        ))?;
+        Ok(s.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => {
+            tracing::warn!("receiver.address = \"auto\" found no route; using 127.0.0.1");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+impl Node {
+    /// Validates `cfg` and starts every part of the node. Returns once the
+    /// receiver, membership and API are up; the node reports ready on the admin
+    /// API after an initial discovery window of two heartbeats (as Tomcat's
+    /// McastService waits 2 × frequency on start).
+    pub async fn start(cfg: Config) -> Result<Self, StartError> {
+        cfg.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let ip = resolve_address(&cfg);
+        let listener = receiver::bind(ip, &cfg.receiver).await?;
+        let bound = listener.local_addr()?;
+
+        let local = MemberPacket {
+            alive_ms: 0,
+            port: i32::from(bound.port()),
+            secure_port: -1,
+            udp_port: -1,
+            host: MemberPacket::host_bytes(ip),
+            command: Bytes::new(),
+            domain: cfg
+                .node
+                .domain
+                .chars()
+                .map(|c| c as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+            unique_id: new_unique_id(),
+            payload: Bytes::new(),
+        };
+        let local_id = MemberId {
+            host: ip,
+            port: bound.port(),
+            unique_id: local.unique_id,
+        };
+
+        let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
+        let dispatch = Dispatcher::start(cfg.dispatch.clone(), sender.clone(), metrics.clone());
+        let channel = Channel::new(
+            local.clone(),
+            local_id,
+            cfg.receiver.max_frame_bytes,
+            sender,
+            dispatch,
+            metrics.clone(),
+        );
+        let receiver =
+            Receiver::start(listener, &cfg.receiver, channel.handler(), metrics.clone())?;
+
+        let (membership, mut events) = Membership::start(
+            &cfg.membership,
+            local,
+            SocketAddr::new(ip, bound.port()),
+            metrics.clone(),
+        )
+        .await?;
+        channel.attach_table(membership.table());
+        let ch = channel.clone();
+        let events_task = tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                ch.on_member_event(ev);
+            }
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let api = match cfg.api.listen_addr() {
+            Some(addr) => Some(
+                ApiServer::start(
+                    addr,
+                    cfg.node.name.clone(),
+                    channel.clone(),
+                    metrics.clone(),
+                    ready.clone(),
+                )
+                .await
+                .map_err(|source| StartError::Api { addr, source })?,
+            ),
+            None => None,
+        };
+        let window = Duration::from_millis(2 * cfg.membership.frequency_ms);
+        let r = ready.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            r.store(true, Ordering::Relaxed);
+        });
+
+        let via = match cfg.membership.kind {
+            MembershipKind::Multicast => format!(
+                "multicast {}:{} on {}",
+                cfg.membership.address,
+                cfg.membership.port,
+                cfg.membership
+                    .bind
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "the default interface".into())
+            ),
+            MembershipKind::Static => format!("static list of {}", cfg.membership.members.len()),
+        };
+        tracing::info!(
+            name = %cfg.node.name,
+            id = %local_id.unique_hex(),
+            receiver = %bound,
+            api = %api.as_ref().map(|a| a.local_addr().to_string()).unwrap_or_else(|| "off".into()),
+            "node started; membership by {via}"
+        );
+        Ok(Self {
+            name: cfg.node.name.clone(),
+            channel,
+            membership: Some(membership),
+            receiver: Some(receiver),
+            api,
+            events: Some(events_task),
+            ready,
+            metrics,
+            drain_deadline: Duration::from_millis(cfg.sender.timeout_ms),
+        })
+    }
+
+    /// The channel, to send and to register listeners.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> MemberId {
+        self.channel.local_id()
+    }
+
+    /// The receiver's bound address.
+    pub fn receiver_addr(&self) -> SocketAddr {
+        self.receiver
+            .as_ref()
+            .map(Receiver::local_addr)
+            .unwrap_or_else(|| self.id().addr())
+    }
+
+    /// The admin API's bound address, if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(ApiServer::local_addr)
+    }
+
+    /// Members in the channel's view.
+    pub fn members(&self) -> Vec<Member> {
+        self.channel.members()
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the initial discovery window has passed (and shutdown has not begun).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Graceful stop: become not-ready, announce the departure over membership,
+    /// drain the asynchronous queue (bounded by the sender timeout), stop the
+    /// receiver, close connections, stop the API.
+    pub async fn shutdown(mut self) {
+        tracing::info!(name = %self.name, "shutting down: leaving the cluster");
+        self.ready.store(false, Ordering::Relaxed);
+        if let Some(m) = self.membership.take() {
+            m.stop().await;
+        }
+        if !self.channel.drain(self.drain_deadline).await {
+            tracing::warn!(
+                "asynchronous queue not drained within {:?}",
+                self.drain_deadline
+            );
+        }
+        if let Some(r) = self.receiver.take() {
+            r.stop().await;
+        }
+        self.channel.close_sender();
+        if let Some(t) = self.events.take() {
+            t.abort();
+        }
+        if let Some(a) = self.api.take() {
+            a.stop().await;
+        }
+        tracing::info!(name = %self.name, "stopped");
+    }
+}
+
+fn new_unique_id() -> [u8; 16] {
+    // UUID v4 bit pattern, as Tribes uses.
+    let mut id: [u8; 16] = rand::random();
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}

@@ -1,0 +1,5 @@
+//! TCP transport: the [`receiver`] accepts peers and decodes frames, the
+//! [`sender`] keeps pooled connections to members and fans messages out.
+
+pub mod receiver;
+pub mod sender;

@@ -1,0 +1,300 @@
+//! The TCP receiver (Tomcat's NioReceiver): accepts peers, reads pipelined
+//! frames, acknowledges them by Tribes' rules (tribes.md §2.4) and hands each
+//! message to a [`MessageHandler`].
+//!
+//! Bounded: at most `max_connections` peers, frames of at most
+//! `max_frame_bytes`. A peer that sends garbage, or stalls in the middle of a
+//! frame for `stall_timeout_ms`, is disconnected with a warning and a counter;
+//! other peers are not affected.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ReceiverConfig;
+use crate::metrics::Metrics;
+use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
+
+/// Initial per-connection read buffer; grows up to the frame limit.
+const INITIAL_BUFFER: usize = 64 * 1024;
+
+/// Why a received message was not processed; answered with FAIL-ACK when the
+/// sender asked for a synchronized ACK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("delivery failed: {0}")]
+pub struct DeliveryError(pub String);
+
+/// Where the receiver hands decoded messages.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Processes one message, on the connection's task. Must not block: it runs
+    /// on the async runtime. `Err` becomes a FAIL-ACK if the sender asked for
+    /// `USE_ACK | SYNCHRONIZED_ACK`.
+    fn deliver(&self, msg: ChannelData, wire_len: usize) -> Result<(), DeliveryError>;
+}
+
+/// Why the receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// No port in the auto-bind range could be bound.
+    #[error("cannot bind receiver on {ip} ports {first}..={last}: {source}")]
+    Bind {
+        /// Address tried.
+        ip: IpAddr,
+        /// First port tried.
+        first: u16,
+        /// Last port tried.
+        last: u16,
+        /// The last error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the listener on `ip`, trying `port`, `port + 1`, … for `auto_bind`
+/// ports (Tomcat's autoBind). Port 0 lets the OS choose.
+pub async fn bind(ip: IpAddr, cfg: &ReceiverConfig) -> Result<TcpListener, ReceiverError> {
+    let first = cfg.port;
+    let tries = if first == 0 { 1 } else { cfg.auto_bind.max(1) };
+    let last = first.saturating_add(tries - 1);
+    let mut last_err = None;
+    for port in first..=last {
+        match TcpListener::bind(SocketAddr::new(ip, port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(ReceiverError::Bind {
+        ip,
+        first,
+        last,
+        source: last_err.unwrap_or_else(|| std::io::Error::other("no port tried")),
+    })
+}
+
+/// A running receiver.
+#[derive(Debug)]
+pub struct Receiver {
+    local_addr: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    handler: Arc<dyn MessageHandler>,
+    metrics: Arc<Metrics>,
+    decoder: FrameDecoder,
+    stall: Duration,
+}
+
+impl Receiver {
+    /// Starts accepting on `listener`.
+    pub fn start(
+        listener: TcpListener,
+        cfg: &ReceiverConfig,
+        handler: Arc<dyn MessageHandler>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            handler,
+            metrics,
+            decoder: FrameDecoder::new(cfg.max_frame_bytes),
+            stall: Duration::from_millis(cfg.stall_timeout_ms),
+        });
+        let limit = Arc::new(Semaphore::new(cfg.max_connections));
+        let task = tokio::spawn(accept_loop(listener, shared, limit, stop_rx));
+        Ok(Self {
+            local_addr,
+            stop_tx,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and closes every connection after the frame it is processing.
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => r,
+            // reap finished connection tasks so the set stays small
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    Metrics::inc(&shared.metrics.refused_connections_total);
+                    tracing::warn!(%peer, "refusing connection: receiver.max_connections reached");
+                    drop(stream);
+                    continue;
+                };
+                let shared = shared.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    shared
+                        .metrics
+                        .inbound_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    serve(stream, peer, &shared, stop).await;
+                    shared
+                        .metrics
+                        .inbound_connections
+                        .fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off, never give up.
+                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    // Stop signalled: connections see the same signal and finish.
+    while conns.join_next().await.is_some() {}
+}
+
+/// Why a connection ended.
+enum End {
+    Eof,
+    Stopped,
+    Io(std::io::Error),
+    Bad(DecodeError),
+    Stalled,
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut out = Vec::<u8>::new();
+    let end = loop {
+        // Process every complete frame already buffered.
+        let mut failed = None;
+        loop {
+            match shared.decoder.decode(&mut buf) {
+                Ok(Some(data)) => {
+                    if let Err(e) = handle_frame(data, shared, &mut out) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                break End::Io(e);
+            }
+            out.clear();
+        }
+        if let Some(e) = failed {
+            break End::Bad(e);
+        }
+        // Make room for the rest of the current frame (bounded by the frame limit).
+        let want = shared.decoder.pending_len(&buf).unwrap_or(0).max(8 * 1024);
+        buf.reserve(want.min(shared.decoder.max_frame() + 64));
+        let read = if buf.is_empty() {
+            tokio::select! {
+                _ = stop.changed() => break End::Stopped,
+                r = stream.read_buf(&mut buf) => r,
+            }
+        } else {
+            tokio::select! {
+                _ = stop.changed() => break End::Stopped,
+                r = tokio::time::timeout(shared.stall, stream.read_buf(&mut buf)) => match r {
+                    Ok(r) => r,
+                    Err(_) => break End::Stalled,
+                },
+            }
+        };
+        match read {
+            Ok(0) => break End::Eof,
+            Ok(_) => {}
+            Err(e) => break End::Io(e),
+        }
+    };
+    match end {
+        End::Eof | End::Stopped => {
+            if !buf.is_empty() {
+                tracing::debug!(%peer, pending = buf.len(), "peer closed in the middle of a frame");
+            }
+        }
+        End::Io(e) => tracing::debug!(%peer, error = %e, "connection error"),
+        End::Bad(e) => {
+            Metrics::inc(&shared.metrics.bad_frames_total);
+            tracing::warn!(%peer, error = %e, "dropping connection: malformed frame");
+        }
+        End::Stalled => {
+            Metrics::inc(&shared.metrics.stalled_connections_total);
+            tracing::warn!(%peer, pending = buf.len(), timeout = ?shared.stall, "dropping connection: frame stalled");
+        }
+    }
+}
+
+/// Decodes one frame's data, delivers it and queues the ACK the options call for.
+fn handle_frame(data: Bytes, shared: &Shared, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
+    let msg = ChannelData::decode(&data)?;
+    let opts = msg.options;
+    Metrics::inc(&shared.metrics.messages_received_total);
+    Metrics::add(&shared.metrics.bytes_received_total, wire_len as u64);
+    if opts.wants_ack() && !opts.wants_sync_ack() {
+        // "async ack": acknowledged once parsed, before delivery.
+        out.extend_from_slice(AckKind::Ack.frame());
+    }
+    let result = shared.handler.deliver(msg, wire_len);
+    if opts.wants_sync_ack() {
+        let kind = match result {
+            Ok(()) => AckKind::Ack,
+            Err(_) => {
+                Metrics::inc(&shared.metrics.fail_acks_sent_total);
+                AckKind::FailAck
+            }
+        };
+        out.extend_from_slice(kind.frame());
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The pooled parallel sender (Tomcat's PooledParallelSender + NioSender).
+//!
+//! One pool of TCP connections per member address, at most `pool_size` in use
+//! at once. A send to several members runs in parallel; each member's part is
+//! bounded by `timeout_ms`, retried on connection errors up to
+//! `max_retry_attempts` times on a fresh connection, and reported on its own in
+//! [`SendError`] when it fails — as Tribes' faulty-member list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::SenderConfig;
+use crate::member::MemberId;
+use crate::metrics::Metrics;
+use crate::wire::{AckKind, FrameDecoder};
+
+/// Largest frame accepted on the ACK path (an ACK is 21 bytes).
+const MAX_ACK_FRAME: usize = 64 * 1024;
+
+/// Why a send to one member failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The TCP connection could not be opened.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The connection broke while writing or waiting for the ACK.
+    #[error("connection error: {0}")]
+    Io(String),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// No ACK (or nothing at all) within the send timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer's listener failed to process the message (FAIL-ACK).
+    #[error("remote processing failed (FAIL-ACK)")]
+    FailAck,
+    /// No pooled connection became free within `max_wait_ms`.
+    #[error("no free pooled connection within {0:?}")]
+    PoolExhausted(Duration),
+    /// The sender is shutting down.
+    #[error("sender closed")]
+    ShuttingDown,
+}
+
+impl PeerError {
+    /// Errors worth a reconnect and resend: the connection, not the message,
+    /// was at fault. Timeouts and FAIL-ACKs are not retried (the peer may have
+    /// processed the message).
+    fn retryable(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Io(_) | Self::Closed)
+    }
+}
+
+/// One member that a send did not reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultyMember {
+    /// The member.
+    pub member: MemberId,
+    /// What went wrong.
+    pub error: PeerError,
+}
+
+/// A send that failed for some (or all) of its destinations; the others got it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("send failed for {} member(s): {}", .faulty.len(), describe(.faulty))]
+pub struct SendError {
+    /// Each member the message did not reach, with its error.
+    pub faulty: Vec<FaultyMember>,
+}
+
+fn describe(f: &[FaultyMember]) -> String {
+    f.iter()
+        .map(|m| format!("{}: {}", m.member, m.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+struct Pool {
+    idle: Mutex<Vec<Conn>>,
+    permits: Arc<Semaphore>,
+}
+
+/// Pooled connections to every member, shared by all senders of a node.
+pub struct Sender {
+    cfg: SenderConfig,
+    pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
+    metrics: Arc<Metrics>,
+    ack_decoder: FrameDecoder,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// A sender with no connections yet.
+    pub fn new(cfg: SenderConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cfg,
+            pools: Mutex::new(HashMap::new()),
+            metrics,
+            ack_decoder: FrameDecoder::new(MAX_ACK_FRAME),
+        }
+    }
+
+    /// Sends `frames` (complete, encoded frames) to every destination in
+    /// parallel, in order on one connection per destination, then waits for
+    /// `acks` acknowledgement frames from each. Returns when every destination
+    /// succeeded or failed.
+    pub async fn send(
+        &self,
+        dests: &[MemberId],
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<(), SendError> {
+        let faulty: Vec<FaultyMember> = match dests {
+            [] => Vec::new(),
+            [one] => self
+                .send_one(*one, frames, acks)
+                .await
+                .err()
+                .into_iter()
+                .collect(),
+            many => {
+                futures_util::future::join_all(many.iter().map(|d| self.send_one(*d, frames, acks)))
+                    .await
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .collect()
+            }
+        };
+        if faulty.is_empty() {
+            Ok(())
+        } else {
+            Metrics::add(&self.metrics.send_failures_total, faulty.len() as u64);
+            Err(SendError { faulty })
+        }
+    }
+
+    async fn send_one(
+        &self,
+        member: MemberId,
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<(), FaultyMember> {
+        let fail = |error| FaultyMember { member, error };
+        let addr = member.addr();
+        let pool = self.pool(addr);
+        let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
+        let permit =
+            match tokio::time::timeout(max_wait, pool.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(fail(PeerError::ShuttingDown)),
+                Err(_) => return Err(fail(PeerError::PoolExhausted(max_wait))),
+            };
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let mut attempt = 0;
+        loop {
+            // A retry always uses a fresh connection: the pooled one just failed.
+            let conn = if attempt == 0 {
+                pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+            } else {
+                None
+            };
+            let result =
+                tokio::time::timeout(timeout, self.exchange(addr, conn, frames, acks)).await;
+            let err = match result {
+                Ok(Ok(conn)) => {
+                    self.checkin(&pool, conn, &permit);
+                    let bytes: usize = frames.iter().map(Bytes::len).sum();
+                    Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
+                    Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    if acks > 0 {
+                        Metrics::inc(&self.metrics.ack_timeouts_total);
+                    }
+                    PeerError::Timeout(timeout)
+                }
+            };
+            if err == PeerError::FailAck {
+                Metrics::inc(&self.metrics.fail_acks_received_total);
+            }
+            if err.retryable() && attempt < self.cfg.max_retry_attempts {
+                attempt += 1;
+                Metrics::inc(&self.metrics.send_retries_total);
+                tracing::debug!(%member, error = %err, attempt, "send failed; reconnecting");
+                continue;
+            }
+            tracing::debug!(%member, error = %err, "send failed");
+            return Err(fail(err));
+        }
+    }
+
+    fn checkin(&self, pool: &Pool, conn: Conn, _permit: &OwnedSemaphorePermit) {
+        pool.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+
+    /// Writes the frames on `conn` (or a new connection) and reads the ACKs.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        conn: Option<Conn>,
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<Conn, PeerError> {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| PeerError::Connect(e.to_string()))?;
+                let _ = stream.set_nodelay(true);
+                Conn {
+                    stream,
+                    rbuf: BytesMut::with_capacity(256),
+                }
+            }
+        };
+        match frames {
+            [one] => conn.stream.write_all(one).await,
+            many => {
+                let total = many.iter().map(Bytes::len).sum();
+                let mut b = BytesMut::with_capacity(total);
+                for f in many {
+                    b.extend_from_slice(f);
+                }
+                conn.stream.write_all(&b).await
+            }
+        }
+        .map_err(|e| PeerError::Io(e.to_string()))?;
+
+        if acks == 0 {
+            // Tribes' health check: one non-blocking read; end of stream means
+            // the peer is gone and the bytes may be lost.
+            let mut probe = [0u8; 64];
+            return match conn.stream.try_read(&mut probe) {
+                Ok(0) => Err(PeerError::Closed),
+                Ok(_) => Ok(conn),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(conn),
+                Err(e) => Err(PeerError::Io(e.to_string())),
+            };
+        }
+        let mut got = 0;
+        let mut failed = false;
+        while got < acks {
+            match self.ack_decoder.decode(&mut conn.rbuf) {
+                Ok(Some(data)) => match AckKind::from_payload(&data) {
+                    Some(AckKind::Ack) => got += 1,
+                    Some(AckKind::FailAck) => {
+                        got += 1;
+                        failed = true;
+                    }
+                    None => {} // Tribes ignores other frames and keeps waiting
+                },
+                Ok(None) => {
+                    conn.rbuf.reserve(256);
+                    match conn.stream.read_buf(&mut conn.rbuf).await {
+                        Ok(0) => return Err(PeerError::Closed),
+                        Ok(_) => {}
+                        Err(e) => return Err(PeerError::Io(e.to_string())),
+                    }
+                }
+                Err(e) => return Err(PeerError::Io(format!("bad ACK frame: {e}"))),
+            }
+        }
+        if failed {
+            Err(PeerError::FailAck)
+        } else {
+            Ok(conn)
+        }
+    }
+
+    fn pool(&self, addr: SocketAddr) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                    permits: Arc::new(Semaphore::new(self.cfg.pool_size)),
+                })
+            })
+            .clone()
+    }
+
+    /// Closes the idle connections to a member that left.
+    pub fn forget(&self, addr: SocketAddr) {
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
+        if let Some(p) = pool {
+            p.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// Closes every pooled connection; sends in progress fail with `ShuttingDown`
+    /// if they wait for a connection.
+    pub fn close(&self) {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in pools {
+            p.permits.close();
+            p.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
