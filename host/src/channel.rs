@@ -268,7 +268,7 @@ impl Channel {
                     return Ok(self
                         .inner
                         .sender
-                        .send(&job.dests, &[job.frame.clone()], acks)
+                        .send(&job.dests, std::slice::from_ref(&job.frame), acks)
                         .await?);
                 }
             }

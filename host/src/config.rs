@@ -245,6 +245,28 @@ impl ApiConfig {
 /// Placeholder file name for configurations not read from a file.
 const BUILT_IN: &str = "<built-in>";
 
+/// The 1-based line of byte `offset` in `text`, and the dotted key written on
+/// that line (`section.key`), if the line is a `key = value` line.
+fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned());
+    let section = text[..offset].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.split(']').next())
+            .map(|s| s.trim_matches(['[', ' ']).to_owned())
+    });
+    let key = key.filter(|k| !k.is_empty()).map(|k| match section {
+        Some(s) if !s.is_empty() => format!("{s}.{k}"),
+        _ => k,
+    });
+    (line_no, key)
+}
+
 impl Config {
     /// Reads, parses and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -259,7 +281,16 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: match e.span() {
+                Some(span) => {
+                    let (line, key) = locate(text, span.start);
+                    match key {
+                        Some(k) => format!("line {line}: key `{k}`: {}", e.message()),
+                        None => format!("line {line}: {}", e.message()),
+                    }
+                }
+                None => e.message().to_owned(),
+            },
         })?;
         cfg.validate_in(file)?;
         Ok(cfg)
@@ -451,6 +482,8 @@ mod tests {
         );
 
         let e = parse("[membership]\nport = \"x\"\n").expect_err("wrong type");
-        assert!(e.to_string().contains("port"), "{e}");
+        assert!(e.to_string().contains("key `membership.port`"), "{e}");
+        let e = parse("[node]\nname = \"a\"\n[receiver]\nprot = 4000\n").expect_err("unknown key");
+        assert!(e.to_string().contains("line 4: key `receiver.prot`"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 //! stopped before it returns, also on error.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,26 +44,6 @@ impl Drop for Cluster {
 
 fn free_tcp_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Whether multicast loops back on `lo` here: joins the group on 127.0.0.1 and
-/// sends itself one datagram.
-fn loopback_multicast_works(port: u16) -> bool {
-    let probe = || -> std::io::Result<bool> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_address(true)?;
-        s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
-        s.join_multicast_v4(&GROUP, &Ipv4Addr::LOCALHOST)?;
-        s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST)?;
-        s.set_multicast_loop_v4(true)?;
-        let s: UdpSocket = s.into();
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-        s.send_to(b"shoal-probe", SocketAddrV4::new(GROUP, port))?;
-        let mut buf = [0u8; 32];
-        Ok(matches!(s.recv_from(&mut buf), Ok((11, _))))
-    };
-    probe().unwrap_or(false)
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(api: SocketAddr, path: &str) -> anyhow::Result<T> {
@@ -135,7 +115,7 @@ pub fn run() -> anyhow::Result<()> {
     let mcast_port = free_tcp_port()?; // a port number unlikely to be in use by a real cluster
 
     step(1, "Starting 3 nodes on loopback, each its own process");
-    let membership = if loopback_multicast_works(mcast_port) {
+    let membership = if crate::membership::loopback_multicast_works(GROUP, mcast_port) {
         println!(
             "   membership: UDP multicast {GROUP}:{mcast_port} on lo (heartbeat {FREQUENCY_MS} ms, dropTime {DROP_TIME_MS} ms)"
         );

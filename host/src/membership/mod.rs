@@ -210,7 +210,7 @@ impl Service {
                     .metrics
                     .bad_heartbeats_total
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n % WARN_EVERY == 0 {
+                if n.is_multiple_of(WARN_EVERY) {
                     tracing::warn!(%from, error = %e, dropped = n + 1, "dropping malformed membership datagram");
                 }
                 return;
@@ -277,4 +277,25 @@ fn multicast_socket(cfg: &MembershipConfig) -> Result<UdpSocket, MembershipError
         s2.set_multicast_ttl_v4(ttl).map_err(sock_err(group))?;
     }
     Ok(sock)
+}
+
+/// Whether multicast to `group:port` sent on the loopback interface comes back
+/// to a socket joined on it: the set-up a one-machine multicast cluster
+/// (`bind = "127.0.0.1"`) needs. Sends one datagram; waits at most 300 ms.
+pub fn loopback_multicast_works(group: Ipv4Addr, port: u16) -> bool {
+    let probe = || -> std::io::Result<bool> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
+        s.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)?;
+        s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST)?;
+        s.set_multicast_loop_v4(true)?;
+        let s: std::net::UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        s.send_to(b"shoal-probe", SocketAddr::new(IpAddr::V4(group), port))?;
+        let mut buf = [0u8; 32];
+        Ok(matches!(s.recv_from(&mut buf), Ok((11, _))))
+    };
+    probe().unwrap_or(false)
 }

@@ -15,6 +15,8 @@ mod channel_data;
 pub mod frame;
 mod member;
 mod options;
+#[cfg(test)]
+mod proptests;
 
 pub use channel_data::{ChannelData, encode_message_frame, message_frame_len};
 pub use frame::{AckKind, DEFAULT_MAX_FRAME_BYTES, FrameDecoder};

@@ -1,0 +1,390 @@
+//! In-process clusters on loopback: discovery, delivery, ACK rules, bad peers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use shoal::{ListenerError, Node, PeerError, ReceivedMessage, SendOptions};
+use tokio::io::AsyncWriteExt;
+
+async fn start_all(cfgs: Vec<shoal::Config>) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for c in cfgs {
+        nodes.push(Node::start(c).await.expect("node starts"));
+    }
+    nodes
+}
+
+async fn wait_converged(nodes: &[Node]) {
+    let n = nodes.len();
+    for node in nodes {
+        wait_for("every node to see the others", || async {
+            (node.members().len() == n - 1).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Collects every message body a node receives.
+fn collector(node: &Node) -> Arc<Mutex<Vec<ReceivedMessage>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    node.channel()
+        .add_listener(Arc::new(move |m: &ReceivedMessage| {
+            g.lock().expect("lock").push(m.clone());
+            Ok::<(), ListenerError>(())
+        }));
+    got
+}
+
+fn assert_sees_others(nodes: &[Node]) {
+    for (i, node) in nodes.iter().enumerate() {
+        let seen: HashSet<_> = node.members().iter().map(|m| m.id).collect();
+        let expected: HashSet<_> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.id())
+            .collect();
+        assert_eq!(seen, expected, "node {i}'s view");
+        for m in node.members() {
+            assert_eq!(m.domain.as_ref(), b"test");
+            assert_eq!(m.id.host.to_string(), "127.0.0.1");
+            let other = nodes.iter().find(|n| n.id() == m.id).expect("a known node");
+            assert_eq!(
+                m.id.port,
+                other.receiver_addr().port(),
+                "advertised port is the receiver's"
+            );
+        }
+    }
+}
+
+async fn shutdown_all(nodes: Vec<Node>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_discover_each_other_by_multicast() {
+    require_loopback_multicast();
+    let nodes = start_all(multicast_configs(3)).await;
+    wait_converged(&nodes).await;
+    assert_sees_others(&nodes);
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_discover_each_other_by_static_list() {
+    let nodes = start_all(static_configs(3)).await;
+    wait_converged(&nodes).await;
+    assert_sees_others(&nodes);
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_delivery_from_a_to_b_and_c() {
+    let nodes = start_all(static_configs(3)).await;
+    wait_converged(&nodes).await;
+    let got_b = collector(&nodes[1]);
+    let got_c = collector(&nodes[2]);
+    let dests = [nodes[1].id(), nodes[2].id()];
+    let variants = [
+        ("ack", SendOptions::USE_ACK),
+        (
+            "sync-ack",
+            SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK,
+        ),
+        ("async", SendOptions::ASYNCHRONOUS),
+        (
+            "async-ack",
+            SendOptions::ASYNCHRONOUS | SendOptions::USE_ACK,
+        ),
+        ("none", SendOptions(0)),
+    ];
+    let mut expected = Vec::new();
+    for (name, opts) in variants {
+        for i in 0..20 {
+            // vary sizes, including a body larger than one TCP segment
+            let body: Vec<u8> = format!("{name}-{i}-")
+                .bytes()
+                .chain((0..i * 700).map(|x| x as u8))
+                .collect();
+            nodes[0]
+                .channel()
+                .send(&dests, &body, opts)
+                .await
+                .expect("send succeeds");
+            expected.push((body, (opts | SendOptions::BYTE_MESSAGE).0));
+        }
+    }
+    for got in [&got_b, &got_c] {
+        wait_for("all messages to arrive", || async {
+            (got.lock().expect("lock").len() >= expected.len()).then_some(())
+        })
+        .await;
+        let msgs = got.lock().expect("lock").clone();
+        assert_eq!(msgs.len(), expected.len(), "no duplicates");
+        let mut received: Vec<(Vec<u8>, i32)> = msgs
+            .iter()
+            .map(|m| (m.body.to_vec(), m.options.0))
+            .collect();
+        let mut want = expected.clone();
+        received.sort();
+        want.sort();
+        assert_eq!(received, want, "every message intact, with its options");
+        assert!(msgs.iter().all(|m| m.sender.id == nodes[0].id()));
+    }
+    assert_eq!(
+        shoal::Metrics::get(&nodes[0].metrics().send_failures_total),
+        0
+    );
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_listener_gives_fail_ack_only_with_sync_ack() {
+    let nodes = start_all(static_configs(3)).await;
+    wait_converged(&nodes).await;
+    nodes[1]
+        .channel()
+        .add_listener(Arc::new(|m: &ReceivedMessage| {
+            if m.body.as_ref() == b"refuse" {
+                Err(ListenerError("refused by test".into()))
+            } else {
+                Ok(())
+            }
+        }));
+    let dests = [nodes[1].id(), nodes[2].id()];
+    let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    let err = nodes[0]
+        .channel()
+        .send(&dests, b"refuse", sync)
+        .await
+        .expect_err("B fails");
+    let shoal::ChannelSendError::Failed(e) = err else {
+        panic!("expected a per-member failure, got {err:?}")
+    };
+    assert_eq!(e.faulty.len(), 1, "only B failed: {e}");
+    assert_eq!(e.faulty[0].member, nodes[1].id());
+    assert_eq!(e.faulty[0].error, PeerError::FailAck);
+    assert_eq!(
+        shoal::Metrics::get(&nodes[0].metrics().fail_acks_received_total),
+        1
+    );
+    assert_eq!(
+        shoal::Metrics::get(&nodes[1].metrics().fail_acks_sent_total),
+        1
+    );
+    // The connection survives a FAIL-ACK: the next message goes through.
+    nodes[0]
+        .channel()
+        .send(&dests, b"fine", sync)
+        .await
+        .expect("accepted");
+    // With USE_ACK alone the ACK precedes delivery: the failure is not reported.
+    nodes[0]
+        .channel()
+        .send(&dests, b"refuse", SendOptions::USE_ACK)
+        .await
+        .expect("async ack");
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_member_is_reported_and_others_still_get_the_message() {
+    let nodes = start_all(static_configs(2)).await;
+    wait_converged(&nodes).await;
+    let got = collector(&nodes[1]);
+    let ghost = shoal::MemberId {
+        host: "127.0.0.1".parse().expect("ip"),
+        port: free_port(),
+        unique_id: [7; 16],
+    };
+    let err = nodes[0]
+        .channel()
+        .send(&[nodes[1].id(), ghost], b"hello", SendOptions::USE_ACK)
+        .await
+        .expect_err("ghost fails");
+    let shoal::ChannelSendError::Failed(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.faulty.len(), 1);
+    assert_eq!(e.faulty[0].member, ghost);
+    assert!(
+        matches!(e.faulty[0].error, PeerError::Connect(_)),
+        "{:?}",
+        e.faulty[0].error
+    );
+    // one reconnect attempt (maxRetryAttempts = 1)
+    assert_eq!(
+        shoal::Metrics::get(&nodes[0].metrics().send_retries_total),
+        1
+    );
+    wait_for("B to get it", || async {
+        (got.lock().expect("lock").len() == 1).then_some(())
+    })
+    .await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_stalled_peers_do_not_disturb_good_peers() {
+    let mut cfgs = static_configs(2);
+    cfgs[1].receiver.stall_timeout_ms = 300;
+    cfgs[1].receiver.max_frame_bytes = 64 * 1024;
+    let nodes = start_all(cfgs).await;
+    wait_converged(&nodes).await;
+    let got = collector(&nodes[1]);
+    let b_addr = nodes[1].receiver_addr();
+    let dest = [nodes[1].id()];
+    let ack = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+
+    // A good message before, then three bad peers, then good messages again.
+    nodes[0]
+        .channel()
+        .send(&dest, b"before", ack)
+        .await
+        .expect("delivered");
+    let mut garbage = tokio::net::TcpStream::connect(b_addr)
+        .await
+        .expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut oversized = tokio::net::TcpStream::connect(b_addr)
+        .await
+        .expect("connect");
+    oversized
+        .write_all(b"FLT2002\x7f\xff\xff\xff")
+        .await
+        .expect("write");
+    let mut stalled = tokio::net::TcpStream::connect(b_addr)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"FLT2002\x00\x00\x01\x00partial")
+        .await
+        .expect("write");
+    let mut bad_inner = tokio::net::TcpStream::connect(b_addr)
+        .await
+        .expect("connect");
+    bad_inner
+        .write_all(b"FLT2002\x00\x00\x00\x04\xff\xff\xff\xffTLF2003")
+        .await
+        .expect("write");
+
+    for i in 0..50 {
+        nodes[0]
+            .channel()
+            .send(&dest, format!("after-{i}").as_bytes(), ack)
+            .await
+            .expect("delivered");
+    }
+    let m = nodes[1].metrics();
+    wait_for("three malformed connections to be dropped", || async {
+        (shoal::Metrics::get(&m.bad_frames_total) == 3).then_some(())
+    })
+    .await;
+    wait_for("the stalled connection to be dropped", || async {
+        (shoal::Metrics::get(&m.stalled_connections_total) == 1).then_some(())
+    })
+    .await;
+    // The bad peers' connections are closed by B: reads see end of stream.
+    for mut s in [garbage, oversized, stalled, bad_inner] {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        .expect("closed by B")
+        .unwrap_or(0);
+        assert_eq!(n, 0, "no reply to a bad peer");
+    }
+    nodes[0]
+        .channel()
+        .send(&dest, b"last", ack)
+        .await
+        .expect("still delivered");
+    let bodies: Vec<Bytes> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(bodies.len(), 52);
+    assert_eq!(bodies[0].as_ref(), b"before");
+    assert_eq!(bodies[51].as_ref(), b"last");
+    assert_eq!(shoal::Metrics::get(&m.messages_received_total), 52);
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_is_seen_as_shutdown_not_expiry() {
+    let nodes = start_all(static_configs(3)).await;
+    wait_converged(&nodes).await;
+    let mut nodes = nodes;
+    let c = nodes.pop().expect("three nodes");
+    let c_id = c.id();
+    c.shutdown().await;
+    for n in &nodes {
+        let ev = wait_for("C's departure", || async {
+            n.channel()
+                .recent_events()
+                .into_iter()
+                .find(|e| e.kind == "disappeared" && e.id == c_id.unique_hex())
+        })
+        .await;
+        assert_eq!(
+            ev.reason.as_deref(),
+            Some("shutdown"),
+            "announced, not expired"
+        );
+        assert!(n.members().iter().all(|m| m.id != c_id));
+    }
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_queue_full_without_always_send_is_refused() {
+    let mut cfgs = static_configs(2);
+    cfgs[0].dispatch.max_queue_size = 1; // nothing fits
+    cfgs[0].dispatch.always_send = false;
+    cfgs[1].dispatch.max_queue_size = 1; // always_send on (default): sent in the caller
+    let nodes = start_all(cfgs).await;
+    wait_converged(&nodes).await;
+    let got_a = collector(&nodes[0]);
+    let err = nodes[0]
+        .channel()
+        .send(&[nodes[1].id()], b"x", SendOptions::ASYNCHRONOUS)
+        .await
+        .expect_err("full");
+    assert!(
+        matches!(
+            err,
+            shoal::ChannelSendError::Queue(shoal::EnqueueError::QueueFull { .. })
+        ),
+        "{err:?}"
+    );
+    nodes[1]
+        .channel()
+        .send(&[nodes[0].id()], b"y", SendOptions::ASYNCHRONOUS)
+        .await
+        .expect("sent in caller");
+    assert_eq!(
+        shoal::Metrics::get(&nodes[1].metrics().async_queue_overflow_sync_total),
+        1
+    );
+    wait_for("A to get y", || async {
+        (got_a.lock().expect("lock").len() == 1).then_some(())
+    })
+    .await;
+    shutdown_all(nodes).await;
+}

@@ -1,0 +1,106 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use shoal::Config;
+use shoal::config::MembershipKind;
+
+/// Upper bound for any wait on the cluster; tests retry until it, never sleep a fixed time.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A port free on 127.0.0.1 right now (TCP; the same number serves for UDP).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// A loopback node config: receiver on `port`, API off.
+pub fn base_config(name: &str, port: u16) -> Config {
+    let mut c = Config::default();
+    c.node.name = name.into();
+    c.node.domain = "test".into();
+    c.receiver.address = "127.0.0.1".into();
+    c.receiver.port = port;
+    c.receiver.auto_bind = 1;
+    c.api.listen = String::new();
+    c
+}
+
+/// Configs for `n` nodes that find each other by multicast on lo, on a group
+/// port of their own (so tests run in parallel).
+pub fn multicast_configs(n: usize) -> Vec<Config> {
+    let group_port = free_port();
+    (0..n)
+        .map(|i| {
+            let mut c = base_config(&format!("n{i}"), free_port());
+            c.membership.kind = MembershipKind::Multicast;
+            c.membership.port = group_port;
+            c.membership.bind = Some("127.0.0.1".parse().expect("ip"));
+            c
+        })
+        .collect()
+}
+
+/// Configs for `n` nodes with a static member list.
+pub fn static_configs(n: usize) -> Vec<Config> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut c = base_config(&format!("s{i}"), *p);
+            c.membership.kind = MembershipKind::Static;
+            c.membership.members = members.clone();
+            c
+        })
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Blocking variant of [`wait_for`] for tests that drive processes.
+pub fn wait_blocking<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fails loudly when multicast on lo does not work here.
+pub fn require_loopback_multicast() {
+    assert!(
+        shoal::membership::loopback_multicast_works("228.0.0.4".parse().expect("ip"), free_port()),
+        "multicast on the loopback interface does not work on this machine; \
+         try `ip link set lo multicast on` (scripts/test.sh does)"
+    );
+}

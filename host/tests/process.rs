@@ -1,0 +1,192 @@
+//! Nodes as separate `shoal run` processes: SIGKILL is detected by expiry,
+//! SIGTERM by the shutdown announcement; bad config files are refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const FREQUENCY_MS: u64 = 500;
+const DROP_TIME_MS: u64 = 3000;
+
+/// Child processes, killed when the test ends however it ends.
+struct Procs(Vec<Option<Child>>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shoal-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn get(api: SocketAddr, path: &str) -> Option<Value> {
+    let mut r = ureq::get(format!("http://{api}{path}"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .ok()?;
+    r.body_mut().read_json().ok()
+}
+
+fn member_ids(api: SocketAddr) -> Option<Vec<String>> {
+    let v = get(api, "/api/members")?;
+    Some(
+        v.as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+fn start(dir: &std::path::Path, name: &str, group_port: u16, api: SocketAddr) -> Child {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"{name}\"\ndomain = \"proc\"\n[membership]\nport = {group_port}\nbind = \"127.0.0.1\"\n\
+             frequency_ms = {FREQUENCY_MS}\ndrop_time_ms = {DROP_TIME_MS}\n[receiver]\naddress = \"127.0.0.1\"\nport = {}\n\
+             auto_bind = 1\n[api]\nlisten = \"{api}\"\n",
+            free_port()
+        ),
+    )
+    .expect("write config");
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn shoal")
+}
+
+fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {
+    get(api, "/api/events")?
+        .as_array()?
+        .iter()
+        .find(|e| e["kind"] == "disappeared" && e["id"] == id)
+        .cloned()
+}
+
+#[test]
+fn sigkill_is_detected_by_expiry_and_sigterm_by_announcement() {
+    require_loopback_multicast();
+    let dir = tmpdir("kill");
+    let group_port = free_port();
+    let apis: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut procs = Procs(
+        ["a", "b", "c"]
+            .iter()
+            .zip(&apis)
+            .map(|(n, api)| Some(start(&dir, n, group_port, *api)))
+            .collect(),
+    );
+    for api in &apis {
+        wait_blocking("each node to see two members", || {
+            member_ids(*api).filter(|m| m.len() == 2)
+        });
+    }
+    let id_of =
+        |api: SocketAddr| get(api, "/api/node").and_then(|n| n["id"].as_str().map(str::to_owned));
+    let c_id = id_of(apis[2]).expect("c's id");
+    let b_id = id_of(apis[1]).expect("b's id");
+
+    // SIGKILL c: no announcement, so a and b must expire it.
+    let mut c = procs.0[2].take().expect("c running");
+    c.kill().expect("SIGKILL");
+    c.wait().expect("reaped");
+    let killed = Instant::now();
+    for api in &apis[..2] {
+        let ev = wait_blocking("c to disappear", || disappearance(*api, &c_id));
+        assert_eq!(
+            ev["reason"], "expired",
+            "a SIGKILLed node is dropped by expiry"
+        );
+        assert!(
+            member_ids(*api)
+                .expect("members")
+                .iter()
+                .all(|m| *m != c_id)
+        );
+    }
+    // Expiry cannot happen before dropTime minus one heartbeat after the kill:
+    // c's last heartbeat was at most one period before it. (Only a lower bound:
+    // a slow machine makes this longer, never shorter.)
+    let detected = killed.elapsed();
+    assert!(
+        detected >= Duration::from_millis(DROP_TIME_MS - FREQUENCY_MS),
+        "dropped after {detected:?}, earlier than dropTime allows"
+    );
+    eprintln!(
+        "SIGKILL detected after {detected:?} (dropTime {DROP_TIME_MS} ms + up to one heartbeat)"
+    );
+
+    // SIGTERM b: it announces its departure; a drops it by the shutdown command.
+    let mut b = procs.0[1].take().expect("b running");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(b.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = b.wait().expect("b exits");
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+    let ev = wait_blocking("b to disappear", || disappearance(apis[0], &b_id));
+    assert_eq!(
+        ev["reason"], "shutdown",
+        "a graceful stop is seen at once, by announcement"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_config_file_is_refused_naming_file_and_key() {
+    let dir = tmpdir("badcfg");
+    let cases = [
+        (
+            "[membership]\ndrop_time_ms = 10\n",
+            "membership.drop_time_ms",
+        ),
+        ("[receiver]\nprot = 4000\n", "prot"),
+        ("[membership]\nkind = \"static\"\n", "membership.members"),
+        ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
+        ("this is not toml", "expected"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run shoal");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} must be refused");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "error names the file: {stderr}"
+        );
+        assert!(stderr.contains(key), "error names {key}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "--config", "/nonexistent/shoal.toml"])
+        .output()
+        .expect("run shoal");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/shoal.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
