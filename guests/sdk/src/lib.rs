@@ -1,0 +1,415 @@
+//! Write shoal interceptor plug-ins in Rust.
+//!
+//! Implement [`Interceptor`] — only the hooks you need; the others pass
+//! everything — and export it with [`export_interceptor!`]. Build with
+//! `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to list in a node's
+//! config.
+//!
+//! ```ignore
+//! use shoal_guest_sdk::*;
+//!
+//! struct DropBig { max: u32 }
+//!
+//! impl Interceptor for DropBig {
+//!     fn create(settings: &Settings) -> Result<Self, String> {
+//!         Ok(Self { max: settings.get_or("max_bytes", 65536)? })
+//!     }
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::new(Hooks::ON_SEND)
+//!     }
+//!     fn on_send(&mut self, msg: &Outgoing) -> Verdict {
+//!         if msg.meta.size > self.max { Verdict::Drop("too big".into()) } else { Verdict::Pass }
+//!     }
+//! }
+//!
+//! export_interceptor!(DropBig);
+//! ```
+//!
+//! Each instance has its own memory; the node may run several instances of a
+//! plug-in for messages on several threads, and sends membership, heartbeat,
+//! probe, timer and stats calls to the first one only. Node-wide numbers go in
+//! [`host::Counter`]s.
+
+
+use core::cell::RefCell;
+use core::str::FromStr;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "interceptor",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_interceptor",
+        default_bindings_module: "shoal_guest_sdk::bindings",
+    });
+}
+
+use bindings::exports::shoal::cluster::hooks as wit;
+pub use bindings::shoal::cluster::types::{
+    BodyAccess, Capabilities, Hooks, LeaveReason, Level, Member, MemberId, MessageMeta, ProbeOptions, Stat, StatKind,
+};
+
+impl Capabilities {
+    /// Calls `hooks`, passes no bodies.
+    pub fn new(hooks: Hooks) -> Self {
+        Self {
+            hooks,
+            bodies: BodyAccess::None,
+        }
+    }
+
+    /// Also pass bodies, as `bodies` says.
+    pub fn with_bodies(mut self, bodies: BodyAccess) -> Self {
+        self.bodies = bodies;
+        self
+    }
+}
+
+impl MemberId {
+    /// The 16 bytes of the unique id.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.hi.to_be_bytes());
+        b[8..].copy_from_slice(&self.lo.to_be_bytes());
+        b
+    }
+}
+
+impl Stat {
+    /// A counter statistic.
+    pub fn counter(name: &str, value: f64, help: &str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            kind: StatKind::Counter,
+            help: help.into(),
+        }
+    }
+
+    /// A gauge statistic.
+    pub fn gauge(name: &str, value: f64, help: &str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            kind: StatKind::Gauge,
+            help: help.into(),
+        }
+    }
+}
+
+/// What a message hook decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass on unchanged.
+    Pass,
+    /// Pass on with new option bits and/or a new body (`None`: unchanged).
+    Modify {
+        /// New options.
+        options: Option<i32>,
+        /// New body (only honoured if the plug-in reads bodies).
+        body: Option<Vec<u8>>,
+    },
+    /// Stop the message, with a reason.
+    Drop(String),
+    /// Let the host queue it and continue later (asynchronous dispatch).
+    Defer,
+}
+
+/// What a membership hook decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVerdict {
+    /// Pass the event up.
+    Pass,
+    /// Filter it out, with a reason.
+    Drop(String),
+    /// Decide later; raise the event with [`host::raise_member_added`] or
+    /// [`host::raise_member_disappeared`] (or never).
+    Hold,
+}
+
+/// A message on its way to the network.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Options, timestamp, size.
+    pub meta: MessageMeta,
+    /// Where it goes.
+    pub destinations: &'a [MemberId],
+    /// The body, if this plug-in reads bodies of this size.
+    pub body: Option<&'a [u8]>,
+}
+
+/// A message on its way to the application.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// Options, timestamp, size.
+    pub meta: MessageMeta,
+    /// Who sent it.
+    pub sender: &'a Member,
+    /// The body, if this plug-in reads bodies of this size.
+    pub body: Option<&'a [u8]>,
+}
+
+/// The `settings` table of the plug-in's config entry.
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    /// Settings from key/value pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    /// The raw value of `key`.
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// `key` parsed as `T`; `Ok(None)` when absent, an error naming the key
+    /// when it does not parse.
+    pub fn get<T: FromStr>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| format!("setting `{key}`: cannot parse {v:?}")),
+        }
+    }
+
+    /// `key` parsed as `T`, or `default` when absent.
+    pub fn get_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, String> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    /// Keys present that are not in `known`: an error naming the first, so
+    /// typos are caught at start.
+    pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(format!("unknown setting `{k}` (known: {})", known.join(", "))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An interceptor plug-in. Implement the hooks you need; the defaults pass
+/// everything through and do nothing.
+pub trait Interceptor: Sized + 'static {
+    /// Builds the plug-in from its settings; an error refuses the node's start.
+    fn create(settings: &Settings) -> Result<Self, String>;
+    /// Hooks to be called and bodies to be passed (asked once).
+    fn capabilities(&self) -> Capabilities;
+    /// A message on its way down.
+    fn on_send(&mut self, _msg: &Outgoing<'_>) -> Verdict {
+        Verdict::Pass
+    }
+    /// A message on its way up.
+    fn on_receive(&mut self, _msg: &Incoming<'_>) -> Verdict {
+        Verdict::Pass
+    }
+    /// A member appeared below this plug-in.
+    fn member_added(&mut self, _m: &Member) -> MemberVerdict {
+        MemberVerdict::Pass
+    }
+    /// A member disappeared below this plug-in.
+    fn member_disappeared(&mut self, _m: &Member, _reason: LeaveReason) -> MemberVerdict {
+        MemberVerdict::Pass
+    }
+    /// A probe started with [`host::probe`] finished.
+    fn on_probe_result(&mut self, _probe: u64, _target: &Member, _alive: bool) {}
+    /// A timer set with [`host::set_timer`] fired.
+    fn on_timer(&mut self, _timer: u64) {}
+    /// The channel heartbeat.
+    fn heartbeat(&mut self) {}
+    /// Statistics for `/metrics`.
+    fn stats(&self) -> Vec<Stat> {
+        Vec::new()
+    }
+}
+
+/// Host capabilities. None of these blocks; none can fail in a way the
+/// plug-in must handle (probes and timers answer through hooks).
+pub mod host {
+    use super::bindings::shoal::cluster::host as h;
+    use super::*;
+
+    /// Wall clock, ms since the Unix epoch.
+    pub fn now_ms() -> i64 {
+        h::now_ms()
+    }
+
+    /// Monotonic clock in ms.
+    pub fn monotonic_ms() -> u64 {
+        h::monotonic_ms()
+    }
+
+    /// Logs a line in the node's log.
+    pub fn log(level: Level, message: &str) {
+        h::log(level, message)
+    }
+
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        h::log(Level::Info, message)
+    }
+
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        h::log(Level::Warn, message)
+    }
+
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        h::log(Level::Debug, message)
+    }
+
+    /// A node-wide counter, shared by every instance of this plug-in.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Counter(u32);
+
+    impl Counter {
+        /// Registers (or finds) the counter `name`.
+        pub fn register(name: &str, help: &str) -> Self {
+            Self(h::register_counter(name, help))
+        }
+
+        /// Adds `delta`; returns the node-wide total.
+        pub fn add(self, delta: u64) -> u64 {
+            h::counter_add(self.0, delta)
+        }
+
+        /// The node-wide total.
+        pub fn get(self) -> u64 {
+            h::counter_add(self.0, 0)
+        }
+    }
+
+    /// Members as membership reports them (below every plug-in).
+    pub fn members() -> Vec<Member> {
+        h::members()
+    }
+
+    /// This node.
+    pub fn local_member() -> Member {
+        h::local_member()
+    }
+
+    /// Bytes in the host's deferred-send queue.
+    pub fn queued_bytes() -> u64 {
+        h::queued_bytes()
+    }
+
+    /// Starts a TCP liveness probe; the answer comes to `on_probe_result`.
+    pub fn probe(target: &Member, options: ProbeOptions) -> u64 {
+        h::probe(target, options)
+    }
+
+    /// Asks for `on_timer` after `delay_ms`.
+    pub fn set_timer(delay_ms: u32) -> u64 {
+        h::set_timer(delay_ms)
+    }
+
+    /// Passes a member-added event up from this plug-in.
+    pub fn raise_member_added(m: &Member) {
+        h::raise_member_added(m)
+    }
+
+    /// Passes a member-disappeared event up from this plug-in.
+    pub fn raise_member_disappeared(m: &Member, reason: LeaveReason) {
+        h::raise_member_disappeared(m, reason)
+    }
+}
+
+/// Adapts an [`Interceptor`] to the generated bindings. Not for direct use.
+#[doc(hidden)]
+pub struct PluginWrapper<T: Interceptor>(RefCell<T>);
+
+fn to_wit(v: Verdict) -> bindings::shoal::cluster::types::Verdict {
+    use bindings::shoal::cluster::types::{Modification, Verdict as W};
+    match v {
+        Verdict::Pass => W::Pass,
+        Verdict::Modify { options, body } => W::PassModified(Modification { options, body }),
+        Verdict::Drop(r) => W::Drop(r),
+        Verdict::Defer => W::Defer,
+    }
+}
+
+fn member_to_wit(v: MemberVerdict) -> bindings::shoal::cluster::types::MemberVerdict {
+    use bindings::shoal::cluster::types::MemberVerdict as W;
+    match v {
+        MemberVerdict::Pass => W::Pass,
+        MemberVerdict::Drop(r) => W::Drop(r),
+        MemberVerdict::Hold => W::Hold,
+    }
+}
+
+impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
+    fn create(settings: Vec<(String, String)>) -> Result<wit::Plugin, String> {
+        let s = Settings::new(settings);
+        T::create(&s).map(|t| wit::Plugin::new(PluginWrapper(RefCell::new(t))))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.borrow().capabilities()
+    }
+
+    fn on_send(&self, meta: MessageMeta, destinations: Vec<MemberId>, body: Option<Vec<u8>>) -> bindings::shoal::cluster::types::Verdict {
+        let msg = Outgoing {
+            meta,
+            destinations: &destinations,
+            body: body.as_deref(),
+        };
+        to_wit(self.0.borrow_mut().on_send(&msg))
+    }
+
+    fn on_receive(&self, meta: MessageMeta, sender: Member, body: Option<Vec<u8>>) -> bindings::shoal::cluster::types::Verdict {
+        let msg = Incoming {
+            meta,
+            sender: &sender,
+            body: body.as_deref(),
+        };
+        to_wit(self.0.borrow_mut().on_receive(&msg))
+    }
+
+    fn member_added(&self, m: Member) -> bindings::shoal::cluster::types::MemberVerdict {
+        member_to_wit(self.0.borrow_mut().member_added(&m))
+    }
+
+    fn member_disappeared(&self, m: Member, reason: LeaveReason) -> bindings::shoal::cluster::types::MemberVerdict {
+        member_to_wit(self.0.borrow_mut().member_disappeared(&m, reason))
+    }
+
+    fn on_probe_result(&self, probe: u64, target: Member, alive: bool) {
+        self.0.borrow_mut().on_probe_result(probe, &target, alive)
+    }
+
+    fn on_timer(&self, timer: u64) {
+        self.0.borrow_mut().on_timer(timer)
+    }
+
+    fn heartbeat(&self) {
+        self.0.borrow_mut().heartbeat()
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        self.0.borrow().stats()
+    }
+}
+
+#[doc(hidden)]
+pub struct Root<T: Interceptor>(core::marker::PhantomData<T>);
+
+impl<T: Interceptor> wit::Guest for Root<T> {
+    type Plugin = PluginWrapper<T>;
+}
+
+/// Exports an [`Interceptor`] type as this component's plug-in.
+#[macro_export]
+macro_rules! export_interceptor {
+    ($t:ty) => {
+        type __ShoalRoot = $crate::Root<$t>;
+        $crate::bindings::__export_interceptor!(__ShoalRoot with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,211 @@
+//! TCP failure detector (Tribes' TcpFailureDetector, tribes.md §4.4).
+//!
+//! Membership events are verified over TCP before they go up:
+//! * a member that disappeared (missed heartbeats) is probed; if it still
+//!   answers TCP it is kept, as a *suspect*, and the event is swallowed; if not,
+//!   the event goes up. A graceful shutdown goes up at once;
+//! * a member that appeared is probed and goes up only once it answers;
+//! * every heartbeat re-probes the suspects: a dead one is removed, a live one
+//!   stops being a suspect after `removeSuspectsTimeout` (and stays);
+//! * the probe message Tomcat's detector sends (TCP_FAIL_DETECT) is swallowed
+//!   on receive, never delivered.
+//!
+//! Settings (Tribes' names and defaults): `connectTimeout` 1000 ms,
+//! `performSendTest` true, `performReadTest` false, `readTestTimeout` 5000 ms,
+//! `removeSuspectsTimeout` 300 s.
+
+use std::collections::HashMap;
+
+use shoal_guest_sdk::host::{self, Counter};
+use shoal_guest_sdk::*;
+
+/// Tribes' `TcpFailureDetector.TCP_FAIL_DETECT`.
+const TCP_FAIL_DETECT: [u8; 64] = [
+    0x4f, 0xa7, 0x73, 0x48, 0x79, 0x82, 0x43, 0xc9, 0x9f, 0x6f, 0x89, 0x80, 0xa1, 0x5b, 0x07, 0x14, 0x7d, 0xd9, 0x52,
+    0x5b, 0xeb, 0xf1, 0x43, 0x9a, 0xb7, 0x7e, 0xbe, 0x8f, 0x81, 0x67, 0x1e, 0xb6, 0x37, 0x15, 0xbe, 0x87, 0x45, 0x7e,
+    0x4c, 0xa8, 0xbf, 0x0a, 0x4d, 0x13, 0x53, 0x38, 0x15, 0x32, 0x55, 0xf6, 0x94, 0xb7, 0x3a, 0xfa, 0x40, 0x78, 0x91,
+    0x04, 0x7d, 0xd7, 0x72, 0x84, 0xc0, 0xd5,
+];
+
+/// A member's identity: unique id, host and port.
+type Key = (u64, u64, String, u16);
+
+fn key(m: &Member) -> Key {
+    (m.id.hi, m.id.lo, m.host.clone(), m.port)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    /// A member appeared: pass it up once it answers.
+    Add,
+    /// A member disappeared: pass it up only if it does not answer.
+    Remove,
+    /// Heartbeat re-check of a suspect.
+    RecheckSuspect,
+}
+
+struct Detector {
+    probe: ProbeOptions,
+    remove_suspects_timeout_ms: u64,
+    view: HashMap<Key, Member>,
+    remove_suspects: HashMap<Key, (Member, u64)>,
+    add_suspects: HashMap<Key, Member>,
+    pending: HashMap<u64, Purpose>,
+    in_flight: HashMap<Key, u64>,
+    kept_alive: Counter,
+    confirmed_dead: Counter,
+    probes_swallowed: Counter,
+}
+
+impl Detector {
+    fn start_probe(&mut self, m: &Member, purpose: Purpose) {
+        let k = key(m);
+        if self.in_flight.contains_key(&k) {
+            return; // one probe per member at a time
+        }
+        let id = host::probe(m, self.probe);
+        self.pending.insert(id, purpose);
+        self.in_flight.insert(k, id);
+    }
+
+    fn name(m: &Member) -> String {
+        format!("tcp://{}:{}", m.host, m.port)
+    }
+}
+
+impl Interceptor for Detector {
+    fn create(s: &Settings) -> Result<Self, String> {
+        s.only(&[
+            "connectTimeout",
+            "performSendTest",
+            "performReadTest",
+            "readTestTimeout",
+            "removeSuspectsTimeout",
+        ])?;
+        Ok(Self {
+            probe: ProbeOptions {
+                connect_timeout_ms: s.get_or("connectTimeout", 1000)?,
+                send_test: s.get_or("performSendTest", true)?,
+                read_test: s.get_or("performReadTest", false)?,
+                read_timeout_ms: s.get_or("readTestTimeout", 5000)?,
+            },
+            remove_suspects_timeout_ms: s.get_or::<u64>("removeSuspectsTimeout", 300)? * 1000,
+            view: HashMap::new(),
+            remove_suspects: HashMap::new(),
+            add_suspects: HashMap::new(),
+            pending: HashMap::new(),
+            in_flight: HashMap::new(),
+            kept_alive: Counter::register("suspects_kept_alive", "Members that missed heartbeats but answered TCP"),
+            confirmed_dead: Counter::register("members_confirmed_dead", "Disappearances confirmed by a failed TCP probe"),
+            probes_swallowed: Counter::register("probe_messages_swallowed", "TCP_FAIL_DETECT messages swallowed"),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS | Hooks::HEARTBEAT)
+            .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
+    }
+
+    fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
+        if msg.body == Some(&TCP_FAIL_DETECT[..]) {
+            self.probes_swallowed.add(1);
+            return Verdict::Drop("TcpFailureDetector probe".into());
+        }
+        Verdict::Pass
+    }
+
+    fn member_added(&mut self, m: &Member) -> MemberVerdict {
+        let k = key(m);
+        if self.remove_suspects.remove(&k).is_some() {
+            host::info(&format!("{} is heartbeating again; no longer a suspect", Self::name(m)));
+            return MemberVerdict::Drop("was never removed".into());
+        }
+        if self.view.contains_key(&k) {
+            return MemberVerdict::Drop("already in view".into());
+        }
+        self.start_probe(m, Purpose::Add);
+        MemberVerdict::Hold
+    }
+
+    fn member_disappeared(&mut self, m: &Member, reason: LeaveReason) -> MemberVerdict {
+        let k = key(m);
+        if reason == LeaveReason::Shutdown {
+            self.view.remove(&k);
+            self.remove_suspects.remove(&k);
+            self.add_suspects.remove(&k);
+            return MemberVerdict::Pass;
+        }
+        if self.add_suspects.remove(&k).is_some() || !self.view.contains_key(&k) {
+            // Never passed up: nothing to take back.
+            return MemberVerdict::Drop("not in view".into());
+        }
+        self.start_probe(m, Purpose::Remove);
+        MemberVerdict::Hold
+    }
+
+    fn on_probe_result(&mut self, probe: u64, m: &Member, alive: bool) {
+        let k = key(m);
+        self.in_flight.remove(&k);
+        let Some(purpose) = self.pending.remove(&probe) else {
+            return;
+        };
+        match (purpose, alive) {
+            (Purpose::Add, true) => {
+                self.add_suspects.remove(&k);
+                if self.view.insert(k, m.clone()).is_none() {
+                    host::raise_member_added(m);
+                }
+            }
+            (Purpose::Add, false) => {
+                host::info(&format!("{} heartbeats but does not answer TCP; not added yet", Self::name(m)));
+                self.add_suspects.insert(k, m.clone());
+            }
+            (Purpose::Remove, true) => {
+                self.kept_alive.add(1);
+                host::warn(&format!(
+                    "{} missed its heartbeats but answers TCP: kept as a suspect",
+                    Self::name(m)
+                ));
+                self.remove_suspects.insert(k, (m.clone(), host::monotonic_ms()));
+            }
+            (Purpose::Remove | Purpose::RecheckSuspect, false) => {
+                self.remove_suspects.remove(&k);
+                if self.view.remove(&k).is_some() {
+                    self.confirmed_dead.add(1);
+                    host::info(&format!("{} confirmed dead by TCP probe", Self::name(m)));
+                    host::raise_member_disappeared(m, LeaveReason::Expired);
+                }
+            }
+            (Purpose::RecheckSuspect, true) => {
+                let expired = self
+                    .remove_suspects
+                    .get(&k)
+                    .is_some_and(|(_, since)| host::monotonic_ms().saturating_sub(*since) > self.remove_suspects_timeout_ms);
+                if expired {
+                    // Tribes: the suspicion lapses; the member stays in view.
+                    self.remove_suspects.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let suspects: Vec<Member> = self.remove_suspects.values().map(|(m, _)| m.clone()).collect();
+        for m in suspects {
+            self.start_probe(&m, Purpose::RecheckSuspect);
+        }
+        let adds: Vec<Member> = self.add_suspects.values().cloned().collect();
+        for m in adds {
+            self.start_probe(&m, Purpose::Add);
+        }
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        vec![
+            Stat::gauge("view_members", self.view.len() as f64, "Members in the detector's view"),
+            Stat::gauge("suspects", self.remove_suspects.len() as f64, "Members kept although they missed heartbeats"),
+        ]
+    }
+}
+
+export_interceptor!(Detector);

@@ -1,0 +1,80 @@
+//! Throughput interceptor (Tribes' ThroughputInterceptor, tribes.md §4.5):
+//! counts messages and bytes sent and received, node-wide, and every
+//! `interval` messages logs the totals and rates. Never reads bodies.
+//!
+//! Settings: `interval` (messages between log lines; Tribes: 10000).
+
+use shoal_guest_sdk::host::{self, Counter};
+use shoal_guest_sdk::*;
+
+struct Throughput {
+    interval: u64,
+    tx_msgs: Counter,
+    tx_bytes: Counter,
+    rx_msgs: Counter,
+    rx_bytes: Counter,
+    started_ms: u64,
+}
+
+impl Throughput {
+    fn report(&self, dir: &str, msgs: u64, bytes: Counter) {
+        let secs = (host::monotonic_ms().saturating_sub(self.started_ms)).max(1) as f64 / 1000.0;
+        let mb = bytes.get() as f64 / (1024.0 * 1024.0);
+        host::info(&format!(
+            "throughput {dir}: {msgs} messages, {mb:.2} MiB, {:.2} MiB/s, {:.0} msg/s since start",
+            mb / secs,
+            msgs as f64 / secs
+        ));
+    }
+}
+
+impl Interceptor for Throughput {
+    fn create(settings: &Settings) -> Result<Self, String> {
+        settings.only(&["interval"])?;
+        let interval: u64 = settings.get_or("interval", 10_000)?;
+        if interval == 0 {
+            return Err("setting `interval` must be at least 1".into());
+        }
+        Ok(Self {
+            interval,
+            tx_msgs: Counter::register("tx_messages", "Messages sent through the throughput interceptor"),
+            tx_bytes: Counter::register("tx_bytes", "Body bytes sent through the throughput interceptor"),
+            rx_msgs: Counter::register("rx_messages", "Messages received through the throughput interceptor"),
+            rx_bytes: Counter::register("rx_bytes", "Body bytes received through the throughput interceptor"),
+            started_ms: host::monotonic_ms(),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE)
+    }
+
+    fn on_send(&mut self, msg: &Outgoing<'_>) -> Verdict {
+        let n = msg.destinations.len().max(1) as u64;
+        self.tx_bytes.add(u64::from(msg.meta.size) * n);
+        let total = self.tx_msgs.add(n);
+        if total / self.interval != (total - n) / self.interval {
+            self.report("tx", total, self.tx_bytes);
+        }
+        Verdict::Pass
+    }
+
+    fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
+        self.rx_bytes.add(u64::from(msg.meta.size));
+        let total = self.rx_msgs.add(1);
+        if total % self.interval == 0 {
+            self.report("rx", total, self.rx_bytes);
+        }
+        Verdict::Pass
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let secs = (host::monotonic_ms().saturating_sub(self.started_ms)).max(1) as f64 / 1000.0;
+        vec![
+            Stat::gauge("tx_mib_per_second", self.tx_bytes.get() as f64 / 1048576.0 / secs, "Mean send rate since start"),
+            Stat::gauge("rx_mib_per_second", self.rx_bytes.get() as f64 / 1048576.0 / secs, "Mean receive rate since start"),
+        ]
+    }
+}
+
+export_interceptor!(Throughput);
