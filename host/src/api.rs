@@ -8,7 +8,8 @@
 //! | `GET /api/events` | the last membership events (added / disappeared with reason) |
 //! | `GET /api/messages` | the last received messages (sender, options, length, preview) |
 //! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /api/plugins` | the interceptor chain: source, hash, failures, counters, stats |
+//! | `GET /metrics` | Prometheus text, plug-in metrics included |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +100,7 @@ impl ApiServer {
             .route("/api/events", get(events))
             .route("/api/messages", get(messages))
             .route("/api/send", post(send))
+            .route("/api/plugins", get(plugins))
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_SEND_BODY))
             .with_state(state);
@@ -179,11 +181,53 @@ async fn messages(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    // Guest stats calls are synchronous (bounded by the call deadline).
+    s.channel.chain().render_metrics(&mut text).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn plugins(State(s): State<AppState>) -> Response {
+    use crate::plugins::FailureKind;
+    let chain = s.channel.chain();
+    let mut list = Vec::new();
+    for ic in chain.interceptors() {
+        let sh = ic.shared();
+        let stats: serde_json::Map<String, serde_json::Value> = ic
+            .guest_stats()
+            .await
+            .into_iter()
+            .map(|(n, v, _, _)| (n, serde_json::json!(v)))
+            .collect();
+        let counters: serde_json::Map<String, serde_json::Value> = sh
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    serde_json::json!(c.value.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        list.push(serde_json::json!({
+            "name": ic.name(),
+            "source": ic.spec().source.to_string(),
+            "sha256": ic.hash(),
+            "failure_mode": ic.spec().failure_mode,
+            "failures": {
+                "trap": sh.failures_of(FailureKind::Trap),
+                "timeout": sh.failures_of(FailureKind::Timeout),
+                "memory": sh.failures_of(FailureKind::Memory),
+            },
+            "dropped": sh.drops.load(Ordering::Relaxed),
+            "deferred": sh.defers.load(Ordering::Relaxed),
+            "counters": counters,
+            "stats": stats,
+        }));
+    }
+    Json(list).into_response()
 }
 
 #[derive(Deserialize)]

@@ -15,10 +15,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::dispatch::{Dispatcher, EnqueueError, Enqueued};
+use arc_swap::ArcSwap;
+
+use crate::dispatch::{Dispatcher, EnqueueError, Enqueued, Job};
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent, MemberTable};
 use crate::metrics::Metrics;
+use crate::plugins::{Chain, Flow, InMsg, OutMsg};
 use crate::transport::receiver::{DeliveryError, MessageHandler};
 use crate::transport::sender::{SendError, Sender};
 use crate::wire::{ChannelData, MemberPacket, SendOptions, encode_message_frame};
@@ -85,6 +88,14 @@ pub enum ChannelSendError {
     /// No destination given.
     #[error("no destination members")]
     NoDestination,
+    /// An interceptor dropped the message.
+    #[error("message dropped by interceptor `{plugin}`: {reason}")]
+    Dropped {
+        /// The interceptor.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
     /// The body does not fit in a frame the receivers accept.
     #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
     TooLarge {
@@ -127,11 +138,61 @@ pub struct EventSummary {
     pub at_ms: i64,
 }
 
+/// Encodes outgoing messages as frames with this node as the sender.
+#[derive(Debug)]
+pub struct FrameEncoder {
+    address: Bytes,
+    max_frame: usize,
+}
+
+impl FrameEncoder {
+    /// An encoder for a node whose member packet is `local`.
+    pub fn new(local: &MemberPacket, max_frame: usize) -> Self {
+        Self {
+            address: local.to_bytes(),
+            max_frame,
+        }
+    }
+
+    /// This node's encoded member packet.
+    pub fn address(&self) -> &Bytes {
+        &self.address
+    }
+
+    fn check(&self, body_len: usize) -> Result<(), ChannelSendError> {
+        let len = crate::wire::message_frame_len(16, self.address.len(), body_len);
+        if len - crate::wire::frame::FRAME_OVERHEAD > self.max_frame {
+            return Err(ChannelSendError::TooLarge {
+                len: body_len,
+                max: self.max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    /// One complete frame for `msg`, with a fresh message id.
+    pub fn encode(&self, msg: &OutMsg) -> Result<Bytes, ChannelSendError> {
+        self.check(msg.body.len())?;
+        let len = crate::wire::message_frame_len(16, self.address.len(), msg.body.len());
+        let id: [u8; 16] = rand::random();
+        let mut buf = BytesMut::with_capacity(len);
+        encode_message_frame(
+            &mut buf,
+            msg.options,
+            msg.timestamp,
+            &id,
+            &self.address,
+            &msg.body,
+        );
+        Ok(buf.freeze())
+    }
+}
+
 struct Inner {
     local: MemberPacket,
     local_id: MemberId,
-    address: Bytes,
-    max_frame: usize,
+    encoder: Arc<FrameEncoder>,
+    chain: ArcSwap<Chain>,
     view: RwLock<Vec<Member>>,
     table: std::sync::OnceLock<Arc<Mutex<MemberTable>>>,
     sender: Arc<Sender>,
@@ -168,18 +229,18 @@ impl Channel {
     pub(crate) fn new(
         local: MemberPacket,
         local_id: MemberId,
-        max_frame: usize,
+        encoder: Arc<FrameEncoder>,
+        chain: Arc<Chain>,
         sender: Arc<Sender>,
         dispatch: Dispatcher,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let address = local.to_bytes();
         Self {
             inner: Arc::new(Inner {
                 local,
                 local_id,
-                address,
-                max_frame,
+                encoder,
+                chain: ArcSwap::new(chain),
                 view: RwLock::new(Vec::new()),
                 table: std::sync::OnceLock::new(),
                 sender,
@@ -240,11 +301,15 @@ impl Channel {
         write(&self.inner.member_listeners).push(l);
     }
 
-    /// Sends `body` to `dests` with Tribes' option bits.
+    /// Sends `body` to `dests` with Tribes' option bits, down the
+    /// interceptor chain.
     ///
-    /// * `ASYNCHRONOUS`: queued; returns once queued (or, queue full with
-    ///   `always_send`, once sent). Failures are logged and counted.
-    /// * otherwise: returns when every destination has the message — and with
+    /// * An interceptor may drop the message ([`ChannelSendError::Dropped`])
+    ///   or defer it: the message-dispatch plug-in defers `ASYNCHRONOUS`
+    ///   sends, and with no chain at all the bit alone queues the message.
+    ///   A deferred send returns once queued (or, queue full with
+    ///   `always_send`, once sent); its failures are logged and counted.
+    /// * Otherwise it returns when every destination has the message — and with
     ///   `USE_ACK`, has acknowledged it (with `SYNCHRONIZED_ACK`, after
     ///   processing). A [`SendError`] lists each member not reached.
     ///
@@ -258,22 +323,51 @@ impl Channel {
         if dests.is_empty() {
             return Err(ChannelSendError::NoDestination);
         }
-        let options = options | SendOptions::BYTE_MESSAGE;
-        let frame = self.encode(body, options)?;
-        let acks = usize::from(options.wants_ack());
-        if options.is_async() {
-            match self.inner.dispatch.enqueue(dests.into(), frame, acks > 0)? {
-                Enqueued::Queued => return Ok(()),
-                Enqueued::SendNow(job) => {
-                    return Ok(self
-                        .inner
-                        .sender
-                        .send(&job.dests, std::slice::from_ref(&job.frame), acks)
-                        .await?);
+        self.inner.encoder.check(body.len())?;
+        let mut msg = OutMsg {
+            options: options | SendOptions::BYTE_MESSAGE,
+            timestamp: now_ms(),
+            body: Bytes::copy_from_slice(body),
+            dests: dests.into(),
+        };
+        let chain = self.inner.chain.load_full();
+        let flow = if chain.is_empty() {
+            if msg.options.is_async() {
+                Flow::Deferred { resume: 0 }
+            } else {
+                Flow::Continue
+            }
+        } else {
+            chain.send_from(0, &mut msg).await
+        };
+        match flow {
+            Flow::Continue => self.transmit(msg).await,
+            Flow::Dropped { plugin, reason } => Err(ChannelSendError::Dropped { plugin, reason }),
+            Flow::Deferred { resume } => {
+                match self
+                    .inner
+                    .dispatch
+                    .enqueue(Job::new(msg, resume, chain.clone()))?
+                {
+                    Enqueued::Queued => Ok(()),
+                    Enqueued::SendNow(job) => {
+                        let mut msg = job.msg;
+                        if let Flow::Dropped { plugin, reason } =
+                            chain.send_from(resume, &mut msg).await
+                        {
+                            return Err(ChannelSendError::Dropped { plugin, reason });
+                        }
+                        self.transmit(msg).await
+                    }
                 }
             }
         }
-        Ok(self.inner.sender.send(dests, &[frame], acks).await?)
+    }
+
+    async fn transmit(&self, msg: OutMsg) -> Result<(), ChannelSendError> {
+        let frame = self.inner.encoder.encode(&msg)?;
+        let acks = usize::from(msg.options.wants_ack());
+        Ok(self.inner.sender.send(&msg.dests, &[frame], acks).await?)
     }
 
     /// Sends to every member in the view. With no members, does nothing.
@@ -289,18 +383,15 @@ impl Channel {
         self.send(&dests, body, options).await
     }
 
-    fn encode(&self, body: &[u8], options: SendOptions) -> Result<Bytes, ChannelSendError> {
-        let len = crate::wire::message_frame_len(16, self.inner.address.len(), body.len());
-        if len - crate::wire::frame::FRAME_OVERHEAD > self.inner.max_frame {
-            return Err(ChannelSendError::TooLarge {
-                len: body.len(),
-                max: self.inner.max_frame,
-            });
-        }
-        let id: [u8; 16] = rand::random();
-        let mut buf = BytesMut::with_capacity(len);
-        encode_message_frame(&mut buf, options, now_ms(), &id, &self.inner.address, body);
-        Ok(buf.freeze())
+    /// The interceptor chain in use.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.inner.chain.load_full()
+    }
+
+    /// Replaces the interceptor chain atomically; messages already on their
+    /// way finish on the chain they started on.
+    pub fn set_chain(&self, chain: Arc<Chain>) {
+        self.inner.chain.store(chain);
     }
 
     /// Applies a membership event from below: updates the view and tells listeners.
@@ -393,21 +484,19 @@ impl Channel {
         self.inner.sender.close();
     }
 
-    pub(crate) fn handler(&self) -> Arc<dyn MessageHandler> {
+    pub(crate) fn handler(&self) -> Arc<Self> {
         Arc::new(self.clone())
     }
 }
 
-impl MessageHandler for Channel {
-    fn deliver(&self, msg: ChannelData, _wire_len: usize) -> Result<(), DeliveryError> {
-        let sender = Member::from_packet(&msg.sender)
-            .map_err(|e| DeliveryError(format!("bad sender address: {e}")))?;
+impl Channel {
+    fn to_listeners(&self, m: InMsg) -> Result<(), DeliveryError> {
         let rm = ReceivedMessage {
-            sender,
-            options: msg.options,
-            timestamp: msg.timestamp,
-            unique_id: msg.unique_id,
-            body: msg.message,
+            sender: m.sender,
+            options: m.options,
+            timestamp: m.timestamp,
+            unique_id: m.unique_id,
+            body: m.body,
         };
         {
             let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -436,6 +525,42 @@ impl MessageHandler for Channel {
         match first_err {
             None => Ok(()),
             Some(e) => Err(DeliveryError(e.0)),
+        }
+    }
+}
+
+impl MessageHandler for Channel {
+    async fn deliver(&self, msg: ChannelData, _wire_len: usize) -> Result<(), DeliveryError> {
+        let sender = Member::from_packet(&msg.sender)
+            .map_err(|e| DeliveryError(format!("bad sender address: {e}")))?;
+        let mut m = InMsg {
+            sender,
+            options: msg.options,
+            timestamp: msg.timestamp,
+            unique_id: msg.unique_id,
+            body: msg.message,
+        };
+        let chain = self.inner.chain.load_full();
+        match chain.receive_from(chain.len(), &mut m).await {
+            Flow::Continue => self.to_listeners(m),
+            Flow::Dropped { plugin, reason } => {
+                tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
+                Ok(())
+            }
+            Flow::Deferred { resume } => {
+                // Queued delivery: the rest of the chain and the listeners run
+                // on a task; the sender's ACK does not wait for them.
+                let ch = self.clone();
+                tokio::spawn(async move {
+                    if !matches!(
+                        chain.receive_from(resume, &mut m).await,
+                        Flow::Dropped { .. }
+                    ) {
+                        let _ = ch.to_listeners(m);
+                    }
+                });
+                Ok(())
+            }
         }
     }
 }

@@ -56,6 +56,65 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// `[api]`: the HTTP admin endpoint.
     pub api: ApiConfig,
+    /// `[plugins]`: limits for WebAssembly plug-ins.
+    pub plugins: PluginsConfig,
+    /// `[[interceptor]]`: the channel's interceptor chain, top (nearest the
+    /// application) first. Empty: the default chain (see `plugins.default_chain`).
+    #[serde(rename = "interceptor")]
+    pub interceptors: Vec<InterceptorConfig>,
+    /// Directory of the config file; relative `wasm` paths start there.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// With no `[[interceptor]]`: run the built-in tcp-failure-detector,
+    /// message-dispatch and throughput (true), or no chain at all (false).
+    pub default_chain: bool,
+    /// Deadline of one plug-in call (epoch interruption). Default 5 ms.
+    pub call_deadline_ms: u64,
+    /// Memory cap of one plug-in instance. Default 64 MiB.
+    pub memory_limit_mb: u64,
+    /// Instances per interceptor serving messages; 0 = one per CPU.
+    pub instances: usize,
+    /// Compiled-component cache directory; `""` = `$XDG_CACHE_HOME/shoal/components`
+    /// (or `~/.cache/…`), `"off"` = no cache.
+    pub cache_dir: String,
+    /// Channel heartbeat period (interceptors' `heartbeat` hook). Tribes: 5000 ms.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            default_chain: true,
+            call_deadline_ms: 5,
+            memory_limit_mb: 64,
+            instances: 0,
+            cache_dir: String::new(),
+            heartbeat_ms: 5000,
+        }
+    }
+}
+
+/// One `[[interceptor]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptorConfig {
+    /// Name in logs and metrics; without `wasm`, the built-in of that name.
+    pub name: String,
+    /// Path of a `.wasm` component (relative to the config file).
+    #[serde(default)]
+    pub wasm: Option<String>,
+    /// `"fail-open"` (default: a failing plug-in passes the message) or `"fail-closed"`.
+    #[serde(default)]
+    pub failure_mode: crate::plugins::FailureMode,
+    /// Settings given to the plug-in's `create`, as strings.
+    #[serde(default)]
+    pub settings: toml::Table,
 }
 
 /// `[node]`
@@ -292,6 +351,8 @@ impl Config {
                 None => e.message().to_owned(),
             },
         })?;
+        let mut cfg = cfg;
+        cfg.base_dir = file.parent().map(Path::to_path_buf);
         cfg.validate_in(file)?;
         Ok(cfg)
     }
@@ -299,6 +360,71 @@ impl Config {
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_in(Path::new(BUILT_IN))
+    }
+
+    /// The interceptor chain this config asks for, top first.
+    pub fn interceptor_specs(&self) -> Vec<crate::plugins::InterceptorSpec> {
+        use crate::plugins::{DEFAULT_CHAIN, FailureMode, InterceptorSpec, PluginSource};
+        if self.interceptors.is_empty() {
+            if !self.plugins.default_chain {
+                return Vec::new();
+            }
+            return DEFAULT_CHAIN
+                .iter()
+                .map(|n| InterceptorSpec {
+                    name: (*n).into(),
+                    source: PluginSource::Builtin((*n).into()),
+                    failure_mode: FailureMode::FailOpen,
+                    settings: Vec::new(),
+                })
+                .collect();
+        }
+        self.interceptors
+            .iter()
+            .map(|i| InterceptorSpec {
+                name: i.name.clone(),
+                source: match &i.wasm {
+                    None => PluginSource::Builtin(i.name.clone()),
+                    Some(p) => {
+                        let p = PathBuf::from(p);
+                        PluginSource::File(match &self.base_dir {
+                            Some(base) if p.is_relative() => base.join(p),
+                            _ => p,
+                        })
+                    }
+                },
+                failure_mode: i.failure_mode,
+                settings: i
+                    .settings
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Plug-in limits from `[plugins]`.
+    pub fn plugin_options(&self) -> crate::plugins::PluginOptions {
+        let mut o = crate::plugins::PluginOptions {
+            call_deadline: std::time::Duration::from_millis(self.plugins.call_deadline_ms),
+            memory_limit: (self.plugins.memory_limit_mb as usize) << 20,
+            ..Default::default()
+        };
+        if self.plugins.instances > 0 {
+            o.instances = self.plugins.instances;
+        }
+        o.cache_dir = match self.plugins.cache_dir.as_str() {
+            "" => Some(crate::plugins::default_cache_dir()),
+            "off" => None,
+            d => Some(PathBuf::from(d)),
+        };
+        o
     }
 
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
@@ -399,6 +525,59 @@ impl Config {
                     self.api.listen
                 ),
             ));
+        }
+        let p = &self.plugins;
+        if p.call_deadline_ms == 0 || p.call_deadline_ms > 10_000 {
+            return Err(bad(
+                "plugins.call_deadline_ms",
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
+            return Err(bad(
+                "plugins.memory_limit_mb",
+                "must be between 1 and 4096".into(),
+            ));
+        }
+        if p.instances > 256 {
+            return Err(bad("plugins.instances", "must be at most 256".into()));
+        }
+        if p.heartbeat_ms < 100 {
+            return Err(bad("plugins.heartbeat_ms", "must be at least 100".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, ic) in self.interceptors.iter().enumerate() {
+            let key = |k: &str| format!("interceptor[{i}].{k}");
+            if ic.name.trim().is_empty()
+                || ic.name.len() > 64
+                || ic.name.contains(['"', '\\', '\n'])
+            {
+                return Err(bad(
+                    &key("name"),
+                    "must be 1 to 64 characters without quotes".into(),
+                ));
+            }
+            if !names.insert(ic.name.as_str()) {
+                return Err(bad(&key("name"), format!("{:?} is used twice", ic.name)));
+            }
+            if ic.wasm.is_none() && !crate::plugins::BUILTINS.iter().any(|(n, _)| *n == ic.name) {
+                return Err(bad(
+                    &key("wasm"),
+                    format!(
+                        "missing: {:?} is not a built-in interceptor ({})",
+                        ic.name,
+                        crate::plugins::BUILTINS.map(|b| b.0).join(", ")
+                    ),
+                ));
+            }
+            for (k, v) in &ic.settings {
+                if matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
+                    return Err(bad(
+                        &key(&format!("settings.{k}")),
+                        "must be a string, number or boolean".into(),
+                    ));
+                }
+            }
         }
         if self.node.domain.chars().any(|c| c as u32 > 0xff) {
             return Err(bad("node.domain", "must be ISO-8859-1 text".into()));

@@ -1,11 +1,16 @@
-//! The asynchronous send queue (Tomcat's MessageDispatchInterceptor, tribes.md
-//! §4.3): a send with the `ASYNCHRONOUS` bit returns at once and workers send
-//! it later. The queue is bounded in bytes (`max_queue_size`); when full, the
-//! message is sent in the caller (`always_send`, Tomcat's default) or refused.
+//! The deferred-send queue (the host half of Tomcat's
+//! MessageDispatchInterceptor, tribes.md §4.3). A message is queued when an
+//! interceptor answers `defer` (the message-dispatch plug-in does for
+//! ASYNCHRONOUS sends) — or, with no interceptor chain at all, when the send
+//! has the ASYNCHRONOUS bit, as Tribes adds a MessageDispatchInterceptor to a
+//! bare channel. The caller returns at once; workers continue the chain below
+//! the deferring interceptor and send.
 //!
-//! Workers drain several queued messages at a time and write those for the same
-//! destinations in one system call, which is where asynchronous throughput
-//! comes from. Failures are logged and counted (`async_send_failures_total`).
+//! The queue is bounded in bytes (`max_queue_size`); when full, the message
+//! is handed back to be sent in the caller (`always_send`, Tomcat's default)
+//! or refused. Workers drain several queued messages at a time and write
+//! those for the same destinations in one system call. Failures are logged
+//! and counted (`async_send_failures_total`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,24 +20,44 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::channel::FrameEncoder;
 use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
+use crate::plugins::{Chain, Flow, OutMsg};
 use crate::transport::sender::Sender;
 
 /// Most messages one worker takes from the queue at a time.
 const BATCH: usize = 64;
+/// Bytes a queued message is charged besides its body (frame and bookkeeping).
+const OVERHEAD: usize = 160;
 
-/// One queued message.
+/// One queued message and where to resume its way down the chain.
 #[derive(Debug)]
 pub struct Job {
-    /// Where it goes.
-    pub dests: Arc<[MemberId]>,
-    /// The encoded frame.
-    pub frame: Bytes,
-    /// Whether the receiver will answer with an ACK.
-    pub ack: bool,
+    /// The message.
+    pub msg: OutMsg,
+    /// Index of the next interceptor down.
+    pub resume: usize,
+    /// The chain it started on (a swapped chain does not affect it).
+    pub chain: Arc<Chain>,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// A job for `msg`, to continue at interceptor `resume` of `chain`.
+    pub fn new(msg: OutMsg, resume: usize, chain: Arc<Chain>) -> Self {
+        Self {
+            msg,
+            resume,
+            chain,
+            permit: None,
+        }
+    }
+
+    fn cost(&self) -> usize {
+        self.msg.body.len() + OVERHEAD
+    }
 }
 
 /// Why an asynchronous send was not queued.
@@ -70,14 +95,23 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts `cfg.workers` workers sending through `sender`.
-    pub fn start(cfg: DispatchConfig, sender: Arc<Sender>, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        cfg: DispatchConfig,
+        sender: Arc<Sender>,
+        encoder: Arc<FrameEncoder>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = JoinSet::new();
         for _ in 0..cfg.workers {
-            workers.spawn(worker(rx.clone(), sender.clone(), metrics.clone()));
+            workers.spawn(worker(
+                rx.clone(),
+                sender.clone(),
+                encoder.clone(),
+                metrics.clone(),
+            ));
         }
-        // The byte budget; a u32 bounds one acquisition, which caps frames anyway.
         let budget = Arc::new(Semaphore::new(
             cfg.max_queue_size.min(Semaphore::MAX_PERMITS),
         ));
@@ -92,22 +126,11 @@ impl Dispatcher {
 
     /// Queues a message, or hands it back when the queue is full and
     /// `always_send` is on. Never blocks.
-    pub fn enqueue(
-        &self,
-        dests: Arc<[MemberId]>,
-        frame: Bytes,
-        ack: bool,
-    ) -> Result<Enqueued, EnqueueError> {
-        let len = frame.len();
-        let permit = u32::try_from(len)
+    pub fn enqueue(&self, mut job: Job) -> Result<Enqueued, EnqueueError> {
+        let cost = job.cost();
+        let permit = u32::try_from(cost)
             .ok()
             .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok());
-        let mut job = Job {
-            dests,
-            frame,
-            ack,
-            permit: None,
-        };
         let Some(permit) = permit else {
             if self.budget.is_closed() {
                 return Err(EnqueueError::Closed);
@@ -128,7 +151,7 @@ impl Dispatcher {
         };
         self.metrics
             .async_queue_bytes
-            .fetch_add(len as i64, Ordering::Relaxed);
+            .fetch_add(cost as i64, Ordering::Relaxed);
         tx.send(job).map_err(|_| EnqueueError::Closed)?;
         Ok(Enqueued::Queued)
     }
@@ -154,9 +177,11 @@ impl Dispatcher {
 async fn worker(
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     sender: Arc<Sender>,
+    encoder: Arc<FrameEncoder>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut ready: Vec<(Arc<[MemberId]>, Bytes, bool)> = Vec::with_capacity(BATCH);
     loop {
         {
             let mut rx = rx.lock().await;
@@ -164,26 +189,41 @@ async fn worker(
                 return; // closed and empty
             }
         }
-        let queued: usize = batch.iter().map(|j: &Job| j.frame.len()).sum();
+        let queued: usize = batch.iter().map(Job::cost).sum();
         metrics
             .async_queue_bytes
             .fetch_sub(queued as i64, Ordering::Relaxed);
+        // Finish each message's way down the chain, then encode it.
+        for mut job in batch.drain(..) {
+            if let Flow::Dropped { plugin, reason } =
+                job.chain.send_from(job.resume, &mut job.msg).await
+            {
+                tracing::debug!(%plugin, %reason, "deferred message dropped by an interceptor");
+                continue;
+            }
+            match encoder.encode(&job.msg) {
+                Ok(frame) => {
+                    ready.push((job.msg.dests.clone(), frame, job.msg.options.wants_ack()))
+                }
+                Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
+            }
+        }
         // Group consecutive messages with the same destinations into one write.
         let mut start = 0;
-        while start < batch.len() {
+        while start < ready.len() {
             let mut end = start + 1;
-            while end < batch.len() && batch[end].dests == batch[start].dests {
+            while end < ready.len() && ready[end].0 == ready[start].0 {
                 end += 1;
             }
-            let group = &batch[start..end];
-            let frames: Vec<Bytes> = group.iter().map(|j| j.frame.clone()).collect();
-            let acks = group.iter().filter(|j| j.ack).count();
-            if let Err(e) = sender.send(&group[0].dests, &frames, acks).await {
+            let group = &ready[start..end];
+            let frames: Vec<Bytes> = group.iter().map(|j| j.1.clone()).collect();
+            let acks = group.iter().filter(|j| j.2).count();
+            if let Err(e) = sender.send(&group[0].0, &frames, acks).await {
                 Metrics::inc(&metrics.async_send_failures_total);
                 tracing::warn!(error = %e, messages = frames.len(), "asynchronous send failed");
             }
             start = end;
         }
-        batch.clear(); // releases the byte permits
+        ready.clear();
     }
 }

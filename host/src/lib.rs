@@ -26,6 +26,7 @@ mod member;
 pub mod membership;
 mod metrics;
 mod node;
+pub mod plugins;
 pub mod transport;
 pub mod wire;
 

@@ -10,12 +10,13 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::api::ApiServer;
-use crate::channel::Channel;
+use crate::channel::{Channel, FrameEncoder};
 use crate::config::{Config, MembershipKind};
 use crate::dispatch::Dispatcher;
 use crate::member::{Member, MemberId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::plugins::{Chain, ControlEvent, NodeCtx};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
 use crate::wire::MemberPacket;
@@ -40,6 +41,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An interceptor could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginLoadError),
     /// Another I/O failure during start-up.
     #[error("start-up failed: {0}")]
     Io(#[from] std::io::Error),
@@ -120,12 +124,36 @@ impl Node {
             unique_id: local.unique_id,
         };
 
+        let encoder = Arc::new(FrameEncoder::new(&local, cfg.receiver.max_frame_bytes));
+        let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();
+        let local_member =
+            Member::from_packet(&local).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let node_ctx = Arc::new(NodeCtx::new(
+            local_member,
+            encoder.address().clone(),
+            metrics.clone(),
+            control_tx,
+        ));
+        let chain = Arc::new(
+            Chain::load(
+                cfg.interceptor_specs(),
+                &cfg.plugin_options(),
+                node_ctx.clone(),
+            )
+            .await?,
+        );
         let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
-        let dispatch = Dispatcher::start(cfg.dispatch.clone(), sender.clone(), metrics.clone());
+        let dispatch = Dispatcher::start(
+            cfg.dispatch.clone(),
+            sender.clone(),
+            encoder.clone(),
+            metrics.clone(),
+        );
         let channel = Channel::new(
             local.clone(),
             local_id,
-            cfg.receiver.max_frame_bytes,
+            encoder,
+            chain,
             sender,
             dispatch,
             metrics.clone(),
@@ -141,10 +169,27 @@ impl Node {
         )
         .await?;
         channel.attach_table(membership.table());
+        let _ = node_ctx.table.set(membership.table());
+        // The control loop: membership events, plug-in probes and timers, and
+        // the channel heartbeat, one at a time through the chain.
         let ch = channel.clone();
+        let heartbeat = Duration::from_millis(cfg.plugins.heartbeat_ms);
         let events_task = tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                ch.on_member_event(ev);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(ev) => ControlEvent::Member(ev),
+                        None => break,
+                    },
+                    Some(ev) = control_rx.recv() => ev,
+                    _ = tick.tick() => ControlEvent::Heartbeat,
+                };
+                for up in ch.chain().control(ev).await {
+                    ch.on_member_event(up);
+                }
             }
         });
 

@@ -33,10 +33,14 @@ pub struct DeliveryError(pub String);
 
 /// Where the receiver hands decoded messages.
 pub trait MessageHandler: Send + Sync + 'static {
-    /// Processes one message, on the connection's task. Must not block: it runs
-    /// on the async runtime. `Err` becomes a FAIL-ACK if the sender asked for
-    /// `USE_ACK | SYNCHRONIZED_ACK`.
-    fn deliver(&self, msg: ChannelData, wire_len: usize) -> Result<(), DeliveryError>;
+    /// Processes one message, on the connection's task (the next frame of the
+    /// same connection waits for it). Must not block the thread. `Err` becomes
+    /// a FAIL-ACK if the sender asked for `USE_ACK | SYNCHRONIZED_ACK`.
+    fn deliver(
+        &self,
+        msg: ChannelData,
+        wire_len: usize,
+    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send;
 }
 
 /// Why the receiver could not start.
@@ -85,8 +89,8 @@ pub struct Receiver {
     task: Option<JoinHandle<()>>,
 }
 
-struct Shared {
-    handler: Arc<dyn MessageHandler>,
+struct Shared<H> {
+    handler: Arc<H>,
     metrics: Arc<Metrics>,
     decoder: FrameDecoder,
     stall: Duration,
@@ -94,10 +98,10 @@ struct Shared {
 
 impl Receiver {
     /// Starts accepting on `listener`.
-    pub fn start(
+    pub fn start<H: MessageHandler>(
         listener: TcpListener,
         cfg: &ReceiverConfig,
-        handler: Arc<dyn MessageHandler>,
+        handler: Arc<H>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
@@ -137,9 +141,9 @@ impl Drop for Receiver {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<H: MessageHandler>(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<H>>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -197,10 +201,10 @@ enum End {
     Stalled,
 }
 
-async fn serve(
+async fn serve<H: MessageHandler>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &Shared<H>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -212,7 +216,7 @@ async fn serve(
         loop {
             match shared.decoder.decode(&mut buf) {
                 Ok(Some(data)) => {
-                    if let Err(e) = handle_frame(data, shared, &mut out) {
+                    if let Err(e) = handle_frame(data, shared, &mut out).await {
                         failed = Some(e);
                         break;
                     }
@@ -275,7 +279,11 @@ async fn serve(
 }
 
 /// Decodes one frame's data, delivers it and queues the ACK the options call for.
-fn handle_frame(data: Bytes, shared: &Shared, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+async fn handle_frame<H: MessageHandler>(
+    data: Bytes,
+    shared: &Shared<H>,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
     let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
     let msg = ChannelData::decode(&data)?;
     let opts = msg.options;
@@ -285,7 +293,7 @@ fn handle_frame(data: Bytes, shared: &Shared, out: &mut Vec<u8>) -> Result<(), D
         // "async ack": acknowledged once parsed, before delivery.
         out.extend_from_slice(AckKind::Ack.frame());
     }
-    let result = shared.handler.deliver(msg, wire_len);
+    let result = shared.handler.deliver(msg, wire_len).await;
     if opts.wants_sync_ack() {
         let kind = match result {
             Ok(()) => AckKind::Ack,

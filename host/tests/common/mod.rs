@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use shoal::Config;
 use shoal::config::MembershipKind;
 
+
 /// Upper bound for any wait on the cluster; tests retry until it, never sleep a fixed time.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -103,4 +104,51 @@ pub fn require_loopback_multicast() {
         "multicast on the loopback interface does not work on this machine; \
          try `ip link set lo multicast on` (scripts/test.sh does)"
     );
+}
+
+/// A node-wide counter a plug-in registered (0 if absent).
+pub fn plugin_counter(node: &shoal::Node, plugin: &str, counter: &str) -> u64 {
+    let chain = node.channel().chain();
+    chain
+        .interceptors()
+        .iter()
+        .find(|ic| ic.name() == plugin)
+        .and_then(|ic| {
+            ic.shared()
+                .counters
+                .read()
+                .expect("lock")
+                .iter()
+                .find(|c| c.name == counter)
+                .map(|c| c.value.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .unwrap_or(0)
+}
+
+/// Path of a guest component built with this binary (testkit and the built-ins).
+pub fn guest(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(shoal::plugins::GUEST_DIR).join(format!("{name}.wasm"))
+}
+
+/// An interceptor config entry.
+pub fn interceptor(
+    name: &str,
+    wasm: Option<&std::path::Path>,
+    fail_closed: bool,
+    settings: &[(&str, &str)],
+) -> shoal::config::InterceptorConfig {
+    let mut t = toml::Table::new();
+    for (k, v) in settings {
+        t.insert((*k).into(), toml::Value::String((*v).into()));
+    }
+    shoal::config::InterceptorConfig {
+        name: name.into(),
+        wasm: wasm.map(|p| p.display().to_string()),
+        failure_mode: if fail_closed {
+            shoal::plugins::FailureMode::FailClosed
+        } else {
+            shoal::plugins::FailureMode::FailOpen
+        },
+        settings: t,
+    }
 }

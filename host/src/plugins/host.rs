@@ -1,0 +1,511 @@
+//! What a plug-in instance's store holds, and the host imports (`host`
+//! interface of the WIT package) that plug-ins call. No import blocks: probes
+//! and timers run on the runtime and answer through the control loop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::shoal::cluster::{host, types};
+use crate::member::{Member, MemberId};
+use crate::membership::{LeaveReason, MemberEvent, MemberTable};
+use crate::metrics::Metrics;
+use crate::wire::SendOptions;
+
+/// Tribes' `TcpFailureDetector.TCP_FAIL_DETECT`, the body of a probe message.
+pub const TCP_FAIL_DETECT: [u8; 64] = [
+    0x4f, 0xa7, 0x73, 0x48, 0x79, 0x82, 0x43, 0xc9, 0x9f, 0x6f, 0x89, 0x80, 0xa1, 0x5b, 0x07, 0x14,
+    0x7d, 0xd9, 0x52, 0x5b, 0xeb, 0xf1, 0x43, 0x9a, 0xb7, 0x7e, 0xbe, 0x8f, 0x81, 0x67, 0x1e, 0xb6,
+    0x37, 0x15, 0xbe, 0x87, 0x45, 0x7e, 0x4c, 0xa8, 0xbf, 0x0a, 0x4d, 0x13, 0x53, 0x38, 0x15, 0x32,
+    0x55, 0xf6, 0x94, 0xb7, 0x3a, 0xfa, 0x40, 0x78, 0x91, 0x04, 0x7d, 0xd7, 0x72, 0x84, 0xc0, 0xd5,
+];
+
+/// Most probes and timers one plug-in may have outstanding; more are refused
+/// (the import returns id 0 and logs).
+const MAX_OUTSTANDING: usize = 4096;
+
+/// Work for the node's control loop, which runs every membership, heartbeat,
+/// probe-result and timer call on the plug-ins' control instances, in order.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A membership event from below the chain.
+    Member(MemberEvent),
+    /// A probe a plug-in started has finished.
+    ProbeResult {
+        /// The plug-in that asked.
+        plugin: Arc<PluginShared>,
+        /// The probe's id.
+        id: u64,
+        /// The probed member.
+        target: Member,
+        /// Whether it answered.
+        alive: bool,
+    },
+    /// A timer a plug-in set has fired.
+    Timer {
+        /// The plug-in that asked.
+        plugin: Arc<PluginShared>,
+        /// The timer's id.
+        id: u64,
+    },
+    /// The channel heartbeat.
+    Heartbeat,
+}
+
+/// Node-wide facts and channels every plug-in store can reach.
+#[derive(Debug)]
+pub struct NodeCtx {
+    /// This node.
+    pub local: Member,
+    /// This node's encoded member packet (the address of probe messages).
+    pub local_address: Bytes,
+    /// The membership table (set once membership has started).
+    pub table: OnceLock<Arc<Mutex<MemberTable>>>,
+    /// Node metrics (the deferred-queue gauge lives there).
+    pub metrics: Arc<Metrics>,
+    /// Where probes and timers report back.
+    pub control: mpsc::UnboundedSender<ControlEvent>,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl NodeCtx {
+    /// A context for a node whose identity is `local`.
+    pub fn new(
+        local: Member,
+        local_address: Bytes,
+        metrics: Arc<Metrics>,
+        control: mpsc::UnboundedSender<ControlEvent>,
+    ) -> Self {
+        Self {
+            local,
+            local_address,
+            table: OnceLock::new(),
+            metrics,
+            control,
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A counter a plug-in registered; shared by all its instances.
+#[derive(Debug)]
+pub struct GuestCounter {
+    /// Name (sanitised).
+    pub name: String,
+    /// Help text.
+    pub help: String,
+    /// Node-wide value.
+    pub value: AtomicU64,
+}
+
+/// Kinds of guest failure, counted per plug-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (panic, unreachable, bad memory access…).
+    Trap,
+    /// The call ran past its deadline (epoch interruption).
+    Timeout,
+    /// The guest asked for more memory than its cap.
+    Memory,
+}
+
+impl FailureKind {
+    /// Label value in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// State shared by every instance of one configured plug-in.
+#[derive(Debug)]
+pub struct PluginShared {
+    /// The configured name.
+    pub name: String,
+    /// Registered counters, by handle (index).
+    pub counters: RwLock<Vec<Arc<GuestCounter>>>,
+    /// Failures by kind: trap, timeout, memory.
+    pub failures: [AtomicU64; 3],
+    /// Messages this plug-in dropped.
+    pub drops: AtomicU64,
+    /// Messages this plug-in deferred.
+    pub defers: AtomicU64,
+    /// Instances (re)created.
+    pub instantiations: AtomicU64,
+    outstanding: AtomicUsize,
+}
+
+impl PluginShared {
+    /// Fresh shared state for plug-in `name`.
+    pub fn new(name: String) -> Self {
+        Self {
+            name,
+            counters: RwLock::new(Vec::new()),
+            failures: Default::default(),
+            drops: AtomicU64::new(0),
+            defers: AtomicU64::new(0),
+            instantiations: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one failure.
+    pub fn count_failure(&self, kind: FailureKind) {
+        let i = match kind {
+            FailureKind::Trap => 0,
+            FailureKind::Timeout => 1,
+            FailureKind::Memory => 2,
+        };
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures of one kind so far.
+    pub fn failures_of(&self, kind: FailureKind) -> u64 {
+        let i = match kind {
+            FailureKind::Trap => 0,
+            FailureKind::Timeout => 1,
+            FailureKind::Memory => 2,
+        };
+        self.failures[i].load(Ordering::Relaxed)
+    }
+}
+
+/// An event a plug-in raised during a call, to be passed up from it.
+#[derive(Debug, Clone)]
+pub enum Raised {
+    /// `raise-member-added`.
+    Added(Member),
+    /// `raise-member-disappeared`.
+    Disappeared(Member, LeaveReason),
+}
+
+/// The data of one plug-in instance's store.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap.
+    pub limits: StoreLimits,
+    /// The plug-in this instance belongs to.
+    pub plugin: Arc<PluginShared>,
+    /// The node.
+    pub node: Arc<NodeCtx>,
+    /// Events raised during the current call.
+    pub outbox: Vec<Raised>,
+    counters: Vec<Arc<GuestCounter>>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    /// A store's data: no WASI capabilities besides stderr (panic messages).
+    pub fn new(plugin: Arc<PluginShared>, node: Arc<NodeCtx>, limits: StoreLimits) -> Self {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .inherit_stderr()
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            node,
+            outbox: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+
+    fn counter(&mut self, handle: u32) -> Option<&Arc<GuestCounter>> {
+        let i = handle as usize;
+        if i >= self.counters.len() {
+            self.counters = self
+                .plugin
+                .counters
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
+        self.counters.get(i)
+    }
+
+    fn reserve_outstanding(&self, what: &str) -> bool {
+        if self.plugin.outstanding.fetch_add(1, Ordering::Relaxed) >= MAX_OUTSTANDING {
+            self.plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin.name, "refusing {what}: {MAX_OUTSTANDING} already outstanding");
+            return false;
+        }
+        true
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Converts a member to its WIT form.
+pub fn member_to_wit(m: &Member) -> types::Member {
+    let (hi, lo) = id_to_wit(&m.id.unique_id);
+    types::Member {
+        id: types::MemberId { hi, lo },
+        host: m.id.host.to_string(),
+        port: m.id.port,
+        domain: m.domain.to_vec(),
+        alive_ms: m.alive_ms,
+    }
+}
+
+/// The two halves of a unique id.
+pub fn id_to_wit(id: &[u8; 16]) -> (u64, u64) {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&id[..8]);
+    lo.copy_from_slice(&id[8..]);
+    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+}
+
+/// Converts a WIT member back, if its host parses.
+pub fn member_from_wit(m: &types::Member) -> Option<Member> {
+    let mut uid = [0u8; 16];
+    uid[..8].copy_from_slice(&m.id.hi.to_be_bytes());
+    uid[8..].copy_from_slice(&m.id.lo.to_be_bytes());
+    Some(Member {
+        id: MemberId {
+            host: m.host.parse().ok()?,
+            port: m.port,
+            unique_id: uid,
+        },
+        domain: Bytes::copy_from_slice(&m.domain),
+        alive_ms: m.alive_ms,
+        payload: Bytes::new(),
+        command: Bytes::new(),
+        secure_port: -1,
+        udp_port: -1,
+    })
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() { "unnamed".into() } else { s }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn now_ms(&mut self) -> i64 {
+        crate::channel::now_ms()
+    }
+
+    fn monotonic_ms(&mut self) -> u64 {
+        self.node.started.elapsed().as_millis() as u64
+    }
+
+    fn log(&mut self, level: types::Level, message: String) {
+        let plugin = &self.plugin.name;
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            types::Level::Trace => tracing::trace!(target: "shoal::plugin", %plugin, "{message}"),
+            types::Level::Debug => tracing::debug!(target: "shoal::plugin", %plugin, "{message}"),
+            types::Level::Info => tracing::info!(target: "shoal::plugin", %plugin, "{message}"),
+            types::Level::Warn => tracing::warn!(target: "shoal::plugin", %plugin, "{message}"),
+            types::Level::Error => tracing::error!(target: "shoal::plugin", %plugin, "{message}"),
+        }
+    }
+
+    fn register_counter(&mut self, name: String, help: String) -> u32 {
+        let name = sanitize(&name);
+        let mut all = self
+            .plugin
+            .counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = all.iter().position(|c| c.name == name) {
+            return i as u32;
+        }
+        if all.len() >= 256 {
+            tracing::warn!(plugin = %self.plugin.name, "too many counters; {name} not registered");
+            return u32::MAX;
+        }
+        all.push(Arc::new(GuestCounter {
+            name,
+            help: help.chars().filter(|c| *c != '\n').take(200).collect(),
+            value: AtomicU64::new(0),
+        }));
+        (all.len() - 1) as u32
+    }
+
+    fn counter_add(&mut self, counter: u32, delta: u64) -> u64 {
+        match self.counter(counter) {
+            Some(c) => c
+                .value
+                .fetch_add(delta, Ordering::Relaxed)
+                .wrapping_add(delta),
+            None => 0,
+        }
+    }
+
+    fn members(&mut self) -> Vec<types::Member> {
+        match self.node.table.get() {
+            Some(t) => crate::membership::lock(t)
+                .members()
+                .iter()
+                .map(member_to_wit)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn local_member(&mut self) -> types::Member {
+        member_to_wit(&self.node.local)
+    }
+
+    fn queued_bytes(&mut self) -> u64 {
+        self.node
+            .metrics
+            .async_queue_bytes
+            .load(Ordering::Relaxed)
+            .max(0) as u64
+    }
+
+    fn probe(&mut self, target: types::Member, options: types::ProbeOptions) -> u64 {
+        let Some(member) = member_from_wit(&target) else {
+            tracing::warn!(plugin = %self.plugin.name, host = %target.host, "probe of a member with an unparsable host");
+            return 0;
+        };
+        if !self.reserve_outstanding("a probe") {
+            return 0;
+        }
+        let id = self.node.next_id();
+        let node = self.node.clone();
+        let plugin = self.plugin.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            return 0;
+        };
+        rt.spawn(async move {
+            let alive = probe_member(member.id.addr(), &options, &node.local_address).await;
+            tracing::debug!(plugin = %plugin.name, member = %member.id, alive, "probe finished");
+            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let _ = node.control.send(ControlEvent::ProbeResult {
+                plugin,
+                id,
+                target: member,
+                alive,
+            });
+        });
+        id
+    }
+
+    fn set_timer(&mut self, delay_ms: u32) -> u64 {
+        if !self.reserve_outstanding("a timer") {
+            return 0;
+        }
+        let id = self.node.next_id();
+        let node = self.node.clone();
+        let plugin = self.plugin.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            return 0;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let _ = node.control.send(ControlEvent::Timer { plugin, id });
+        });
+        id
+    }
+
+    fn raise_member_added(&mut self, m: types::Member) {
+        match member_from_wit(&m) {
+            Some(m) if self.outbox.len() < 1024 => self.outbox.push(Raised::Added(m)),
+            _ => tracing::warn!(plugin = %self.plugin.name, "ignoring a raised member-added event"),
+        }
+    }
+
+    fn raise_member_disappeared(&mut self, m: types::Member, reason: types::LeaveReason) {
+        let reason = match reason {
+            types::LeaveReason::Expired => LeaveReason::Expired,
+            types::LeaveReason::Shutdown => LeaveReason::Shutdown,
+        };
+        match member_from_wit(&m) {
+            Some(m) if self.outbox.len() < 1024 => self.outbox.push(Raised::Disappeared(m, reason)),
+            _ => {
+                tracing::warn!(plugin = %self.plugin.name, "ignoring a raised member-disappeared event")
+            }
+        }
+    }
+}
+
+/// Tribes' `TcpFailureDetector.memberAlive` (tribes.md §4.4): connect within
+/// the timeout; optionally send a TCP_FAIL_DETECT message; optionally wait for
+/// its ACK. A refused or timed-out connect means dead.
+pub async fn probe_member(addr: SocketAddr, o: &types::ProbeOptions, local_address: &[u8]) -> bool {
+    let connect = Duration::from_millis(u64::from(o.connect_timeout_ms.max(1)));
+    let Ok(Ok(mut s)) = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    if o.send_test {
+        let mut opts = SendOptions::BYTE_MESSAGE;
+        if o.read_test {
+            opts |= SendOptions::USE_ACK;
+        }
+        let mut frame = BytesMut::new();
+        let id: [u8; 16] = rand::random();
+        crate::wire::encode_message_frame(
+            &mut frame,
+            opts,
+            crate::channel::now_ms(),
+            &id,
+            local_address,
+            &TCP_FAIL_DETECT,
+        );
+        if tokio::time::timeout(connect, s.write_all(&frame))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return false;
+        }
+        if o.read_test {
+            let wait = Duration::from_millis(u64::from(o.read_timeout_ms.max(1)));
+            let mut buf = [0u8; 64];
+            return matches!(tokio::time::timeout(wait, s.read(&mut buf)).await, Ok(Ok(n)) if n > 0);
+        }
+    }
+    true
+}

@@ -1,0 +1,404 @@
+//! The interceptor chain as WebAssembly components: order, verdicts,
+//! settings, isolation (traps, runaway loops, unbounded allocation), the
+//! built-in throughput, domain-filter and tcp-failure-detector, and load
+//! errors.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use shoal::config::InterceptorConfig;
+use shoal::plugins::FailureKind;
+use shoal::{ChannelSendError, ListenerError, Node, ReceivedMessage, SendOptions, StartError};
+
+const SYNC: SendOptions = SendOptions(SendOptions::USE_ACK.0 | SendOptions::SYNCHRONIZED_ACK.0);
+
+/// Two static-list nodes, each with `chain` (per node), converged.
+async fn pair(
+    chains: [Vec<InterceptorConfig>; 2],
+    tweak: impl Fn(&mut shoal::Config),
+) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for (mut c, chain) in static_configs(2).into_iter().zip(chains) {
+        // An empty list means no chain here (not the default chain).
+        c.plugins.default_chain = false;
+        c.interceptors = chain;
+        c.plugins.cache_dir = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+        tweak(&mut c);
+        nodes.push(Node::start(c).await.expect("node starts"));
+    }
+    for n in &nodes {
+        wait_for("the pair to converge", || async {
+            (n.members().len() == 1).then_some(())
+        })
+        .await;
+    }
+    nodes
+}
+
+fn collector(node: &Node) -> Arc<Mutex<Vec<ReceivedMessage>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    node.channel()
+        .add_listener(Arc::new(move |m: &ReceivedMessage| {
+            g.lock().expect("lock").push(m.clone());
+            Ok::<(), ListenerError>(())
+        }));
+    got
+}
+
+fn bodies(got: &Arc<Mutex<Vec<ReceivedMessage>>>) -> Vec<Vec<u8>> {
+    got.lock()
+        .expect("lock")
+        .iter()
+        .map(|m| m.body.to_vec())
+        .collect()
+}
+
+async fn shutdown(nodes: Vec<Node>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+fn failures(node: &Node, plugin: &str, kind: FailureKind) -> u64 {
+    let chain = node.channel().chain();
+    let ic = chain
+        .interceptors()
+        .iter()
+        .find(|i| i.name() == plugin)
+        .expect("plugin in chain")
+        .clone();
+    ic.shared().failures_of(kind)
+}
+
+fn testkit(name: &str, fail_closed: bool, settings: &[(&str, &str)]) -> InterceptorConfig {
+    interceptor(name, Some(&guest("testkit")), fail_closed, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_order_is_an_onion() {
+    let chain = || {
+        vec![
+            testkit("top", false, &[("mode", "tag"), ("tag", "T")]),
+            testkit("bottom", false, &[("mode", "tag"), ("tag", "B")]),
+        ]
+    };
+    let nodes = pair([chain(), chain()], |_| {}).await;
+    let got = collector(&nodes[1]);
+    nodes[0]
+        .channel()
+        .send(&[nodes[1].id()], b"x", SYNC)
+        .await
+        .expect("sent");
+    // send: top then bottom ("xTB"); receive: bottom then top ("xTBBT")
+    assert_eq!(bodies(&got), vec![b"xTBBT".to_vec()]);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verdict() {
+    let verdict = |v: &str| vec![testkit("v", false, &[("mode", "verdict"), ("verdict", v)])];
+    // drop on send: the caller is told which plug-in and why
+    let nodes = pair([verdict("drop"), vec![]], |_| {}).await;
+    let got = collector(&nodes[1]);
+    let err = nodes[0]
+        .channel()
+        .send(&[nodes[1].id()], b"a", SYNC)
+        .await
+        .expect_err("dropped");
+    assert!(
+        matches!(&err, ChannelSendError::Dropped { plugin, reason } if plugin == "v" && reason.contains("testkit")),
+        "{err:?}"
+    );
+    // drop on receive: acknowledged but never delivered
+    nodes[1]
+        .channel()
+        .send(&[nodes[0].id()], b"b", SYNC)
+        .await
+        .expect("acked");
+    let got_a = collector(&nodes[0]);
+    nodes[1]
+        .channel()
+        .send(&[nodes[0].id()], b"c", SYNC)
+        .await
+        .expect("acked");
+    assert!(bodies(&got_a).is_empty());
+    assert!(bodies(&got).is_empty());
+    shutdown(nodes).await;
+
+    // modify on both sides
+    let nodes = pair([verdict("modify"), verdict("pass")], |_| {}).await;
+    let got = collector(&nodes[1]);
+    nodes[0]
+        .channel()
+        .send(&[nodes[1].id()], b"original", SYNC)
+        .await
+        .expect("sent");
+    assert_eq!(bodies(&got), vec![b"modified".to_vec()]);
+    shutdown(nodes).await;
+
+    // defer on send and on receive: queued, delivered later
+    let nodes = pair([verdict("defer"), verdict("defer")], |_| {}).await;
+    let got = collector(&nodes[1]);
+    for i in 0..20u8 {
+        nodes[0]
+            .channel()
+            .send(&[nodes[1].id()], &[i], SYNC)
+            .await
+            .expect("queued");
+    }
+    wait_for("deferred messages", || async {
+        (got.lock().expect("lock").len() == 20).then_some(())
+    })
+    .await;
+    let mut b = bodies(&got);
+    b.sort();
+    assert_eq!(b, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+    let chain = nodes[0].channel().chain();
+    assert_eq!(
+        chain.interceptors()[0]
+            .shared()
+            .defers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        20
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_reach_the_guest() {
+    let nodes = pair(
+        [
+            vec![testkit(
+                "echo",
+                false,
+                &[("mode", "echo-settings"), ("a", "1"), ("b", "2.5")],
+            )],
+            vec![],
+        ],
+        |_| {},
+    )
+    .await;
+    let chain = nodes[0].channel().chain();
+    let stats = chain.interceptors()[0].guest_stats().await;
+    let get = |k: &str| stats.iter().find(|s| s.0 == k).map(|s| s.1);
+    assert_eq!(get("a"), Some(1.0));
+    assert_eq!(get("b"), Some(2.5));
+    assert_eq!(get("c"), None);
+    shutdown(nodes).await;
+}
+
+/// A misbehaving guest follows its failure mode and the node keeps serving.
+async fn misbehaving(mode: &str, kind: FailureKind) {
+    for fail_closed in [false, true] {
+        let chain = vec![testkit("bad", fail_closed, &[("mode", mode)])];
+        let nodes = pair([chain, vec![]], |c| {
+            c.plugins.memory_limit_mb = 8;
+            c.plugins.call_deadline_ms = 20;
+        })
+        .await;
+        let got = collector(&nodes[1]);
+        for i in 0..3u8 {
+            let r = nodes[0].channel().send(&[nodes[1].id()], &[i], SYNC).await;
+            if fail_closed {
+                assert!(
+                    matches!(&r, Err(ChannelSendError::Dropped { plugin, .. }) if plugin == "bad"),
+                    "{mode}: {r:?}"
+                );
+            } else {
+                r.unwrap_or_else(|e| panic!("{mode} fail-open must pass: {e}"));
+            }
+        }
+        let expected: Vec<Vec<u8>> = if fail_closed {
+            vec![]
+        } else {
+            (0..3u8).map(|i| vec![i]).collect()
+        };
+        assert_eq!(bodies(&got), expected, "{mode}, fail_closed={fail_closed}");
+        assert_eq!(
+            failures(&nodes[0], "bad", kind),
+            3,
+            "{mode}: each call failed as {kind:?}"
+        );
+        // The node still serves: B → A goes through A's receive path (the
+        // guest fails there too, and the failure mode applies).
+        let got_a = collector(&nodes[0]);
+        let r = nodes[1]
+            .channel()
+            .send(&[nodes[0].id()], b"back", SYNC)
+            .await;
+        r.expect("A's receiver answers");
+        assert_eq!(bodies(&got_a).len(), usize::from(!fail_closed));
+        shutdown(nodes).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_guest_follows_failure_mode() {
+    misbehaving("trap", FailureKind::Trap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_guest_is_interrupted() {
+    misbehaving("loop", FailureKind::Timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocating_guest_hits_its_memory_cap() {
+    misbehaving("alloc", FailureKind::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_stats_are_exact() {
+    let chain = || {
+        vec![interceptor(
+            "throughput",
+            None,
+            false,
+            &[("interval", "100")],
+        )]
+    };
+    let nodes = pair([chain(), chain()], |_| {}).await;
+    let got = collector(&nodes[1]);
+    const N: u64 = 250;
+    for i in 0..N {
+        let opts = if i % 2 == 0 {
+            SYNC
+        } else {
+            SendOptions::ASYNCHRONOUS
+        };
+        nodes[0]
+            .channel()
+            .send(&[nodes[1].id()], &[7u8; 100], opts)
+            .await
+            .expect("sent");
+    }
+    wait_for("all messages", || async {
+        (got.lock().expect("lock").len() as u64 == N).then_some(())
+    })
+    .await;
+    assert_eq!(plugin_counter(&nodes[0], "throughput", "tx_messages"), N);
+    assert_eq!(plugin_counter(&nodes[0], "throughput", "tx_bytes"), N * 100);
+    assert_eq!(plugin_counter(&nodes[1], "throughput", "rx_messages"), N);
+    assert_eq!(plugin_counter(&nodes[1], "throughput", "rx_bytes"), N * 100);
+    assert_eq!(plugin_counter(&nodes[0], "throughput", "rx_messages"), 0);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_filter_drops_foreign_members_and_messages() {
+    let mut cfgs = static_configs(3);
+    for c in &mut cfgs {
+        c.plugins.default_chain = false; // no failure-detector probes in the counts
+    }
+    cfgs[0].interceptors = vec![interceptor(
+        "domain-filter",
+        None,
+        false,
+        &[("domain", "blue")],
+    )];
+    cfgs[0].node.domain = "blue".into();
+    cfgs[1].node.domain = "blue".into();
+    cfgs[2].node.domain = "green".into();
+    let mut nodes = Vec::new();
+    for c in cfgs {
+        nodes.push(Node::start(c).await.expect("start"));
+    }
+    // B and C see everyone; A sees B only.
+    for n in &nodes[1..] {
+        wait_for("B and C to see two members", || async {
+            (n.members().len() == 2).then_some(())
+        })
+        .await;
+    }
+    wait_for("A to see B", || async {
+        (nodes[0].members().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(nodes[0].members()[0].id, nodes[1].id());
+    let got = collector(&nodes[0]);
+    nodes[2]
+        .channel()
+        .send(&[nodes[0].id()], b"from green", SYNC)
+        .await
+        .expect("acknowledged");
+    nodes[1]
+        .channel()
+        .send(&[nodes[0].id()], b"from blue", SYNC)
+        .await
+        .expect("acknowledged");
+    assert_eq!(bodies(&got), vec![b"from blue".to_vec()]);
+    assert_eq!(
+        plugin_counter(&nodes[0], "domain-filter", "foreign_messages_dropped"),
+        1
+    );
+    assert_eq!(
+        nodes[0].members().len(),
+        1,
+        "the green member never entered A's view"
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugins_are_refused_at_start_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("shoal-badwasm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm").expect("write");
+    // A valid, empty component: exports nothing, so not the interceptor world.
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").expect("write");
+    let missing = dir.join("missing.wasm");
+    let cases: Vec<(InterceptorConfig, &str)> = vec![
+        (interceptor("m", Some(&missing), false, &[]), "cannot read"),
+        (
+            interceptor("g", Some(&garbage), false, &[]),
+            "not a valid WebAssembly component",
+        ),
+        (
+            interceptor("e", Some(&empty), false, &[]),
+            "does not implement the shoal:cluster@0.1.0 interceptor world",
+        ),
+        (
+            testkit("f", false, &[("mode", "fail-create")]),
+            "refuses to start",
+        ),
+    ];
+    for (ic, want) in cases {
+        let mut c = base_config("bad", 0);
+        c.membership.kind = shoal::config::MembershipKind::Static;
+        c.membership.members = vec!["127.0.0.1:1".into()];
+        c.plugins.cache_dir = "off".into();
+        c.interceptors = vec![ic.clone()];
+        let err = Node::start(c).await.expect_err("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, StartError::Plugin(_)), "{msg}");
+        assert!(msg.contains(want), "{msg}");
+        assert!(
+            msg.contains(&format!("`{}`", ic.name)),
+            "names the interceptor: {msg}"
+        );
+        if let Some(w) = &ic.wasm {
+            assert!(msg.contains(w.as_str()), "names the file: {msg}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_chain_is_built_in() {
+    let mut c = base_config("d", 0);
+    c.membership.kind = shoal::config::MembershipKind::Static;
+    c.membership.members = vec!["127.0.0.1:1".into()];
+    let node = Node::start(c).await.expect("start");
+    let chain = node.channel().chain();
+    let names: Vec<&str> = chain.interceptors().iter().map(|i| i.name()).collect();
+    assert_eq!(
+        names,
+        ["tcp-failure-detector", "message-dispatch", "throughput"]
+    );
+    node.shutdown().await;
+}
