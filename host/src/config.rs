@@ -13,12 +13,12 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {file}: {source}")]
+    #[error("cannot read config file {file}: {cause}")]
     Io {
         /// The file.
         file: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown key or a value of the wrong type.
     #[error("invalid config file {file}: {message}")]
@@ -329,9 +329,9 @@ fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
 impl Config {
     /// Reads, parses and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             file: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }

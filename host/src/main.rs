@@ -56,7 +56,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => shoal::Config::default(),
             };
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(run(cfg))
+            let what = match &config {
+                Some(p) => format!("starting the node configured in {}", p.display()),
+                None => "starting the node (default configuration)".into(),
+            };
+            rt.block_on(run(cfg)).context(what)
         }
         Command::Demo => shoal::demo::run(),
     }

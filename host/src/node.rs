@@ -34,12 +34,12 @@ pub enum StartError {
     #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
     /// The admin API could not bind.
-    #[error("cannot listen for the admin API on {addr}: {source}")]
+    #[error("cannot listen for the admin API on {addr}: {cause}")]
     Api {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An interceptor could not be loaded.
     #[error(transparent)]
@@ -204,7 +204,7 @@ impl Node {
                     ready.clone(),
                 )
                 .await
-                .map_err(|source| StartError::Api { addr, source })?,
+                .map_err(|cause| StartError::Api { addr, cause })?,
             ),
             None => None,
         };

@@ -165,6 +165,15 @@ fn bad_config_file_is_refused_naming_file_and_key() {
         ("[membership]\nkind = \"static\"\n", "membership.members"),
         ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
         ("this is not toml", "expected"),
+        ("[[interceptor]]\nname = \"nope\"\n", "interceptor[0].wasm"),
+        (
+            "[[interceptor]]\nname = \"x\"\nwasm = \"/nonexistent/x.wasm\"\n",
+            "/nonexistent/x.wasm",
+        ),
+        (
+            "[[interceptor]]\nname = \"throughput\"\nsettings = { interval = \"zero\" }\n",
+            "interval",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -188,5 +197,66 @@ fn bad_config_file_is_refused_naming_file_and_key() {
         .expect("run shoal");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/shoal.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tribes' TcpFailureDetector semantics, with the built-in guest: a member
+/// that stops heartbeating but still accepts TCP (here: a SIGSTOPped process,
+/// as in a long GC pause) is kept; one that is gone (SIGKILL) is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_failure_detector_keeps_a_paused_member_and_drops_a_dead_one() {
+    require_loopback_multicast();
+    let dir = tmpdir("tcpfd");
+    let group_port = free_port();
+    let mut cfg = base_config("a", free_port());
+    cfg.membership.port = group_port;
+    cfg.membership.bind = Some("127.0.0.1".parse().expect("ip"));
+    cfg.plugins.cache_dir = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+    let a = shoal::Node::start(cfg).await.expect("a starts"); // default chain
+    let apis: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut procs = Procs(vec![
+        Some(start(&dir, "b", group_port, apis[0])),
+        Some(start(&dir, "c", group_port, apis[1])),
+    ]);
+    wait_for("a to see b and c", || async {
+        (a.members().len() == 2).then_some(())
+    })
+    .await;
+    let id_of =
+        |api: SocketAddr| get(api, "/api/node").and_then(|n| n["id"].as_str().map(str::to_owned));
+    let b_id = id_of(apis[0]).expect("b's id");
+    let c_id = id_of(apis[1]).expect("c's id");
+
+    let pid = |c: &Child| nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+    let b_pid = pid(procs.0[0].as_ref().expect("b"));
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP b");
+    let mut c = procs.0[1].take().expect("c");
+    c.kill().expect("SIGKILL c");
+    c.wait().expect("reaped");
+
+    wait_for("the detector to confirm c dead", || async {
+        (plugin_counter(&a, "tcp-failure-detector", "members_confirmed_dead") == 1).then_some(())
+    })
+    .await;
+    wait_for("the detector to keep b as a suspect", || async {
+        (plugin_counter(&a, "tcp-failure-detector", "suspects_kept_alive") == 1).then_some(())
+    })
+    .await;
+    let ids: Vec<String> = a.members().iter().map(|m| m.id.unique_hex()).collect();
+    assert!(ids.contains(&b_id), "paused b is kept: {ids:?}");
+    assert!(!ids.contains(&c_id), "dead c is dropped: {ids:?}");
+    let ev = a
+        .channel()
+        .recent_events()
+        .into_iter()
+        .find(|e| e.kind == "disappeared" && e.id == c_id)
+        .expect("c's disappearance");
+    assert_eq!(ev.reason.as_deref(), Some("expired"));
+
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
+    drop(procs);
+    a.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,12 +34,12 @@ const WARN_EVERY: u64 = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     /// The UDP socket could not be set up.
-    #[error("membership socket on {addr}: {source}")]
+    #[error("membership socket on {addr}: {cause}")]
     Socket {
         /// Address being bound or joined.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -235,7 +235,7 @@ impl Service {
 }
 
 fn sock_err(addr: SocketAddr) -> impl Fn(std::io::Error) -> MembershipError {
-    move |source| MembershipError::Socket { addr, source }
+    move |cause| MembershipError::Socket { addr, cause }
 }
 
 fn bind_udp(addr: SocketAddr, reuse: bool) -> Result<UdpSocket, MembershipError> {

@@ -165,14 +165,14 @@ impl Default for PluginOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLoadError {
     /// The `.wasm` file cannot be read.
-    #[error("interceptor `{name}`: cannot read {}: {source}", file.display())]
+    #[error("interceptor `{name}`: cannot read {}: {cause}", file.display())]
     Read {
         /// Interceptor name.
         name: String,
         /// The file.
         file: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No built-in of that name.
     #[error("interceptor `{name}`: no built-in interceptor `{builtin}` (built-ins: {}); give a `wasm` path", BUILTINS.map(|b| b.0).join(", "))]
@@ -323,10 +323,10 @@ impl Interceptor {
                     builtin: b.clone(),
                 })?,
             PluginSource::File(p) => {
-                file_bytes = std::fs::read(p).map_err(|source| PluginLoadError::Read {
+                file_bytes = std::fs::read(p).map_err(|cause| PluginLoadError::Read {
                     name: name.clone(),
                     file: p.clone(),
-                    source,
+                    cause,
                 })?;
                 &file_bytes
             }

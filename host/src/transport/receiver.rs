@@ -47,7 +47,7 @@ pub trait MessageHandler: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
     /// No port in the auto-bind range could be bound.
-    #[error("cannot bind receiver on {ip} ports {first}..={last}: {source}")]
+    #[error("cannot bind receiver on {ip} ports {first}..={last}: {cause}")]
     Bind {
         /// Address tried.
         ip: IpAddr,
@@ -56,7 +56,7 @@ pub enum ReceiverError {
         /// Last port tried.
         last: u16,
         /// The last error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -77,7 +77,7 @@ pub async fn bind(ip: IpAddr, cfg: &ReceiverConfig) -> Result<TcpListener, Recei
         ip,
         first,
         last,
-        source: last_err.unwrap_or_else(|| std::io::Error::other("no port tried")),
+        cause: last_err.unwrap_or_else(|| std::io::Error::other("no port tried")),
     })
 }
 
