@@ -23,3 +23,27 @@ if ! ip link show lo 2>/dev/null | grep -q MULTICAST; then
         echo "setup: lo has no MULTICAST flag and we are not root; multicast tests may fail"
     fi
 fi
+
+# 3. Apache Tomcat 10.1's Tribes jars (Debian's libtomcat10-java) for the
+#    Tomcat interop tests (host/tests/interop.rs): a real Tribes peer.
+#    `apt-get update` only when the package is not known to apt yet.
+TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
+if [ ! -f "$TRIBES_JAR" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing libtomcat10-java (Tomcat Tribes jars for the interop tests)"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! apt-cache show libtomcat10-java >/dev/null 2>&1; then
+            apt-get update -qq
+        fi
+        if ! apt-get install -y -qq --no-install-recommends libtomcat10-java >/dev/null; then
+            apt-get update -qq
+            apt-get install -y -qq --no-install-recommends libtomcat10-java >/dev/null
+        fi
+    else
+        echo "setup: $TRIBES_JAR is missing and cannot be installed here (needs root and apt-get);"
+        echo "setup: install Debian's libtomcat10-java, or the Tomcat interop tests will fail"
+    fi
+fi
+if ! command -v javac >/dev/null 2>&1; then
+    echo "setup: javac not found (a JDK 17 is needed); the Tomcat interop tests will fail"
+fi
