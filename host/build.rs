@@ -37,6 +37,7 @@ fn main() {
     let guest_target = target_root.join("guests");
 
     rerun_if_changed(&guests);
+    rerun_if_changed(&root.join("examples").join("custom-interceptor"));
     println!("cargo:rerun-if-changed={}", wit.display());
     println!(
         "cargo:rerun-if-changed={}",

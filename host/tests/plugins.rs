@@ -402,3 +402,28 @@ async fn default_chain_is_built_in() {
     );
     node.shutdown().await;
 }
+
+/// The SDK example in examples/custom-interceptor, loaded from its `.wasm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_rate_limit_interceptor() {
+    let limit = vec![interceptor(
+        "rate-limit",
+        Some(&guest("custom_interceptor")),
+        false,
+        &[("messages_per_second", "0.001"), ("burst", "10")],
+    )];
+    let nodes = pair([vec![], limit], |_| {}).await;
+    let got = collector(&nodes[1]);
+    for i in 0..30u8 {
+        // every send is acknowledged: the limit filters after receipt
+        nodes[0]
+            .channel()
+            .send(&[nodes[1].id()], &[i], SYNC)
+            .await
+            .expect("acked");
+    }
+    assert_eq!(bodies(&got), (0..10u8).map(|i| vec![i]).collect::<Vec<_>>());
+    assert_eq!(plugin_counter(&nodes[1], "rate-limit", "rate_limited"), 20);
+    assert_eq!(plugin_counter(&nodes[1], "rate-limit", "rate_passed"), 10);
+    shutdown(nodes).await;
+}

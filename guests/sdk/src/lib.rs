@@ -29,7 +29,8 @@
 //! Each instance has its own memory; the node may run several instances of a
 //! plug-in for messages on several threads, and sends membership, heartbeat,
 //! probe, timer and stats calls to the first one only. Node-wide numbers go in
-//! [`host::Counter`]s.
+//! [`host::Counter`]s; a plug-in whose message hooks must share state asks for
+//! [`Capabilities::single_instance`].
 
 
 use core::cell::RefCell;
@@ -57,7 +58,14 @@ impl Capabilities {
         Self {
             hooks,
             bodies: BodyAccess::None,
+            single_instance: false,
         }
+    }
+
+    /// Serve every call from one instance, so message hooks share state.
+    pub fn single_instance(mut self) -> Self {
+        self.single_instance = true;
+        self
     }
 
     /// Also pass bodies, as `bodies` says.

@@ -224,6 +224,7 @@ struct Caps {
     receive: bool,
     members: bool,
     heartbeat: bool,
+    single: bool,
     /// Largest body passed (0: none; u32::MAX: all).
     body_limit: u32,
 }
@@ -235,6 +236,7 @@ impl Caps {
             receive: c.hooks.contains(wit::Hooks::ON_RECEIVE),
             members: c.hooks.contains(wit::Hooks::MEMBER_EVENTS),
             heartbeat: c.hooks.contains(wit::Hooks::HEARTBEAT),
+            single: c.single_instance,
             body_limit: match c.bodies {
                 wit::BodyAccess::None => 0,
                 wit::BodyAccess::All => u32::MAX,
@@ -362,6 +364,7 @@ impl Interceptor {
                 receive: false,
                 members: false,
                 heartbeat: false,
+                single: false,
                 body_limit: 0,
             },
             pre,
@@ -515,6 +518,9 @@ impl Interceptor {
     }
 
     fn worker_slot(&self) -> &Mutex<Option<Slot>> {
+        if self.caps.single {
+            return &self.control;
+        }
         let i = WORKER_SLOT.with(|s| *s) % self.workers.len();
         &self.workers[i]
     }
