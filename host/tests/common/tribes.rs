@@ -287,9 +287,9 @@ impl TribesPeer {
             .expect("writing a command to the Java peer");
     }
 
-    /// Sends a ByteMessage; returns the `send_result` event (and, for an
-    /// asynchronous send, the tag to wait for `send_complete` with).
-    pub async fn send(&mut self, to: &str, options: i32, body: &[u8]) -> (String, Value) {
+    /// Asks the peer to send a ByteMessage and returns the command's tag at
+    /// once; [`TribesPeer::send_result`] waits for the outcome.
+    pub fn start_send(&mut self, to: &str, options: i32, body: &[u8]) -> String {
         let tag = format!("t{}", self.tags.fetch_add(1, Ordering::Relaxed));
         let hex = if body.is_empty() {
             "-".to_owned()
@@ -297,12 +297,22 @@ impl TribesPeer {
             hex::encode(body)
         };
         self.command(&format!("send {tag} {to} {options} {hex}"));
-        let t = tag.clone();
-        let v = self
-            .wait_event(&format!("the result of send {tag}"), move |e| {
-                e["event"] == "send_result" && e["tag"] == t.as_str()
-            })
-            .await;
+        tag
+    }
+
+    /// The `send_result` event of a send started with [`TribesPeer::start_send`].
+    pub async fn send_result(&mut self, tag: &str) -> Value {
+        self.wait_event(&format!("the result of send {tag}"), |e| {
+            e["event"] == "send_result" && e["tag"] == tag
+        })
+        .await
+    }
+
+    /// Sends a ByteMessage; returns the `send_result` event (and, for an
+    /// asynchronous send, the tag to wait for `send_complete` with).
+    pub async fn send(&mut self, to: &str, options: i32, body: &[u8]) -> (String, Value) {
+        let tag = self.start_send(to, options, body);
+        let v = self.send_result(&tag).await;
         (tag, v)
     }
 
