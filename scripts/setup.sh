@@ -24,26 +24,30 @@ if ! ip link show lo 2>/dev/null | grep -q MULTICAST; then
     fi
 fi
 
-# 3. Apache Tomcat 10.1's Tribes jars (Debian's libtomcat10-java) for the
-#    Tomcat interop tests (host/tests/interop.rs): a real Tribes peer.
-#    `apt-get update` only when the package is not known to apt yet.
+# 3. Apache Tomcat 10.1's Tribes jars (Debian's libtomcat10-java) and a JDK
+#    (javac) for the Tomcat interop tests (host/tests/interop.rs): a real
+#    Tribes peer. `apt-get update` only when apt does not know a package yet.
 TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
-if [ ! -f "$TRIBES_JAR" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing libtomcat10-java (Tomcat Tribes jars for the interop tests)"
-        export DEBIAN_FRONTEND=noninteractive
-        if ! apt-cache show libtomcat10-java >/dev/null 2>&1; then
-            apt-get update -qq
-        fi
-        if ! apt-get install -y -qq --no-install-recommends libtomcat10-java >/dev/null; then
-            apt-get update -qq
-            apt-get install -y -qq --no-install-recommends libtomcat10-java >/dev/null
-        fi
-    else
-        echo "setup: $TRIBES_JAR is missing and cannot be installed here (needs root and apt-get);"
-        echo "setup: install Debian's libtomcat10-java, or the Tomcat interop tests will fail"
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-cache show "$@" >/dev/null 2>&1; then
+        apt-get update -qq
     fi
-fi
-if ! command -v javac >/dev/null 2>&1; then
-    echo "setup: javac not found (a JDK 17 is needed); the Tomcat interop tests will fail"
+    if ! apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+        # a stale package list (a version no longer on the mirror): refresh once
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    fi
+}
+missing=()
+[ -f "$TRIBES_JAR" ] || missing+=(libtomcat10-java)
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing ${missing[*]} (Tomcat Tribes and a JDK for the interop tests)"
+        apt_install "${missing[@]}"
+    else
+        echo "setup: ${missing[*]} missing and not installable here (needs root and apt-get);"
+        echo "setup: the Tomcat interop tests will fail until they are installed"
+    fi
 fi
