@@ -150,7 +150,9 @@ fn assert_member_fields(ev: &Value, host: &str, port: u16, domain: &str) {
 async fn shoal_and_tomcat_discover_each_other_by_multicast() {
     require_loopback_multicast();
     let group = free_port();
+    let shoal_born = std::time::Instant::now();
     let node = start_shoal("s1", group, "shoal-dom").await;
+    let tomcat_born = std::time::Instant::now();
     let mut t = TribesPeer::spawn(&peer_args("t1", group, Some("tomcat-dom")));
     let ti = t.started().await;
     assert_eq!(ti.host, "127.0.0.1");
@@ -171,6 +173,28 @@ async fn shoal_and_tomcat_discover_each_other_by_multicast() {
     assert_member_fields(&ev, "127.0.0.1", sport, "shoal-dom");
     let ms = t.wait_members(std::slice::from_ref(&sid)).await;
     assert_member_fields(&ms[0], "127.0.0.1", sport, "shoal-dom");
+
+    // Alive times are uptimes in ms on both sides: they grow with each
+    // heartbeat and never exceed the time since the node was started.
+    wait_alive(&mut t, &sid, 4 * FREQUENCY_MS).await;
+    let alive = t.members().await[0]["alive"].as_u64().expect("alive");
+    let bound = shoal_born.elapsed().as_millis() as u64;
+    assert!(
+        alive <= bound,
+        "Tomcat sees shoal up {alive} ms, started {bound} ms ago"
+    );
+    let tomcat_alive = wait_for("shoal to see Tomcat up a few heartbeats", || {
+        let a = member_by_hex(&node, &ti.id)
+            .map(|m| m.alive_ms)
+            .filter(|a| *a >= (4 * FREQUENCY_MS) as i64);
+        async move { a }
+    })
+    .await;
+    let bound = tomcat_born.elapsed().as_millis() as i64;
+    assert!(
+        tomcat_alive <= bound,
+        "shoal sees Tomcat up {tomcat_alive} ms, started {bound} ms ago"
+    );
 
     node.shutdown().await;
     t.stop().await;
