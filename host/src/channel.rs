@@ -278,6 +278,8 @@ impl Channel {
                 }
             }
         }
+        // Tribes' order: longest-running first, by the latest alive time.
+        v.sort_by(|a, b| b.alive_ms.cmp(&a.alive_ms).then(a.id.cmp(&b.id)));
         v
     }
 
@@ -530,38 +532,57 @@ impl Channel {
 }
 
 impl MessageHandler for Channel {
-    async fn deliver(&self, msg: ChannelData, _wire_len: usize) -> Result<(), DeliveryError> {
-        let sender = Member::from_packet(&msg.sender)
-            .map_err(|e| DeliveryError(format!("bad sender address: {e}")))?;
-        let mut m = InMsg {
-            sender,
-            options: msg.options,
-            timestamp: msg.timestamp,
-            unique_id: msg.unique_id,
-            body: msg.message,
-        };
-        let chain = self.inner.chain.load_full();
-        match chain.receive_from(chain.len(), &mut m).await {
-            Flow::Continue => self.to_listeners(m),
-            Flow::Dropped { plugin, reason } => {
-                tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
-                Ok(())
-            }
-            Flow::Deferred { resume } => {
-                // Queued delivery: the rest of the chain and the listeners run
-                // on a task; the sender's ACK does not wait for them.
-                let ch = self.clone();
-                tokio::spawn(async move {
-                    if !matches!(
-                        chain.receive_from(resume, &mut m).await,
-                        Flow::Dropped { .. }
-                    ) {
-                        let _ = ch.to_listeners(m);
-                    }
-                });
-                Ok(())
+    async fn deliver_batch(&self, msgs: Vec<ChannelData>) -> Vec<Result<(), DeliveryError>> {
+        let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(msgs.len());
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut index = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.into_iter().enumerate() {
+            match Member::from_packet(&msg.sender) {
+                Ok(sender) => {
+                    batch.push(InMsg {
+                        sender,
+                        options: msg.options,
+                        timestamp: msg.timestamp,
+                        unique_id: msg.unique_id,
+                        body: msg.message,
+                    });
+                    index.push(i);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(DeliveryError(format!("bad sender address: {e}")))),
             }
         }
+        let chain = self.inner.chain.load_full();
+        let mut flows = vec![Flow::Continue; batch.len()];
+        if !chain.is_empty() {
+            chain
+                .receive_batch(chain.len(), &mut batch, &mut flows)
+                .await;
+        }
+        for ((m, flow), i) in batch.into_iter().zip(flows).zip(index) {
+            match flow {
+                Flow::Continue => results[i] = self.to_listeners(m),
+                Flow::Dropped { plugin, reason } => {
+                    tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
+                }
+                Flow::Deferred { resume } => {
+                    // Queued delivery: the rest of the chain and the listeners
+                    // run on a task; the sender's ACK does not wait for them.
+                    let ch = self.clone();
+                    let chain = chain.clone();
+                    let mut m = m;
+                    tokio::spawn(async move {
+                        if !matches!(
+                            chain.receive_from(resume, &mut m).await,
+                            Flow::Dropped { .. }
+                        ) {
+                            let _ = ch.to_listeners(m);
+                        }
+                    });
+                }
+            }
+        }
+        results
     }
 }
 

@@ -657,8 +657,6 @@ async fn wait_alive(t: &mut TribesPeer, id: &str, ms: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "shoal bug: Channel::members() keeps the order of first heartbeats instead of \
-            re-sorting by current alive time (host/src/channel.rs, being edited for issue 3)"]
 async fn mixed_cluster_orders_members_longest_running_first() {
     require_loopback_multicast();
     let group = free_port();

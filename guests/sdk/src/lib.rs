@@ -381,6 +381,47 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         to_wit(self.0.borrow_mut().on_receive(&msg))
     }
 
+    fn on_send_batch(
+        &self,
+        batch: Vec<bindings::shoal::cluster::types::Outgoing>,
+        destination_sets: Vec<Vec<MemberId>>,
+    ) -> Vec<bindings::shoal::cluster::types::Verdict> {
+        let mut me = self.0.borrow_mut();
+        batch
+            .into_iter()
+            .map(|m| {
+                let msg = Outgoing {
+                    meta: m.meta,
+                    destinations: destination_sets.get(m.destinations as usize).map_or(&[][..], |d| &d[..]),
+                    body: m.body.as_deref(),
+                };
+                to_wit(me.on_send(&msg))
+            })
+            .collect()
+    }
+
+    fn on_receive_batch(
+        &self,
+        batch: Vec<bindings::shoal::cluster::types::Incoming>,
+        senders: Vec<Member>,
+    ) -> Vec<bindings::shoal::cluster::types::Verdict> {
+        let mut me = self.0.borrow_mut();
+        batch
+            .into_iter()
+            .map(|m| match senders.get(m.sender as usize) {
+                Some(sender) => {
+                    let msg = Incoming {
+                        meta: m.meta,
+                        sender,
+                        body: m.body.as_deref(),
+                    };
+                    to_wit(me.on_receive(&msg))
+                }
+                None => bindings::shoal::cluster::types::Verdict::Pass,
+            })
+            .collect()
+    }
+
     fn member_added(&self, m: Member) -> bindings::shoal::cluster::types::MemberVerdict {
         member_to_wit(self.0.borrow_mut().member_added(&m))
     }

@@ -220,10 +220,11 @@ impl std::fmt::Debug for HostState {
 }
 
 impl HostState {
-    /// A store's data: no WASI capabilities besides stderr (panic messages).
+    /// A store's data: no WASI capabilities besides stdout/stderr, which go to the log.
     pub fn new(plugin: Arc<PluginShared>, node: Arc<NodeCtx>, limits: StoreLimits) -> Self {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .inherit_stderr()
+            .stdout(super::wasi::LogStream::new(&plugin.name, false))
+            .stderr(super::wasi::LogStream::new(&plugin.name, true))
             .build();
         Self {
             wasi,
@@ -234,6 +235,11 @@ impl HostState {
             outbox: Vec::new(),
             counters: Vec::new(),
         }
+    }
+
+    /// The store's resource table (WASI handles).
+    pub fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     fn counter(&mut self, handle: u32) -> Option<&Arc<GuestCounter>> {

@@ -30,14 +30,15 @@
 
 mod engine;
 mod host;
+mod wasi;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use wasmtime::component::{Linker, ResourceAny};
@@ -55,7 +56,6 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "interceptor",
         path: "../wit",
-        exports: { default: async },
     });
 }
 
@@ -151,7 +151,7 @@ pub struct PluginOptions {
 impl Default for PluginOptions {
     fn default() -> Self {
         Self {
-            call_deadline: Duration::from_millis(5),
+            call_deadline: Duration::from_millis(20),
             create_deadline: Duration::from_millis(1000),
             memory_limit: 64 << 20,
             instances: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -347,7 +347,7 @@ impl Interceptor {
             message: format!("{e:#}"),
         };
         let mut linker: Linker<HostState> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wrong_world)?;
+        wasi::add_to_linker(&mut linker).map_err(wrong_world)?;
         bindings::Interceptor::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
@@ -379,26 +379,25 @@ impl Interceptor {
         };
         let mut slot = me
             .instantiate()
-            .await
             .map_err(|message| PluginLoadError::Create {
                 name: name.clone(),
                 source_desc: source_desc.clone(),
                 message,
             })?;
-        slot.store.set_epoch_deadline(me.deadline_ticks);
+        slot.store
+            .set_epoch_deadline(ticks(me.opts.create_deadline));
         let caps = slot
             .bindings
             .shoal_cluster_hooks()
             .plugin()
             .call_capabilities(&mut slot.store, slot.plugin)
-            .await
             .map_err(|e| PluginLoadError::Create {
                 name: name.clone(),
                 source_desc: source_desc.clone(),
                 message: format!("capabilities() failed: {e:#}"),
             })?;
         me.caps = Caps::from_wit(&caps);
-        *me.control.get_mut() = Some(slot);
+        *me.control.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tracing::info!(
             plugin = %name, source = %source_desc, hash = %&me.hash[..12],
             caps = ?me.caps, failure_mode = ?me.spec.failure_mode, "interceptor loaded"
@@ -407,7 +406,7 @@ impl Interceptor {
     }
 
     /// A new store and instance, with `create` called.
-    async fn instantiate(&self) -> Result<Slot, String> {
+    fn instantiate(&self) -> Result<Slot, String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.opts.memory_limit)
             .trap_on_grow_failure(true)
@@ -420,14 +419,12 @@ impl Interceptor {
         store.set_epoch_deadline(ticks(self.opts.create_deadline));
         let bindings = self
             .pre
-            .instantiate_async(&mut store)
-            .await
+            .instantiate(&mut store)
             .map_err(|e| format!("instantiation failed: {e:#}"))?;
         let plugin = bindings
             .shoal_cluster_hooks()
             .plugin()
             .call_create(&mut store, &self.spec.settings)
-            .await
             .map_err(|e| format!("create() trapped: {e:#}"))??;
         self.shared.instantiations.fetch_add(1, Ordering::Relaxed);
         Ok(Slot {
@@ -459,13 +456,21 @@ impl Interceptor {
 
     /// Locks `slot` and makes sure it holds an instance (creating one if a
     /// failure discarded it), with the call deadline armed.
-    async fn slot<'a>(
+    fn slot<'a>(
         &self,
         slot: &'a Mutex<Option<Slot>>,
     ) -> Result<MutexGuard<'a, Option<Slot>>, FailureKind> {
-        let mut g = slot.lock().await;
+        // Control-plane calls (membership, heartbeat, probes, timers, stats)
+        // are rare and carry state that a spurious timeout would lose: they
+        // get the longer create deadline. Message calls get the call deadline.
+        let deadline = if std::ptr::eq(slot, &self.control) && !self.caps.single {
+            ticks(self.opts.create_deadline)
+        } else {
+            self.deadline_ticks
+        };
+        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
-            match self.instantiate().await {
+            match self.instantiate() {
                 Ok(s) => *g = Some(s),
                 Err(e) => {
                     self.shared.count_failure(FailureKind::Trap);
@@ -475,7 +480,7 @@ impl Interceptor {
             }
         }
         if let Some(s) = g.as_mut() {
-            s.store.set_epoch_deadline(self.deadline_ticks);
+            s.store.set_epoch_deadline(deadline);
         }
         Ok(g)
     }
@@ -527,17 +532,15 @@ impl Interceptor {
 
     /// Guest statistics from the control instance: (name, value, is counter, help).
     pub async fn guest_stats(&self) -> Vec<(String, f64, bool, String)> {
-        let Ok(mut g) = self.slot(&self.control).await else {
+        let Ok(mut g) = self.slot(&self.control) else {
             return Vec::new();
         };
         let r = match g.as_mut() {
-            Some(s) => {
-                s.bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_stats(&mut s.store, s.plugin)
-                    .await
-            }
+            Some(s) => s
+                .bindings
+                .shoal_cluster_hooks()
+                .plugin()
+                .call_stats(&mut s.store, s.plugin),
             None => return Vec::new(),
         };
         match self.finish(&mut g, r) {
@@ -556,81 +559,112 @@ impl Interceptor {
         }
     }
 
-    async fn on_send(
+    fn on_send(
         &self,
-        meta: wit::MessageMeta,
-        dests: &[wit::MemberId],
-        body: Option<&[u8]>,
-    ) -> Result<wit::Verdict, FailureKind> {
-        let mut g = self.slot(self.worker_slot()).await?;
-        let r = match g.as_mut() {
-            Some(s) => {
+        batch: &[wit::Outgoing],
+        sets: &[Vec<wit::MemberId>],
+    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        let mut g = self.slot(self.worker_slot())?;
+        let r = match (g.as_mut(), batch) {
+            // One message: the flat call is cheaper than a list.
+            (Some(s), [one]) => {
+                let dests = sets
+                    .get(one.destinations as usize)
+                    .map_or(&[][..], |d| &d[..]);
                 s.bindings
                     .shoal_cluster_hooks()
                     .plugin()
-                    .call_on_send(&mut s.store, s.plugin, meta, dests, body)
-                    .await
+                    .call_on_send(&mut s.store, s.plugin, one.meta, dests, one.body.as_deref())
+                    .map(|v| vec![v])
             }
-            None => return Err(FailureKind::Trap),
+            (Some(s), _) => s
+                .bindings
+                .shoal_cluster_hooks()
+                .plugin()
+                .call_on_send_batch(&mut s.store, s.plugin, batch, sets),
+            (None, _) => return Err(FailureKind::Trap),
         };
-        self.finish(&mut g, r).map(|(v, _)| v)
+        let v = self.finish(&mut g, r).map(|(v, _)| v)?;
+        self.check_len(v, batch.len())
     }
 
-    async fn on_receive(
+    fn on_receive(
         &self,
-        meta: wit::MessageMeta,
-        sender: &wit::Member,
-        body: Option<&[u8]>,
-    ) -> Result<wit::Verdict, FailureKind> {
-        let mut g = self.slot(self.worker_slot()).await?;
-        let r = match g.as_mut() {
-            Some(s) => {
-                s.bindings
+        batch: &[wit::Incoming],
+        senders: &[wit::Member],
+    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        let mut g = self.slot(self.worker_slot())?;
+        let r = match (g.as_mut(), batch) {
+            (Some(s), [one]) => match senders.get(one.sender as usize) {
+                Some(sender) => s
+                    .bindings
                     .shoal_cluster_hooks()
                     .plugin()
-                    .call_on_receive(&mut s.store, s.plugin, meta, sender, body)
-                    .await
-            }
-            None => return Err(FailureKind::Trap),
+                    .call_on_receive(
+                        &mut s.store,
+                        s.plugin,
+                        one.meta,
+                        sender,
+                        one.body.as_deref(),
+                    )
+                    .map(|v| vec![v]),
+                None => return Err(FailureKind::Trap),
+            },
+            (Some(s), _) => s
+                .bindings
+                .shoal_cluster_hooks()
+                .plugin()
+                .call_on_receive_batch(&mut s.store, s.plugin, batch, senders),
+            (None, _) => return Err(FailureKind::Trap),
         };
-        self.finish(&mut g, r).map(|(v, _)| v)
+        let v = self.finish(&mut g, r).map(|(v, _)| v)?;
+        self.check_len(v, batch.len())
     }
 
-    async fn member_event(
+    /// One verdict per message, or the plug-in broke the contract.
+    fn check_len(&self, v: Vec<wit::Verdict>, n: usize) -> Result<Vec<wit::Verdict>, FailureKind> {
+        if v.len() == n {
+            return Ok(v);
+        }
+        self.shared.count_failure(FailureKind::Trap);
+        self.log_failure(
+            FailureKind::Trap,
+            &format!("returned {} verdicts for {n} messages", v.len()),
+        );
+        Err(FailureKind::Trap)
+    }
+
+    fn member_event(
         &self,
         ev: &MemberEvent,
     ) -> Result<(wit::MemberVerdict, Vec<Raised>), FailureKind> {
-        let mut g = self.slot(&self.control).await?;
+        let mut g = self.slot(&self.control)?;
         let Some(s) = g.as_mut() else {
             return Err(FailureKind::Trap);
         };
         let hooks = s.bindings.shoal_cluster_hooks().plugin();
         let r = match ev {
             MemberEvent::Added(m) => {
-                hooks
-                    .call_member_added(&mut s.store, s.plugin, &member_to_wit(m))
-                    .await
+                hooks.call_member_added(&mut s.store, s.plugin, &member_to_wit(m))
             }
             MemberEvent::Disappeared(m, reason) => {
                 let r = match reason {
                     LeaveReason::Expired => wit::LeaveReason::Expired,
                     LeaveReason::Shutdown => wit::LeaveReason::Shutdown,
                 };
-                hooks
-                    .call_member_disappeared(&mut s.store, s.plugin, &member_to_wit(m), r)
-                    .await
+                hooks.call_member_disappeared(&mut s.store, s.plugin, &member_to_wit(m), r)
             }
         };
         self.finish(&mut g, r)
     }
 
-    async fn on_probe_result(
+    fn on_probe_result(
         &self,
         id: u64,
         target: &Member,
         alive: bool,
     ) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control).await?;
+        let mut g = self.slot(&self.control)?;
         let r = match g.as_mut() {
             Some(s) => {
                 let t = member_to_wit(target);
@@ -638,38 +672,34 @@ impl Interceptor {
                     .shoal_cluster_hooks()
                     .plugin()
                     .call_on_probe_result(&mut s.store, s.plugin, id, &t, alive)
-                    .await
             }
             None => return Err(FailureKind::Trap),
         };
         self.finish(&mut g, r).map(|((), raised)| raised)
     }
 
-    async fn on_timer(&self, id: u64) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control).await?;
+    fn on_timer(&self, id: u64) -> Result<Vec<Raised>, FailureKind> {
+        let mut g = self.slot(&self.control)?;
         let r = match g.as_mut() {
             Some(s) => {
                 s.bindings
                     .shoal_cluster_hooks()
                     .plugin()
                     .call_on_timer(&mut s.store, s.plugin, id)
-                    .await
             }
             None => return Err(FailureKind::Trap),
         };
         self.finish(&mut g, r).map(|((), raised)| raised)
     }
 
-    async fn heartbeat(&self) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control).await?;
+    fn heartbeat(&self) -> Result<Vec<Raised>, FailureKind> {
+        let mut g = self.slot(&self.control)?;
         let r = match g.as_mut() {
-            Some(s) => {
-                s.bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_heartbeat(&mut s.store, s.plugin)
-                    .await
-            }
+            Some(s) => s
+                .bindings
+                .shoal_cluster_hooks()
+                .plugin()
+                .call_heartbeat(&mut s.store, s.plugin),
             None => return Err(FailureKind::Trap),
         };
         self.finish(&mut g, r).map(|((), raised)| raised)
@@ -778,108 +808,157 @@ impl Chain {
 
     /// Passes `msg` down from interceptor `start`.
     pub async fn send_from(&self, start: usize, msg: &mut OutMsg) -> Flow {
-        let mut dests_wit: Option<Vec<wit::MemberId>> = None;
-        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
-            if !ic.caps.send {
-                continue;
-            }
-            let dests = dests_wit.get_or_insert_with(|| {
-                msg.dests
-                    .iter()
-                    .map(|d| {
-                        let (hi, lo) = id_to_wit(&d.unique_id);
-                        wit::MemberId { hi, lo }
-                    })
-                    .collect()
-            });
-            let meta = wit::MessageMeta {
-                options: msg.options.0,
-                timestamp: msg.timestamp,
-                size: msg.body.len() as u32,
-            };
-            let body = ic.caps.body(&msg.body);
-            let r = ic.on_send(meta, dests, body).await;
-            match r {
-                Ok(v) => match v {
-                    wit::Verdict::Pass => {}
-                    wit::Verdict::PassModified(m) => {
-                        if let Some(o) = m.options {
-                            msg.options = SendOptions(o);
-                        }
-                        if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
-                            msg.body = Bytes::from(b);
-                        }
-                    }
-                    wit::Verdict::Drop(reason) => {
-                        ic.shared.drops.fetch_add(1, Ordering::Relaxed);
-                        return Flow::Dropped {
-                            plugin: ic.spec.name.clone(),
-                            reason,
-                        };
-                    }
-                    wit::Verdict::Defer => {
-                        ic.shared.defers.fetch_add(1, Ordering::Relaxed);
-                        return Flow::Deferred { resume: i + 1 };
-                    }
-                },
-                Err(kind) => {
-                    if let Some(f) = self.failed(ic, kind) {
-                        return f;
-                    }
-                }
-            }
-        }
-        Flow::Continue
+        let mut flows = [Flow::Continue];
+        self.send_batch(start, std::slice::from_mut(msg), &mut flows)
+            .await;
+        let [f] = flows;
+        f
     }
 
     /// Passes `msg` up through the `above` interceptors nearest the network
     /// … up to the top (`above` = [`Chain::len`] for a fresh message).
     pub async fn receive_from(&self, above: usize, msg: &mut InMsg) -> Flow {
-        let mut sender: Option<wit::Member> = None;
+        let mut flows = [Flow::Continue];
+        self.receive_batch(above, std::slice::from_mut(msg), &mut flows)
+            .await;
+        let [f] = flows;
+        f
+    }
+
+    /// Applies one plug-in's verdicts (or failure) to the messages `live`.
+    fn apply<M: BodyOwner>(
+        &self,
+        ic: &Interceptor,
+        result: Result<Vec<wit::Verdict>, FailureKind>,
+        live: &[usize],
+        msgs: &mut [M],
+        flows: &mut [Flow],
+        deferred: Flow,
+    ) {
+        let verdicts = match result {
+            Ok(v) => v,
+            Err(kind) => {
+                if let Some(f) = self.failed(ic, kind) {
+                    for &j in live {
+                        flows[j] = f.clone();
+                    }
+                }
+                return;
+            }
+        };
+        for (&j, v) in live.iter().zip(verdicts) {
+            match v {
+                wit::Verdict::Pass => {}
+                wit::Verdict::PassModified(m) => {
+                    if let Some(o) = m.options {
+                        msgs[j].set_options(SendOptions(o));
+                    }
+                    if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
+                        msgs[j].set_body(Bytes::from(b));
+                    }
+                }
+                wit::Verdict::Drop(reason) => {
+                    ic.shared.drops.fetch_add(1, Ordering::Relaxed);
+                    flows[j] = Flow::Dropped {
+                        plugin: ic.spec.name.clone(),
+                        reason,
+                    };
+                }
+                wit::Verdict::Defer => {
+                    ic.shared.defers.fetch_add(1, Ordering::Relaxed);
+                    flows[j] = deferred.clone();
+                }
+            }
+        }
+    }
+
+    /// Passes a batch down from interceptor `start`. `flows[j]` must start as
+    /// [`Flow::Continue`]; a message stops at the first drop or defer.
+    pub async fn send_batch(&self, start: usize, msgs: &mut [OutMsg], flows: &mut [Flow]) {
+        // Destination sets, shared by messages with the same destinations.
+        let mut sets: Vec<Vec<wit::MemberId>> = Vec::new();
+        let mut set_of: Vec<u32> = Vec::new();
+        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
+            if !ic.caps.send {
+                continue;
+            }
+            let live: Vec<usize> = (0..msgs.len())
+                .filter(|&j| flows[j] == Flow::Continue)
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            if set_of.is_empty() {
+                let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
+                for m in msgs.iter() {
+                    let idx = match seen
+                        .iter()
+                        .position(|d| Arc::ptr_eq(d, &m.dests) || d[..] == m.dests[..])
+                    {
+                        Some(k) => k,
+                        None => {
+                            seen.push(&m.dests);
+                            sets.push(m.dests.iter().map(|d| wit_id(&d.unique_id)).collect());
+                            seen.len() - 1
+                        }
+                    };
+                    set_of.push(idx as u32);
+                }
+            }
+            let batch: Vec<wit::Outgoing> = live
+                .iter()
+                .map(|&j| wit::Outgoing {
+                    meta: meta(msgs[j].options, msgs[j].timestamp, msgs[j].body.len()),
+                    destinations: set_of[j],
+                    body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
+                })
+                .collect();
+            let r = ic.on_send(&batch, &sets);
+            self.apply(ic, r, &live, msgs, flows, Flow::Deferred { resume: i + 1 });
+        }
+    }
+
+    /// Passes a batch up through the `above` interceptors nearest the
+    /// network. `flows[j]` must start as [`Flow::Continue`].
+    pub async fn receive_batch(&self, above: usize, msgs: &mut [InMsg], flows: &mut [Flow]) {
+        let mut senders: Vec<wit::Member> = Vec::new();
+        let mut sender_of: Vec<u32> = Vec::new();
         for i in (0..above.min(self.interceptors.len())).rev() {
             let ic = &self.interceptors[i];
             if !ic.caps.receive {
                 continue;
             }
-            let sender = sender.get_or_insert_with(|| member_to_wit(&msg.sender));
-            let meta = wit::MessageMeta {
-                options: msg.options.0,
-                timestamp: msg.timestamp,
-                size: msg.body.len() as u32,
-            };
-            let body = ic.caps.body(&msg.body);
-            let r = ic.on_receive(meta, sender, body).await;
-            match r {
-                Ok(v) => match v {
-                    wit::Verdict::Pass => {}
-                    wit::Verdict::PassModified(m) => {
-                        if let Some(o) = m.options {
-                            msg.options = SendOptions(o);
+            let live: Vec<usize> = (0..msgs.len())
+                .filter(|&j| flows[j] == Flow::Continue)
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            if sender_of.is_empty() {
+                let mut seen: Vec<MemberId> = Vec::new();
+                for m in msgs.iter() {
+                    let idx = match seen.iter().position(|s| *s == m.sender.id) {
+                        Some(k) => k,
+                        None => {
+                            seen.push(m.sender.id);
+                            senders.push(member_to_wit(&m.sender));
+                            seen.len() - 1
                         }
-                        if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
-                            msg.body = Bytes::from(b);
-                        }
-                    }
-                    wit::Verdict::Drop(reason) => {
-                        ic.shared.drops.fetch_add(1, Ordering::Relaxed);
-                        return Flow::Dropped {
-                            plugin: ic.spec.name.clone(),
-                            reason,
-                        };
-                    }
-                    wit::Verdict::Defer => {
-                        ic.shared.defers.fetch_add(1, Ordering::Relaxed);
-                        return Flow::Deferred { resume: i };
-                    }
-                },
-                Err(kind) => {
-                    if let Some(f) = self.failed(ic, kind) {
-                        return f;
-                    }
+                    };
+                    sender_of.push(idx as u32);
                 }
             }
+            let batch: Vec<wit::Incoming> = live
+                .iter()
+                .map(|&j| wit::Incoming {
+                    meta: meta(msgs[j].options, msgs[j].timestamp, msgs[j].body.len()),
+                    sender: sender_of[j],
+                    body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
+                })
+                .collect();
+            let r = ic.on_receive(&batch, &senders);
+            self.apply(ic, r, &live, msgs, flows, Flow::Deferred { resume: i });
         }
-        Flow::Continue
     }
 
     /// Runs one control event through the chain on the control instances and
@@ -895,16 +974,14 @@ impl Chain {
                 alive,
             } => {
                 if let Some(i) = self.index_of(&plugin)
-                    && let Ok(raised) = self.interceptors[i]
-                        .on_probe_result(id, &target, alive)
-                        .await
+                    && let Ok(raised) = self.interceptors[i].on_probe_result(id, &target, alive)
                 {
                     push_raised(&mut work, i, raised);
                 }
             }
             ControlEvent::Timer { plugin, id } => {
                 if let Some(i) = self.index_of(&plugin)
-                    && let Ok(raised) = self.interceptors[i].on_timer(id).await
+                    && let Ok(raised) = self.interceptors[i].on_timer(id)
                 {
                     push_raised(&mut work, i, raised);
                 }
@@ -914,7 +991,7 @@ impl Chain {
                     if !ic.caps.heartbeat {
                         continue;
                     }
-                    if let Ok(raised) = ic.heartbeat().await {
+                    if let Ok(raised) = ic.heartbeat() {
                         push_raised(&mut work, i, raised);
                     }
                 }
@@ -952,7 +1029,7 @@ impl Chain {
             if !ic.caps.members {
                 continue;
             }
-            let r = ic.member_event(&ev).await;
+            let r = ic.member_event(&ev);
             match r {
                 Ok((verdict, raised)) => {
                     push_raised(work, i, raised);
@@ -1066,6 +1143,43 @@ impl Chain {
                 );
             }
         }
+    }
+}
+
+fn meta(options: SendOptions, timestamp: i64, size: usize) -> wit::MessageMeta {
+    wit::MessageMeta {
+        options: options.0,
+        timestamp,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+    }
+}
+
+fn wit_id(id: &[u8; 16]) -> wit::MemberId {
+    let (hi, lo) = id_to_wit(id);
+    wit::MemberId { hi, lo }
+}
+
+/// Messages whose options and body a plug-in may change.
+trait BodyOwner {
+    fn set_options(&mut self, o: SendOptions);
+    fn set_body(&mut self, b: Bytes);
+}
+
+impl BodyOwner for OutMsg {
+    fn set_options(&mut self, o: SendOptions) {
+        self.options = o;
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
+    }
+}
+
+impl BodyOwner for InMsg {
+    fn set_options(&mut self, o: SendOptions) {
+        self.options = o;
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
     }
 }
 

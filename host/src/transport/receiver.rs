@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -22,6 +22,8 @@ use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
 
+/// Most messages delivered as one batch.
+const MAX_BATCH: usize = 64;
 /// Initial per-connection read buffer; grows up to the frame limit.
 const INITIAL_BUFFER: usize = 64 * 1024;
 
@@ -33,14 +35,14 @@ pub struct DeliveryError(pub String);
 
 /// Where the receiver hands decoded messages.
 pub trait MessageHandler: Send + Sync + 'static {
-    /// Processes one message, on the connection's task (the next frame of the
-    /// same connection waits for it). Must not block the thread. `Err` becomes
-    /// a FAIL-ACK if the sender asked for `USE_ACK | SYNCHRONIZED_ACK`.
-    fn deliver(
+    /// Processes the messages read together from one connection, in order,
+    /// on the connection's task (its next frames wait). Must not block the
+    /// thread. Returns one result per message; an `Err` becomes a FAIL-ACK
+    /// if that message's sender asked for `USE_ACK | SYNCHRONIZED_ACK`.
+    fn deliver_batch(
         &self,
-        msg: ChannelData,
-        wire_len: usize,
-    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send;
+        msgs: Vec<ChannelData>,
+    ) -> impl std::future::Future<Output = Vec<Result<(), DeliveryError>>> + Send;
 }
 
 /// Why the receiver could not start.
@@ -211,22 +213,33 @@ async fn serve<H: MessageHandler>(
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::<u8>::new();
     let end = loop {
-        // Process every complete frame already buffered.
+        // Decode every complete frame already buffered (at most one batch),
+        // deliver them together, then acknowledge them in order.
         let mut failed = None;
-        loop {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
             match shared.decoder.decode(&mut buf) {
-                Ok(Some(data)) => {
-                    if let Err(e) = handle_frame(data, shared, &mut out).await {
+                Ok(Some(data)) => match ChannelData::decode(&data) {
+                    Ok(msg) => {
+                        let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
+                        Metrics::inc(&shared.metrics.messages_received_total);
+                        Metrics::add(&shared.metrics.bytes_received_total, wire_len as u64);
+                        batch.push(msg);
+                    }
+                    Err(e) => {
                         failed = Some(e);
                         break;
                     }
-                }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
+        }
+        if !batch.is_empty() {
+            deliver(batch, shared, &mut out).await;
         }
         if !out.is_empty() {
             if let Err(e) = stream.write_all(&out).await {
@@ -278,31 +291,25 @@ async fn serve<H: MessageHandler>(
     }
 }
 
-/// Decodes one frame's data, delivers it and queues the ACK the options call for.
-async fn handle_frame<H: MessageHandler>(
-    data: Bytes,
+/// Delivers a batch and queues the ACKs the options call for, in frame order:
+/// USE_ACK alone is acknowledged regardless of delivery (Tribes sends it
+/// before delivery); USE_ACK | SYNCHRONIZED_ACK gets ACK or FAIL-ACK by the
+/// delivery's result.
+async fn deliver<H: MessageHandler>(
+    batch: Vec<ChannelData>,
     shared: &Shared<H>,
     out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
-    let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
-    let msg = ChannelData::decode(&data)?;
-    let opts = msg.options;
-    Metrics::inc(&shared.metrics.messages_received_total);
-    Metrics::add(&shared.metrics.bytes_received_total, wire_len as u64);
-    if opts.wants_ack() && !opts.wants_sync_ack() {
-        // "async ack": acknowledged once parsed, before delivery.
-        out.extend_from_slice(AckKind::Ack.frame());
+) {
+    let opts: Vec<_> = batch.iter().map(|m| m.options).collect();
+    let results = shared.handler.deliver_batch(batch).await;
+    for (i, o) in opts.into_iter().enumerate() {
+        if !o.wants_ack() {
+            continue;
+        }
+        let ok = !o.wants_sync_ack() || results.get(i).is_some_and(Result::is_ok);
+        if !ok {
+            Metrics::inc(&shared.metrics.fail_acks_sent_total);
+        }
+        out.extend_from_slice(if ok { AckKind::Ack } else { AckKind::FailAck }.frame());
     }
-    let result = shared.handler.deliver(msg, wire_len).await;
-    if opts.wants_sync_ack() {
-        let kind = match result {
-            Ok(()) => AckKind::Ack,
-            Err(_) => {
-                Metrics::inc(&shared.metrics.fail_acks_sent_total);
-                AckKind::FailAck
-            }
-        };
-        out.extend_from_slice(kind.frame());
-    }
-    Ok(())
 }
