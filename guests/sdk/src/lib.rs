@@ -30,7 +30,9 @@
 //! plug-in for messages on several threads, and sends membership, heartbeat,
 //! probe, timer and stats calls to the first one only. Node-wide numbers go in
 //! [`host::Counter`]s; a plug-in whose message hooks must share state asks for
-//! [`Capabilities::single_instance`].
+//! [`Capabilities::single_instance`]. The host may pass several messages in
+//! one call (the batch hooks of the WIT world); the SDK calls your
+//! per-message hooks for each, in order.
 
 
 use core::cell::RefCell;
