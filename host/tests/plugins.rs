@@ -427,3 +427,56 @@ async fn example_rate_limit_interceptor() {
     assert_eq!(plugin_counter(&nodes[1], "rate-limit", "rate_passed"), 10);
     shutdown(nodes).await;
 }
+
+/// Compiled components are cached on disk by content hash, and a damaged
+/// cache entry is ignored (recompiled), never fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_on_disk() {
+    let dir = std::env::temp_dir().join(format!("shoal-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = |dir: &std::path::Path| {
+        let mut c = base_config("cache", 0);
+        c.membership.kind = shoal::config::MembershipKind::Static;
+        c.membership.members = vec!["127.0.0.1:1".into()];
+        c.interceptors = vec![interceptor("throughput", None, false, &[])];
+        c.plugins.cache_dir = dir.display().to_string();
+        Node::start(c)
+    };
+    let node = start(&dir).await.expect("start");
+    let hash = node.channel().chain().interceptors()[0].hash().to_owned();
+    node.shutdown().await;
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let file = entries[0].clone();
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        name.starts_with(&hash) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    let modified = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    // A restart loads the cached code: the file is not rewritten.
+    let node = start(&dir).await.expect("restart");
+    node.shutdown().await;
+    assert_eq!(
+        std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        modified
+    );
+    // A damaged entry is replaced, and the node still starts.
+    std::fs::write(&file, b"garbage").expect("damage");
+    let node = start(&dir).await.expect("start despite a damaged cache");
+    node.shutdown().await;
+    assert!(std::fs::read(&file).expect("rewritten").len() > 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
