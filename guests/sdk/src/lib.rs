@@ -219,6 +219,17 @@ pub trait Interceptor: Sized + 'static {
     fn on_receive(&mut self, _msg: &Incoming<'_>) -> Verdict {
         Verdict::Pass
     }
+    /// Several messages on their way down, in order: one verdict each. The
+    /// default calls [`Interceptor::on_send`] for each; override it to do
+    /// per-batch work once (e.g. one counter update).
+    fn on_send_batch(&mut self, msgs: &[Outgoing<'_>]) -> Vec<Verdict> {
+        msgs.iter().map(|m| self.on_send(m)).collect()
+    }
+    /// Several messages on their way up, in order: one verdict each. The
+    /// default calls [`Interceptor::on_receive`] for each.
+    fn on_receive_batch(&mut self, msgs: &[Incoming<'_>]) -> Vec<Verdict> {
+        msgs.iter().map(|m| self.on_receive(m)).collect()
+    }
     /// A member appeared below this plug-in.
     fn member_added(&mut self, _m: &Member) -> MemberVerdict {
         MemberVerdict::Pass
@@ -388,18 +399,15 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         batch: Vec<bindings::shoal::cluster::types::Outgoing>,
         destination_sets: Vec<Vec<MemberId>>,
     ) -> Vec<bindings::shoal::cluster::types::Verdict> {
-        let mut me = self.0.borrow_mut();
-        batch
-            .into_iter()
-            .map(|m| {
-                let msg = Outgoing {
-                    meta: m.meta,
-                    destinations: destination_sets.get(m.destinations as usize).map_or(&[][..], |d| &d[..]),
-                    body: m.body.as_deref(),
-                };
-                to_wit(me.on_send(&msg))
+        let msgs: Vec<Outgoing<'_>> = batch
+            .iter()
+            .map(|m| Outgoing {
+                meta: m.meta,
+                destinations: destination_sets.get(m.destinations as usize).map_or(&[][..], |d| &d[..]),
+                body: m.body.as_deref(),
             })
-            .collect()
+            .collect();
+        self.0.borrow_mut().on_send_batch(&msgs).into_iter().map(to_wit).collect()
     }
 
     fn on_receive_batch(
@@ -407,20 +415,21 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         batch: Vec<bindings::shoal::cluster::types::Incoming>,
         senders: Vec<Member>,
     ) -> Vec<bindings::shoal::cluster::types::Verdict> {
-        let mut me = self.0.borrow_mut();
-        batch
-            .into_iter()
-            .map(|m| match senders.get(m.sender as usize) {
-                Some(sender) => {
-                    let msg = Incoming {
-                        meta: m.meta,
-                        sender,
-                        body: m.body.as_deref(),
-                    };
-                    to_wit(me.on_receive(&msg))
-                }
-                None => bindings::shoal::cluster::types::Verdict::Pass,
+        // A message whose sender index is out of range (a host bug) passes.
+        let known: Vec<bool> = batch.iter().map(|m| (m.sender as usize) < senders.len()).collect();
+        let msgs: Vec<Incoming<'_>> = batch
+            .iter()
+            .filter(|m| (m.sender as usize) < senders.len())
+            .map(|m| Incoming {
+                meta: m.meta,
+                sender: &senders[m.sender as usize],
+                body: m.body.as_deref(),
             })
+            .collect();
+        let mut verdicts = self.0.borrow_mut().on_receive_batch(&msgs).into_iter();
+        known
+            .into_iter()
+            .map(|k| if k { verdicts.next().map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit) } else { bindings::shoal::cluster::types::Verdict::Pass })
             .collect()
     }
 

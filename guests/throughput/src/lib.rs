@@ -50,22 +50,36 @@ impl Interceptor for Throughput {
     }
 
     fn on_send(&mut self, msg: &Outgoing<'_>) -> Verdict {
-        let n = msg.destinations.len().max(1) as u64;
-        self.tx_bytes.add(u64::from(msg.meta.size) * n);
+        self.on_send_batch(std::slice::from_ref(msg)).pop().unwrap_or(Verdict::Pass)
+    }
+
+    fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
+        self.on_receive_batch(std::slice::from_ref(msg)).pop().unwrap_or(Verdict::Pass)
+    }
+
+    /// One counter update per batch: a message to N members counts N times.
+    fn on_send_batch(&mut self, msgs: &[Outgoing<'_>]) -> Vec<Verdict> {
+        let n: u64 = msgs.iter().map(|m| m.destinations.len().max(1) as u64).sum();
+        let bytes: u64 = msgs
+            .iter()
+            .map(|m| u64::from(m.meta.size) * m.destinations.len().max(1) as u64)
+            .sum();
+        self.tx_bytes.add(bytes);
         let total = self.tx_msgs.add(n);
         if total / self.interval != (total - n) / self.interval {
             self.report("tx", total, self.tx_bytes);
         }
-        Verdict::Pass
+        vec![Verdict::Pass; msgs.len()]
     }
 
-    fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
-        self.rx_bytes.add(u64::from(msg.meta.size));
-        let total = self.rx_msgs.add(1);
-        if total % self.interval == 0 {
+    fn on_receive_batch(&mut self, msgs: &[Incoming<'_>]) -> Vec<Verdict> {
+        let n = msgs.len() as u64;
+        self.rx_bytes.add(msgs.iter().map(|m| u64::from(m.meta.size)).sum());
+        let total = self.rx_msgs.add(n);
+        if total / self.interval != (total - n) / self.interval {
             self.report("rx", total, self.rx_bytes);
         }
-        Verdict::Pass
+        vec![Verdict::Pass; msgs.len()]
     }
 
     fn stats(&self) -> Vec<Stat> {
