@@ -17,9 +17,9 @@
 //!
 //! Node A sends, node B receives and counts. Measured per side: join time
 //! (process start until each sees the other), RSS of both nodes idle and the
-//! peak while the async 1 KiB test runs, async throughput (100 B, 1 KiB,
+//! peak while the async 1 KiB tests run, async throughput (100 B, 1 KiB,
 //! 64 KiB; delivered messages / time from the start of sending until the
-//! receiver has them all), sync-ACK (options 7) latency with one sender and
+//! receiver has them all; median of 3 rounds of 3 s), sync-ACK (options 7) latency with one sender and
 //! throughput with 8 concurrent senders, and the time until A reports B gone
 //! after B is SIGKILLed (dropTime 3000 ms, frequency 500 ms on both).
 //! Every loop is bounded; every process is killed when dropped, and a
@@ -41,6 +41,8 @@ const FREQUENCY_MS: u64 = 500;
 const DROP_TIME_MS: u64 = 3000;
 /// Sending time of each async throughput test.
 const ASYNC_MS: u64 = 3000;
+/// Rounds of each async test; the median is reported.
+const ASYNC_ROUNDS: usize = 3;
 /// Warm-up and measuring time of the sync-ACK tests.
 const WARMUP_MS: u64 = 1000;
 const MEASURE_MS: u64 = 3000;
@@ -520,6 +522,8 @@ struct Results {
     rss_load_kb: [u64; 2],
     /// (msg/s, sent, received, errors) per size.
     async_rate: Vec<(usize, f64, u64, u64, u64)>,
+    /// (slowest, fastest) round per size.
+    async_spread: Vec<(f64, f64)>,
     lat_p50_us: f64,
     lat_p99_us: f64,
     lat_mean_us: f64,
@@ -623,14 +627,24 @@ fn run_side(side: Side, ctx: &Ctx, mcast_port: u16) -> Results {
         }
     }
     for size in SIZES {
-        let (rate, sent, received, errors, peaks) = async_test(&mut a, &mut b, size, size == 1024);
-        eprintln!(
-            "   async {size} B: {rate:.0} msg/s (sent {sent}, received {received}, errors {errors})"
-        );
-        if size == 1024 {
-            r.rss_load_kb = peaks;
+        let mut rates = Vec::new();
+        let (mut sent, mut received, mut errors) = (0, 0, 0);
+        for _ in 0..ASYNC_ROUNDS {
+            let (rate, s, rc, e, peaks) = async_test(&mut a, &mut b, size, size == 1024);
+            eprintln!("   async {size} B: {rate:.0} msg/s (sent {s}, received {rc}, errors {e})");
+            if size == 1024 {
+                r.rss_load_kb = [
+                    r.rss_load_kb[0].max(peaks[0]),
+                    r.rss_load_kb[1].max(peaks[1]),
+                ];
+            }
+            rates.push(rate);
+            (sent, received, errors) = (sent + s, received + rc, errors + e);
         }
-        r.async_rate.push((size, rate, sent, received, errors));
+        rates.sort_by(f64::total_cmp);
+        r.async_spread.push((rates[0], rates[rates.len() - 1]));
+        r.async_rate
+            .push((size, rates[rates.len() / 2], sent, received, errors));
     }
     let (_, v) = a.request(
         &format!("latency 1024 {WARMUP_MS} {MEASURE_MS}"),
@@ -764,7 +778,7 @@ fn orchestrate() {
             }
         };
         row(
-            &format!("async {label}: msg/s (MB/s)"),
+            &format!("async {label}: msg/s (MB/s), median of {ASYNC_ROUNDS}"),
             format!("{tr:.0} ({:.1}){}", mb(tr), lost(&tomcat)),
             format!("{sr:.0} ({:.1}){}", mb(sr), lost(&shoal)),
             ratio,
@@ -833,8 +847,11 @@ fn orchestrate() {
         let detail: Vec<String> = res
             .async_rate
             .iter()
-            .map(|(size, _, sent, recv, err)| {
-                format!("{size} B: {sent} accepted, {recv} delivered, {err} refused")
+            .zip(&res.async_spread)
+            .map(|((size, _, sent, recv, err), (lo, hi))| {
+                format!(
+                    "{size} B: rounds {lo:.0}–{hi:.0} msg/s, {sent} accepted, {recv} delivered, {err} refused"
+                )
             })
             .collect();
         println!(
