@@ -679,6 +679,34 @@ fn run_side(side: Side, ctx: &Ctx, mcast_port: u16) -> Results {
     r
 }
 
+/// Busy clock ticks of the whole machine: user, nice and system time in
+/// /proc/stat (irq and softirq time, which no process is charged for, are left out).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system (idle iowait irq softirq steal are left out)
+    [0, 1, 2].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+/// Clock ticks used by this process and its waited-for children (every node
+/// process is waited for when it ends).
+fn own_tree_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" closing the command name start at field 3 (state);
+    // utime, stime, cutime, cstime are fields 14..=17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11..15)
+        .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+}
+
 fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -732,17 +760,29 @@ fn orchestrate() {
         format!("{java}, JVM options `{}`", java_opts.trim())
     };
     let load_before = load_avg();
+    let (busy0, own0) = (machine_busy_ticks(), own_tree_ticks());
+    let measuring = Instant::now();
     // Own multicast ports, away from the default 45564 and from the tests'.
     let base = 46000 + (std::process::id() % 500) as u16 * 2;
     let tomcat = run_side(Side::Tomcat, &ctx, base);
     let shoal = run_side(Side::Shoal, &ctx, base + 1);
     let load_after = load_avg();
+    let wall = measuring.elapsed().as_secs_f64();
+    // Ticks are USER_HZ = 100 per second on Linux.
+    let busy = machine_busy_ticks().saturating_sub(busy0) as f64 / 100.0;
+    let own = own_tree_ticks().saturating_sub(own0) as f64 / 100.0;
+    let foreign = (busy - own).max(0.0);
 
     println!("\n## Side by side: Tomcat Tribes <-> Tomcat Tribes vs shoal <-> shoal\n");
     println!(
         "machine: {} cores, {cpu}; {java}; load average before {load_before}, after {load_after}; run took {:.0} s\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "CPU during the measurements: {own:.1} CPU-s by the benchmark's processes, {foreign:.1} CPU-s by \
+         everything else (other processes and kernel threads) = {:.0}% of one core over {wall:.0} s\n",
+        foreign / wall * 100.0
     );
     println!("| metric | Tomcat | shoal | shoal/Tomcat | target | met |");
     println!("|---|---:|---:|---:|---|---|");
