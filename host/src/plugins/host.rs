@@ -255,6 +255,32 @@ impl HostState {
         self.counters.get(i)
     }
 
+    /// Runs `work` on the runtime and hands the event it returns to the
+    /// control loop; returns the work's id (0 if refused: too many
+    /// outstanding, or no runtime).
+    fn spawn_reporting<F, Fut>(&mut self, what: &str, work: F) -> u64
+    where
+        F: FnOnce(Arc<NodeCtx>, Arc<PluginShared>, u64) -> Fut,
+        Fut: std::future::Future<Output = ControlEvent> + Send + 'static,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return 0;
+        };
+        if !self.reserve_outstanding(what) {
+            return 0;
+        }
+        let id = self.node.next_id();
+        let node = self.node.clone();
+        let plugin = self.plugin.clone();
+        let fut = work(node.clone(), plugin.clone(), id);
+        rt.spawn(async move {
+            let ev = fut.await;
+            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let _ = node.control.send(ev);
+        });
+        id
+    }
+
     fn reserve_outstanding(&self, what: &str) -> bool {
         if self.plugin.outstanding.fetch_add(1, Ordering::Relaxed) >= MAX_OUTSTANDING {
             self.plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -315,7 +341,8 @@ pub fn member_from_wit(m: &types::Member) -> Option<Member> {
     })
 }
 
-fn sanitize(name: &str) -> String {
+/// A metric-safe name: lowercase ASCII letters, digits and `_`, at most 64.
+pub(crate) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -413,47 +440,23 @@ impl host::Host for HostState {
             tracing::warn!(plugin = %self.plugin.name, host = %target.host, "probe of a member with an unparsable host");
             return 0;
         };
-        if !self.reserve_outstanding("a probe") {
-            return 0;
-        }
-        let id = self.node.next_id();
-        let node = self.node.clone();
-        let plugin = self.plugin.clone();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
-            return 0;
-        };
-        rt.spawn(async move {
+        self.spawn_reporting("a probe", move |node, plugin, id| async move {
             let alive = probe_member(member.id.addr(), &options, &node.local_address).await;
             tracing::debug!(plugin = %plugin.name, member = %member.id, alive, "probe finished");
-            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
-            let _ = node.control.send(ControlEvent::ProbeResult {
+            ControlEvent::ProbeResult {
                 plugin,
                 id,
                 target: member,
                 alive,
-            });
-        });
-        id
+            }
+        })
     }
 
     fn set_timer(&mut self, delay_ms: u32) -> u64 {
-        if !self.reserve_outstanding("a timer") {
-            return 0;
-        }
-        let id = self.node.next_id();
-        let node = self.node.clone();
-        let plugin = self.plugin.clone();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
-            return 0;
-        };
-        rt.spawn(async move {
+        self.spawn_reporting("a timer", move |_node, plugin, id| async move {
             tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
-            plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
-            let _ = node.control.send(ControlEvent::Timer { plugin, id });
-        });
-        id
+            ControlEvent::Timer { plugin, id }
+        })
     }
 
     fn raise_member_added(&mut self, m: types::Member) {

@@ -1124,16 +1124,7 @@ impl Chain {
                 );
             }
             for (name, value, counter, help) in ic.guest_stats().await {
-                let name: String = name
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() {
-                            c.to_ascii_lowercase()
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
+                let name = host::sanitize(&name);
                 let kind = if counter { "counter" } else { "gauge" };
                 let help: String = help.chars().filter(|c| *c != '\n').collect();
                 let _ = writeln!(
