@@ -679,8 +679,8 @@ fn run_side(side: Side, ctx: &Ctx, mcast_port: u16) -> Results {
     r
 }
 
-/// Busy clock ticks of the whole machine: user, nice and system time in
-/// /proc/stat (irq and softirq time, which no process is charged for, are left out).
+/// Busy clock ticks of the whole machine: everything in /proc/stat but idle
+/// and iowait.
 fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
@@ -691,8 +691,8 @@ fn machine_busy_ticks() -> u64 {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system (idle iowait irq softirq steal are left out)
-    [0, 1, 2].iter().filter_map(|&i| f.get(i)).sum()
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
 }
 
 /// Clock ticks used by this process and its waited-for children (every node
@@ -780,8 +780,9 @@ fn orchestrate() {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "CPU during the measurements: {own:.1} CPU-s by the benchmark's processes, {foreign:.1} CPU-s by \
-         everything else (other processes and kernel threads) = {:.0}% of one core over {wall:.0} s\n",
+        "CPU during the measurements ({wall:.0} s): machine busy {busy:.1} CPU-s, of which the \
+         benchmark's processes {own:.1} CPU-s; the rest, {foreign:.1} CPU-s ({:.0}% of one core), is \
+         other processes, kernel threads and interrupts (loopback traffic included)\n",
         foreign / wall * 100.0
     );
     println!("| metric | Tomcat | shoal | shoal/Tomcat | target | met |");
