@@ -213,33 +213,42 @@ async fn serve<H: MessageHandler>(
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::<u8>::new();
     let end = loop {
-        // Decode every complete frame already buffered (at most one batch),
-        // deliver them together, then acknowledge them in order.
+        // Decode every complete frame already buffered, delivering them in
+        // batches of at most MAX_BATCH, and acknowledge them in order. Only
+        // an incomplete frame stays buffered across reads (so the buffer is
+        // bounded by one frame, and the stall timer only ever times a frame
+        // that is really incomplete).
         let mut failed = None;
-        let mut batch = Vec::new();
-        while batch.len() < MAX_BATCH {
-            match shared.decoder.decode(&mut buf) {
-                Ok(Some(data)) => match ChannelData::decode(&data) {
-                    Ok(msg) => {
-                        let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
-                        Metrics::inc(&shared.metrics.messages_received_total);
-                        Metrics::add(&shared.metrics.bytes_received_total, wire_len as u64);
-                        batch.push(msg);
-                    }
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < MAX_BATCH {
+                match shared.decoder.decode(&mut buf) {
+                    Ok(Some(data)) => match ChannelData::decode(&data) {
+                        Ok(msg) => {
+                            let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
+                            Metrics::inc(&shared.metrics.messages_received_total);
+                            Metrics::add(&shared.metrics.bytes_received_total, wire_len as u64);
+                            batch.push(msg);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
                     Err(e) => {
                         failed = Some(e);
                         break;
                     }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
                 }
             }
-        }
-        if !batch.is_empty() {
-            deliver(batch, shared, &mut out).await;
+            let full = batch.len() == MAX_BATCH;
+            if !batch.is_empty() {
+                deliver(batch, shared, &mut out).await;
+            }
+            if !full || failed.is_some() {
+                break;
+            }
         }
         if !out.is_empty() {
             if let Err(e) = stream.write_all(&out).await {
