@@ -357,6 +357,16 @@ fn to_wit(v: Verdict) -> bindings::shoal::cluster::types::Verdict {
     }
 }
 
+/// The batch answer: empty when every message passes (cheapest for the host
+/// to read), else one verdict per message.
+fn all_pass_or(v: Vec<Verdict>) -> Vec<bindings::shoal::cluster::types::Verdict> {
+    if v.iter().all(|x| *x == Verdict::Pass) {
+        Vec::new()
+    } else {
+        v.into_iter().map(to_wit).collect()
+    }
+}
+
 fn member_to_wit(v: MemberVerdict) -> bindings::shoal::cluster::types::MemberVerdict {
     use bindings::shoal::cluster::types::MemberVerdict as W;
     match v {
@@ -407,7 +417,7 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
                 body: m.body.as_deref(),
             })
             .collect();
-        self.0.borrow_mut().on_send_batch(&msgs).into_iter().map(to_wit).collect()
+        all_pass_or(self.0.borrow_mut().on_send_batch(&msgs))
     }
 
     fn on_receive_batch(
@@ -426,7 +436,11 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
                 body: m.body.as_deref(),
             })
             .collect();
-        let mut verdicts = self.0.borrow_mut().on_receive_batch(&msgs).into_iter();
+        let verdicts = self.0.borrow_mut().on_receive_batch(&msgs);
+        if known.iter().all(|k| *k) {
+            return all_pass_or(verdicts);
+        }
+        let mut verdicts = verdicts.into_iter();
         known
             .into_iter()
             .map(|k| if k { verdicts.next().map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit) } else { bindings::shoal::cluster::types::Verdict::Pass })
