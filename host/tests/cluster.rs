@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,18 +27,6 @@ async fn wait_converged(nodes: &[Node]) {
         })
         .await;
     }
-}
-
-/// Collects every message body a node receives.
-fn collector(node: &Node) -> Arc<Mutex<Vec<ReceivedMessage>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    node.channel()
-        .add_listener(Arc::new(move |m: &ReceivedMessage| {
-            g.lock().expect("lock").push(m.clone());
-            Ok::<(), ListenerError>(())
-        }));
-    got
 }
 
 fn assert_sees_others(nodes: &[Node]) {
@@ -251,34 +239,17 @@ async fn garbage_and_stalled_peers_do_not_disturb_good_peers() {
         .send(&dest, b"before", ack)
         .await
         .expect("delivered");
-    let mut garbage = tokio::net::TcpStream::connect(b_addr)
-        .await
-        .expect("connect");
-    garbage
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut oversized = tokio::net::TcpStream::connect(b_addr)
-        .await
-        .expect("connect");
-    oversized
-        .write_all(b"FLT2002\x7f\xff\xff\xff")
-        .await
-        .expect("write");
-    let mut stalled = tokio::net::TcpStream::connect(b_addr)
-        .await
-        .expect("connect");
-    stalled
-        .write_all(b"FLT2002\x00\x00\x01\x00partial")
-        .await
-        .expect("write");
-    let mut bad_inner = tokio::net::TcpStream::connect(b_addr)
-        .await
-        .expect("connect");
-    bad_inner
-        .write_all(b"FLT2002\x00\x00\x00\x04\xff\xff\xff\xffTLF2003")
-        .await
-        .expect("write");
+    let bad_peer = |bytes: &'static [u8]| async move {
+        let mut s = tokio::net::TcpStream::connect(b_addr)
+            .await
+            .expect("connect");
+        s.write_all(bytes).await.expect("write");
+        s
+    };
+    let garbage = bad_peer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let oversized = bad_peer(b"FLT2002\x7f\xff\xff\xff").await;
+    let stalled = bad_peer(b"FLT2002\x00\x00\x01\x00partial").await;
+    let bad_inner = bad_peer(b"FLT2002\x00\x00\x00\x04\xff\xff\xff\xffTLF2003").await;
 
     for i in 0..50 {
         nodes[0]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use shoal::config::InterceptorConfig;
 use shoal::plugins::FailureKind;
-use shoal::{ChannelSendError, ListenerError, Node, ReceivedMessage, SendOptions, StartError};
+use shoal::{ChannelSendError, Node, ReceivedMessage, SendOptions, StartError};
 
 const SYNC: SendOptions = SendOptions(SendOptions::USE_ACK.0 | SendOptions::SYNCHRONIZED_ACK.0);
 
@@ -35,17 +35,6 @@ async fn pair(
         .await;
     }
     nodes
-}
-
-fn collector(node: &Node) -> Arc<Mutex<Vec<ReceivedMessage>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    node.channel()
-        .add_listener(Arc::new(move |m: &ReceivedMessage| {
-            g.lock().expect("lock").push(m.clone());
-            Ok::<(), ListenerError>(())
-        }));
-    got
 }
 
 fn bodies(got: &Arc<Mutex<Vec<ReceivedMessage>>>) -> Vec<Vec<u8>> {

@@ -153,3 +153,17 @@ pub fn interceptor(
         settings: t,
     }
 }
+
+/// Collects every message a node's channel delivers.
+pub fn collector(
+    node: &shoal::Node,
+) -> std::sync::Arc<std::sync::Mutex<Vec<shoal::ReceivedMessage>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    node.channel()
+        .add_listener(std::sync::Arc::new(move |m: &shoal::ReceivedMessage| {
+            g.lock().expect("lock").push(m.clone());
+            Ok::<(), shoal::ListenerError>(())
+        }));
+    got
+}
