@@ -12,7 +12,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -421,15 +421,7 @@ impl ShoalProcess {
         )
         .expect("write config");
         let log = dir.join(format!("{name}-{port}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn shoal");
+        let child = spawn_shoal(&cfg, &log);
         Self {
             child: Some(child),
             api,

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -65,15 +65,7 @@ fn start(dir: &std::path::Path, name: &str, group_port: u16, api: SocketAddr) ->
         ),
     )
     .expect("write config");
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn shoal")
+    spawn_shoal(&cfg, &dir.join(format!("{name}.log")))
 }
 
 fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {

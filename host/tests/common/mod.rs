@@ -167,3 +167,17 @@ pub fn collector(
         }));
     got
 }
+
+/// Starts `shoal run --config CFG` with stdout and stderr going to `log`.
+/// `CARGO_BIN_EXE_shoal` is set for this package's integration tests.
+pub fn spawn_shoal(cfg: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let out = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn shoal")
+}
