@@ -8,6 +8,9 @@
 //!    interceptor shared by both vs one instance per worker thread;
 //! 3. end-to-end asynchronous throughput (1 KiB) between two nodes on
 //!    loopback with the default chain and with no chain.
+//!
+//! `SHOAL_BENCH_ONLY=e2e` (or `per-message`) runs one part alone, e.g. under
+//! `perf record`; `SHOAL_BENCH_CHAIN=on|off` picks one side of the e2e part.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -205,65 +208,95 @@ fn main() {
     rt.block_on(async {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
             .unwrap_or_default();
-        println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, |n| n.get()));
-        let chain = default_chain(2).await;
-        let empty = Chain::default();
-        const N: u32 = 200_000;
-        // warm up (instantiation of the worker instances)
-        per_message(&chain, 1024, 10_000).await;
-        println!("\n## Per-message cost of the default chain (ns/message, {N} messages, one task)\n");
-        println!("| body | send: no chain | send: chain | receive: no chain | receive: chain | added (send + receive) |");
-        println!("|---:|---:|---:|---:|---:|---:|");
-        for size in [100usize, 1024, 65536] {
-            let (s0, r0) = per_message(&empty, size, N).await;
-            let (s1, r1) = per_message(&chain, size, N).await;
-            println!(
-                "| {size} B | {s0:.0} | {s1:.0} | {r0:.0} | {r1:.0} | {:.0} |",
-                (s1 - s0) + (r1 - r0)
-            );
+        println!(
+            "machine: {} cores, {cpu}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        let only = std::env::var("SHOAL_BENCH_ONLY").unwrap_or_default();
+        if only != "e2e" {
+            per_message_sections().await;
         }
-
-        println!("\n## Batches of 64 (what the deferred queue and the receiver pass; ns/message)\n");
-        println!("| body | send: chain | receive: chain |");
-        println!("|---:|---:|---:|");
-        for size in [100usize, 1024, 65536] {
-            let (s, r) = per_message_batched(&chain, size, N / 64).await;
-            println!("| {size} B | {s:.0} | {r:.0} |");
-        }
-
-        println!("\n## Two tasks in parallel, 1 KiB, send+receive (M messages/s, total)\n");
-        println!("| instances per interceptor | M msg/s |");
-        println!("|---|---:|");
-        for instances in [1usize, 2] {
-            let chain = default_chain(instances).await;
-            per_message(&chain, 1024, 5_000).await;
-            let t = Instant::now();
-            let per_task = 100_000u32;
-            let tasks: Vec<_> = (0..2)
-                .map(|_| {
-                    let c = chain.clone();
-                    tokio::spawn(async move { per_message(&c, 1024, per_task).await })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
-            let rate = 2.0 * f64::from(per_task) / t.elapsed().as_secs_f64() / 1e6;
-            println!("| {instances} | {rate:.2} |");
-        }
-
-        println!("\n## End-to-end asynchronous throughput, 1 KiB, two nodes on loopback\n");
-        println!("| chain | msg/s | MB/s | messages |");
-        println!("|---|---:|---:|---:|");
-        for with_chain in [false, true] {
-            let (rate, n) = throughput(with_chain, 1024, Duration::from_secs(3)).await;
-            println!(
-                "| {} | {rate:.0} | {:.1} | {n} |",
-                if with_chain { "default (3 guests)" } else { "none" },
-                rate * 1024.0 / 1e6
-            );
+        if only != "per-message" {
+            e2e_section().await;
         }
     });
+}
+
+async fn per_message_sections() {
+    let chain = default_chain(2).await;
+    let empty = Chain::default();
+    const N: u32 = 200_000;
+    // warm up (instantiation of the worker instances)
+    per_message(&chain, 1024, 10_000).await;
+    println!("\n## Per-message cost of the default chain (ns/message, {N} messages, one task)\n");
+    println!(
+        "| body | send: no chain | send: chain | receive: no chain | receive: chain | added (send + receive) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for size in [100usize, 1024, 65536] {
+        let (s0, r0) = per_message(&empty, size, N).await;
+        let (s1, r1) = per_message(&chain, size, N).await;
+        println!(
+            "| {size} B | {s0:.0} | {s1:.0} | {r0:.0} | {r1:.0} | {:.0} |",
+            (s1 - s0) + (r1 - r0)
+        );
+    }
+
+    println!("\n## Batches of 64 (what the deferred queue and the receiver pass; ns/message)\n");
+    println!("| body | send: chain | receive: chain |");
+    println!("|---:|---:|---:|");
+    for size in [100usize, 1024, 65536] {
+        let (s, r) = per_message_batched(&chain, size, N / 64).await;
+        println!("| {size} B | {s:.0} | {r:.0} |");
+    }
+
+    println!("\n## Two tasks in parallel, 1 KiB, send+receive (M messages/s, total)\n");
+    println!("| instances per interceptor | M msg/s |");
+    println!("|---|---:|");
+    for instances in [1usize, 2] {
+        let chain = default_chain(instances).await;
+        per_message(&chain, 1024, 5_000).await;
+        let t = Instant::now();
+        let per_task = 100_000u32;
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let c = chain.clone();
+                tokio::spawn(async move { per_message(&c, 1024, per_task).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let rate = 2.0 * f64::from(per_task) / t.elapsed().as_secs_f64() / 1e6;
+        println!("| {instances} | {rate:.2} |");
+    }
+}
+
+async fn e2e_section() {
+    println!("\n## End-to-end asynchronous throughput, 1 KiB, two nodes on loopback\n");
+    println!("| chain | msg/s | MB/s | messages |");
+    println!("|---|---:|---:|---:|");
+    let sides: &[bool] = match std::env::var("SHOAL_BENCH_CHAIN").as_deref() {
+        Ok("on") => &[true],
+        Ok("off") => &[false],
+        _ => &[false, true],
+    };
+    for &with_chain in sides {
+        let (rate, n) = throughput(with_chain, 1024, Duration::from_secs(3)).await;
+        println!(
+            "| {} | {rate:.0} | {:.1} | {n} |",
+            if with_chain {
+                "default (3 guests)"
+            } else {
+                "none"
+            },
+            rate * 1024.0 / 1e6
+        );
+    }
 }

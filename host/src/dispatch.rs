@@ -182,6 +182,9 @@ async fn worker(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut ready: Vec<(Arc<[MemberId]>, Bytes, bool)> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<OutMsg> = Vec::with_capacity(BATCH);
+    let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
+    let mut permits: Vec<Option<OwnedSemaphorePermit>> = Vec::with_capacity(BATCH);
     loop {
         {
             let mut rx = rx.lock().await;
@@ -193,21 +196,38 @@ async fn worker(
         metrics
             .async_queue_bytes
             .fetch_sub(queued as i64, Ordering::Relaxed);
-        // Finish each message's way down the chain, then encode it.
-        for mut job in batch.drain(..) {
-            if let Flow::Dropped { plugin, reason } =
-                job.chain.send_from(job.resume, &mut job.msg).await
+        // Finish the messages' way down the chain, one call per interceptor
+        // for each run of messages that share a chain and a resume point,
+        // then encode them.
+        let mut jobs = batch.drain(..).peekable();
+        while let Some(first) = jobs.next() {
+            let (chain, resume) = (first.chain, first.resume);
+            msgs.push(first.msg);
+            permits.push(first.permit);
+            while let Some(next) =
+                jobs.next_if(|j| j.resume == resume && Arc::ptr_eq(&j.chain, &chain))
             {
-                tracing::debug!(%plugin, %reason, "deferred message dropped by an interceptor");
-                continue;
+                msgs.push(next.msg);
+                permits.push(next.permit);
             }
-            match encoder.encode(&job.msg) {
-                Ok(frame) => {
-                    ready.push((job.msg.dests.clone(), frame, job.msg.options.wants_ack()))
+            flows.clear();
+            flows.resize(msgs.len(), Flow::Continue);
+            if resume < chain.len() {
+                chain.send_batch(resume, &mut msgs, &mut flows).await;
+            }
+            for (msg, flow) in msgs.drain(..).zip(flows.drain(..)) {
+                if let Flow::Dropped { plugin, reason } = flow {
+                    tracing::debug!(%plugin, %reason, "deferred message dropped by an interceptor");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
+                match encoder.encode(&msg) {
+                    Ok(frame) => ready.push((msg.dests, frame, msg.options.wants_ack())),
+                    Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
+                }
             }
+            permits.clear();
         }
+        drop(jobs);
         // Group consecutive messages with the same destinations into one write.
         let mut start = 0;
         while start < ready.len() {
