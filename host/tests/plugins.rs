@@ -156,6 +156,140 @@ async fn each_verdict() {
     shutdown(nodes).await;
 }
 
+/// A plug-in's message filter (options bits, size bound) decides which
+/// messages reach its hooks, one by one and in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_filter_picks_what_a_guest_sees() {
+    let async_only = testkit(
+        "async-only",
+        false,
+        &[("mode", "tag"), ("tag", "A"), ("only_options", "8")],
+    );
+    let small_only = testkit(
+        "small-only",
+        false,
+        &[("mode", "tag"), ("tag", "S"), ("max_size", "4")],
+    );
+    let nodes = pair([vec![async_only], vec![small_only]], |_| {}).await;
+    let got = collector(&nodes[1]);
+    let to = [nodes[1].id()];
+    let ch = nodes[0].channel();
+    // one at a time (the flat hooks)
+    ch.send(&to, b"x", SYNC).await.expect("sent");
+    ch.send(&to, b"y", SYNC | SendOptions::ASYNCHRONOUS)
+        .await
+        .expect("sent");
+    ch.send(&to, b"long", SYNC | SendOptions::ASYNCHRONOUS)
+        .await
+        .expect("sent");
+    wait_for("three messages", || async {
+        (got.lock().expect("lock").len() == 3).then_some(())
+    })
+    .await;
+    let mut b = bodies(&got);
+    b.sort();
+    assert_eq!(b, vec![b"longA".to_vec(), b"xS".to_vec(), b"yAS".to_vec()]);
+
+    // a batch: only the admitted messages are passed, the rest untouched
+    use shoal::plugins::{Flow, InMsg, OutMsg};
+    let dests: Arc<[shoal::MemberId]> = vec![nodes[1].id()].into();
+    let out = |body: &'static [u8], o: SendOptions| OutMsg {
+        options: o | SendOptions::BYTE_MESSAGE,
+        timestamp: 0,
+        body: bytes::Bytes::from_static(body),
+        dests: dests.clone(),
+    };
+    let mut msgs = vec![
+        out(b"a", SYNC),
+        out(b"b", SendOptions::ASYNCHRONOUS),
+        out(b"c", SYNC),
+        out(b"d", SendOptions::ASYNCHRONOUS),
+    ];
+    let mut flows = vec![Flow::Continue; msgs.len()];
+    ch.chain().send_batch(0, &mut msgs, &mut flows).await;
+    let sent: Vec<&[u8]> = msgs.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(sent, vec![&b"a"[..], b"bA", b"c", b"dA"]);
+
+    let sender = nodes[1]
+        .members()
+        .into_iter()
+        .next()
+        .expect("node 0 in view");
+    let inc = |body: &'static [u8]| InMsg {
+        options: SYNC | SendOptions::BYTE_MESSAGE,
+        timestamp: 0,
+        sender: sender.clone(),
+        unique_id: bytes::Bytes::from_static(&[0; 16]),
+        body: bytes::Bytes::from_static(body),
+    };
+    let mut msgs = vec![inc(b"tiny"), inc(b"large"), inc(b"ok")];
+    let mut flows = vec![Flow::Continue; msgs.len()];
+    let chain = nodes[1].channel().chain();
+    chain
+        .receive_batch(chain.len(), &mut msgs, &mut flows)
+        .await;
+    let got: Vec<&[u8]> = msgs.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(got, vec![&b"tinyS"[..], b"large", b"okS"]);
+    assert!(flows.iter().all(|f| *f == Flow::Continue));
+    shutdown(nodes).await;
+}
+
+/// Message-dispatch: asynchronous sends are queued (by its defer rule,
+/// without a call) while the queue is under `maxQueueSize`; past it, its
+/// `on_send` decides: send in the caller (`alwaysSend`) or refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_dispatch_queues_until_its_bound_then_decides() {
+    let defers = |n: &Node| {
+        n.channel().chain().interceptors()[0]
+            .shared()
+            .defers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let async_ack = SendOptions::ASYNCHRONOUS | SendOptions::USE_ACK;
+    for (max, always, queued, refused) in [
+        ("67108864", "false", true, false),
+        ("0", "true", false, false),
+        ("0", "false", false, true),
+    ] {
+        let d = interceptor(
+            "message-dispatch",
+            None,
+            false,
+            &[("maxQueueSize", max), ("alwaysSend", always)],
+        );
+        let nodes = pair([vec![d], vec![]], |_| {}).await;
+        let got = collector(&nodes[1]);
+        let to = [nodes[1].id()];
+        let r = nodes[0].channel().send(&to, b"m", async_ack).await;
+        if refused {
+            let err = r.expect_err("refused");
+            assert!(
+                matches!(&err, ChannelSendError::Dropped { plugin, reason }
+                    if plugin == "message-dispatch" && reason.contains("queue full")),
+                "{err:?}"
+            );
+        } else {
+            r.expect("sent or queued");
+            wait_for("the message", || async {
+                (got.lock().expect("lock").len() == 1).then_some(())
+            })
+            .await;
+        }
+        // a synchronous send is never the plug-in's business
+        nodes[0]
+            .channel()
+            .send(&to, b"s", SYNC)
+            .await
+            .expect("sent");
+        assert_eq!(
+            defers(&nodes[0]),
+            u64::from(queued),
+            "max {max} always {always}"
+        );
+        shutdown(nodes).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_reach_the_guest() {
     let nodes = pair(

@@ -51,7 +51,7 @@ pub mod bindings {
 
 use bindings::exports::shoal::cluster::hooks as wit;
 pub use bindings::shoal::cluster::types::{
-    BodyAccess, Capabilities, Hooks, LeaveReason, Level, Member, MemberId, MessageMeta, ProbeOptions, Stat, StatKind,
+    BodyAccess, Capabilities, DeferRule, Hooks, MessageFilter, LeaveReason, Level, Member, MemberId, MessageMeta, ProbeOptions, Stat, StatKind,
 };
 
 impl Capabilities {
@@ -61,7 +61,39 @@ impl Capabilities {
             hooks,
             bodies: BodyAccess::None,
             single_instance: false,
+            filter: MessageFilter {
+                options: 0,
+                max_size: None,
+            },
+            defer: None,
         }
+    }
+
+    /// Lets the host defer sends whose options contain every bit of `bits`
+    /// to its queue without calling [`Interceptor::on_send`], while the
+    /// queue (message included) holds at most `max_queued_bytes`; past that
+    /// bound `on_send` is called and decides.
+    pub fn defer_without_call(mut self, bits: i32, max_queued_bytes: u64) -> Self {
+        self.defer = Some(DeferRule {
+            options: bits,
+            max_queued_bytes,
+        });
+        self
+    }
+
+    /// Message hooks see only messages whose options contain every bit of
+    /// `bits` (Tribes' `optionFlag`); the host passes the others by without
+    /// a call.
+    pub fn only_options(mut self, bits: i32) -> Self {
+        self.filter.options = bits;
+        self
+    }
+
+    /// Message hooks see only messages of at most `bytes` bytes; the host
+    /// passes larger ones by without a call.
+    pub fn only_sizes_up_to(mut self, bytes: u32) -> Self {
+        self.filter.max_size = Some(bytes);
+        self
     }
 
     /// Serve every call from one instance, so message hooks share state.

@@ -104,6 +104,8 @@ impl Interceptor for Detector {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS | Hooks::HEARTBEAT)
             .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
+            // Only a message of the probe's length can be the probe.
+            .only_sizes_up_to(TCP_FAIL_DETECT.len() as u32)
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {

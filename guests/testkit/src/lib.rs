@@ -9,6 +9,9 @@
 //! | `alloc` | allocates without bound on every message |
 //! | `fail-create` | refuses to start |
 //! | `echo-settings` | exports every setting as a gauge named after its key |
+//!
+//! Settings `only_options` (option bits) and `max_size` (bytes) set the
+//! message filter of its capabilities.
 
 use shoal_guest_sdk::*;
 
@@ -18,6 +21,8 @@ struct Testkit {
     verdict: String,
     settings: Vec<(String, f64)>,
     hog: Vec<Vec<u8>>,
+    only_options: i32,
+    max_size: Option<u32>,
 }
 
 impl Testkit {
@@ -72,11 +77,19 @@ impl Interceptor for Testkit {
             mode,
             settings,
             hog: Vec::new(),
+            only_options: s.get_or("only_options", 0)?,
+            max_size: s.get("max_size")?,
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE).with_bodies(BodyAccess::All)
+        let c = Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE)
+            .with_bodies(BodyAccess::All)
+            .only_options(self.only_options);
+        match self.max_size {
+            Some(n) => c.only_sizes_up_to(n),
+            None => c,
+        }
     }
 
     fn on_send(&mut self, msg: &Outgoing<'_>) -> Verdict {

@@ -227,6 +227,12 @@ struct Caps {
     single: bool,
     /// Largest body passed (0: none; u32::MAX: all).
     body_limit: u32,
+    /// Message hooks see only messages with all these option bits…
+    only_options: i32,
+    /// … and bodies of at most this many bytes.
+    max_size: u32,
+    /// Defer rule: (option bits, queue bound in bytes).
+    defer: Option<(i32, u64)>,
 }
 
 impl Caps {
@@ -242,7 +248,16 @@ impl Caps {
                 wit::BodyAccess::All => u32::MAX,
                 wit::BodyAccess::UpTo(n) => n,
             },
+            only_options: c.filter.options,
+            max_size: c.filter.max_size.unwrap_or(u32::MAX),
+            defer: c.defer.map(|d| (d.options, d.max_queued_bytes)),
         }
+    }
+
+    /// Whether message hooks see a message with these options and size.
+    fn sees(&self, options: SendOptions, size: usize) -> bool {
+        options.0 & self.only_options == self.only_options
+            && size as u64 <= u64::from(self.max_size)
     }
 
     fn body<'a>(&self, body: &'a [u8]) -> Option<&'a [u8]> {
@@ -366,6 +381,9 @@ impl Interceptor {
                 heartbeat: false,
                 single: false,
                 body_limit: 0,
+                only_options: 0,
+                max_size: u32::MAX,
+                defer: None,
             },
             pre,
             node,
@@ -559,63 +577,94 @@ impl Interceptor {
         }
     }
 
-    fn on_send(
+    /// Whether the plug-in's defer rule covers a message with these options
+    /// and size, given `pending` bytes about to join the queue ahead of it.
+    fn defers_at_once(&self, options: SendOptions, size: usize, pending: u64) -> bool {
+        let Some((bits, max)) = self.caps.defer else {
+            return false;
+        };
+        let queued = self
+            .node
+            .metrics
+            .async_queue_bytes
+            .load(Ordering::Relaxed)
+            .max(0) as u64;
+        options.0 & bits == bits && queued + pending + size as u64 <= max
+    }
+
+    /// One message down: the flat call, cheaper than a one-element list.
+    fn on_send_one(
+        &self,
+        meta: wit::MessageMeta,
+        dests: &[wit::MemberId],
+        body: Option<&[u8]>,
+    ) -> Result<wit::Verdict, FailureKind> {
+        let mut g = self.slot(self.worker_slot())?;
+        let r = match g.as_mut() {
+            Some(s) => s.bindings.shoal_cluster_hooks().plugin().call_on_send(
+                &mut s.store,
+                s.plugin,
+                meta,
+                dests,
+                body,
+            ),
+            None => return Err(FailureKind::Trap),
+        };
+        self.finish(&mut g, r).map(|(v, _)| v)
+    }
+
+    fn on_send_many(
         &self,
         batch: &[wit::Outgoing],
         sets: &[Vec<wit::MemberId>],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
         let mut g = self.slot(self.worker_slot())?;
-        let r = match (g.as_mut(), batch) {
-            // One message: the flat call is cheaper than a list.
-            (Some(s), [one]) => {
-                let dests = sets
-                    .get(one.destinations as usize)
-                    .map_or(&[][..], |d| &d[..]);
-                s.bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_on_send(&mut s.store, s.plugin, one.meta, dests, one.body.as_deref())
-                    .map(|v| vec![v])
-            }
-            (Some(s), _) => s
+        let r = match g.as_mut() {
+            Some(s) => s
                 .bindings
                 .shoal_cluster_hooks()
                 .plugin()
                 .call_on_send_batch(&mut s.store, s.plugin, batch, sets),
-            (None, _) => return Err(FailureKind::Trap),
+            None => return Err(FailureKind::Trap),
         };
         let v = self.finish(&mut g, r).map(|(v, _)| v)?;
         self.check_len(v, batch.len())
     }
 
-    fn on_receive(
+    /// One message up: the flat call.
+    fn on_receive_one(
+        &self,
+        meta: wit::MessageMeta,
+        sender: &wit::Member,
+        body: Option<&[u8]>,
+    ) -> Result<wit::Verdict, FailureKind> {
+        let mut g = self.slot(self.worker_slot())?;
+        let r = match g.as_mut() {
+            Some(s) => s.bindings.shoal_cluster_hooks().plugin().call_on_receive(
+                &mut s.store,
+                s.plugin,
+                meta,
+                sender,
+                body,
+            ),
+            None => return Err(FailureKind::Trap),
+        };
+        self.finish(&mut g, r).map(|(v, _)| v)
+    }
+
+    fn on_receive_many(
         &self,
         batch: &[wit::Incoming],
         senders: &[wit::Member],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
         let mut g = self.slot(self.worker_slot())?;
-        let r = match (g.as_mut(), batch) {
-            (Some(s), [one]) => match senders.get(one.sender as usize) {
-                Some(sender) => s
-                    .bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_on_receive(
-                        &mut s.store,
-                        s.plugin,
-                        one.meta,
-                        sender,
-                        one.body.as_deref(),
-                    )
-                    .map(|v| vec![v]),
-                None => return Err(FailureKind::Trap),
-            },
-            (Some(s), _) => s
+        let r = match g.as_mut() {
+            Some(s) => s
                 .bindings
                 .shoal_cluster_hooks()
                 .plugin()
                 .call_on_receive_batch(&mut s.store, s.plugin, batch, senders),
-            (None, _) => return Err(FailureKind::Trap),
+            None => return Err(FailureKind::Trap),
         };
         let v = self.finish(&mut g, r).map(|(v, _)| v)?;
         self.check_len(v, batch.len())
@@ -829,6 +878,44 @@ impl Chain {
         f
     }
 
+    /// Applies one plug-in's verdict (or failure) to one message.
+    fn apply_one<M: BodyOwner>(
+        &self,
+        ic: &Interceptor,
+        result: Result<wit::Verdict, FailureKind>,
+        msg: &mut M,
+        flow: &mut Flow,
+        deferred: &Flow,
+    ) {
+        match result {
+            Err(kind) => {
+                if let Some(f) = self.failed(ic, kind) {
+                    *flow = f;
+                }
+            }
+            Ok(wit::Verdict::Pass) => {}
+            Ok(wit::Verdict::PassModified(m)) => {
+                if let Some(o) = m.options {
+                    msg.set_options(SendOptions(o));
+                }
+                if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
+                    msg.set_body(Bytes::from(b));
+                }
+            }
+            Ok(wit::Verdict::Drop(reason)) => {
+                ic.shared.drops.fetch_add(1, Ordering::Relaxed);
+                *flow = Flow::Dropped {
+                    plugin: ic.spec.name.clone(),
+                    reason,
+                };
+            }
+            Ok(wit::Verdict::Defer) => {
+                ic.shared.defers.fetch_add(1, Ordering::Relaxed);
+                *flow = deferred.clone();
+            }
+        }
+    }
+
     /// Applies one plug-in's verdicts (or failure) to the messages `live`.
     fn apply<M: BodyOwner>(
         &self,
@@ -837,60 +924,65 @@ impl Chain {
         live: &[usize],
         msgs: &mut [M],
         flows: &mut [Flow],
-        deferred: Flow,
+        deferred: &Flow,
     ) {
-        let verdicts = match result {
-            Ok(v) => v,
+        match result {
+            Ok(verdicts) => {
+                for (&j, v) in live.iter().zip(verdicts) {
+                    self.apply_one(ic, Ok(v), &mut msgs[j], &mut flows[j], deferred);
+                }
+            }
             Err(kind) => {
                 if let Some(f) = self.failed(ic, kind) {
                     for &j in live {
                         flows[j] = f.clone();
                     }
                 }
-                return;
-            }
-        };
-        for (&j, v) in live.iter().zip(verdicts) {
-            match v {
-                wit::Verdict::Pass => {}
-                wit::Verdict::PassModified(m) => {
-                    if let Some(o) = m.options {
-                        msgs[j].set_options(SendOptions(o));
-                    }
-                    if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
-                        msgs[j].set_body(Bytes::from(b));
-                    }
-                }
-                wit::Verdict::Drop(reason) => {
-                    ic.shared.drops.fetch_add(1, Ordering::Relaxed);
-                    flows[j] = Flow::Dropped {
-                        plugin: ic.spec.name.clone(),
-                        reason,
-                    };
-                }
-                wit::Verdict::Defer => {
-                    ic.shared.defers.fetch_add(1, Ordering::Relaxed);
-                    flows[j] = deferred.clone();
-                }
             }
         }
     }
 
     /// Passes a batch down from interceptor `start`. `flows[j]` must start as
-    /// [`Flow::Continue`]; a message stops at the first drop or defer.
+    /// [`Flow::Continue`]; a message stops at the first drop or defer. A
+    /// plug-in is called once per batch, with the messages its filter admits;
+    /// a batch of one takes the flat per-message hook.
     pub async fn send_batch(&self, start: usize, msgs: &mut [OutMsg], flows: &mut [Flow]) {
+        if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
+            self.send_one(start, msg, flow);
+            return;
+        }
         // Destination sets, shared by messages with the same destinations.
         let mut sets: Vec<Vec<wit::MemberId>> = Vec::new();
         let mut set_of: Vec<u32> = Vec::new();
+        let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
         for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
             if !ic.caps.send {
                 continue;
             }
-            let live: Vec<usize> = (0..msgs.len())
-                .filter(|&j| flows[j] == Flow::Continue)
-                .collect();
-            if live.is_empty() {
+            live.clear();
+            let mut any = false;
+            let mut pending = 0u64;
+            let deferred = Flow::Deferred { resume: i + 1 };
+            for (j, m) in msgs.iter().enumerate() {
+                if flows[j] == Flow::Continue {
+                    any = true;
+                    if !ic.caps.sees(m.options, m.body.len()) {
+                        continue;
+                    }
+                    if ic.defers_at_once(m.options, m.body.len(), pending) {
+                        pending += m.body.len() as u64;
+                        ic.shared.defers.fetch_add(1, Ordering::Relaxed);
+                        flows[j] = deferred.clone();
+                    } else {
+                        live.push(j);
+                    }
+                }
+            }
+            if !any {
                 return;
+            }
+            if live.is_empty() {
+                continue;
             }
             if set_of.is_empty() {
                 let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
@@ -917,26 +1009,63 @@ impl Chain {
                     body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
                 })
                 .collect();
-            let r = ic.on_send(&batch, &sets);
-            self.apply(ic, r, &live, msgs, flows, Flow::Deferred { resume: i + 1 });
+            let r = ic.on_send_many(&batch, &sets);
+            self.apply(ic, r, &live, msgs, flows, &deferred);
+        }
+    }
+
+    fn send_one(&self, start: usize, msg: &mut OutMsg, flow: &mut Flow) {
+        let mut dests: Option<Vec<wit::MemberId>> = None;
+        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
+            if *flow != Flow::Continue {
+                return;
+            }
+            if !ic.caps.send || !ic.caps.sees(msg.options, msg.body.len()) {
+                continue;
+            }
+            let r = if ic.defers_at_once(msg.options, msg.body.len(), 0) {
+                Ok(wit::Verdict::Defer)
+            } else {
+                let d = dests.get_or_insert_with(|| {
+                    msg.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
+                });
+                let m = meta(msg.options, msg.timestamp, msg.body.len());
+                ic.on_send_one(m, d, ic.caps.body(&msg.body))
+            };
+            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i + 1 });
         }
     }
 
     /// Passes a batch up through the `above` interceptors nearest the
     /// network. `flows[j]` must start as [`Flow::Continue`].
     pub async fn receive_batch(&self, above: usize, msgs: &mut [InMsg], flows: &mut [Flow]) {
+        if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
+            self.receive_one(above, msg, flow);
+            return;
+        }
         let mut senders: Vec<wit::Member> = Vec::new();
         let mut sender_of: Vec<u32> = Vec::new();
+        let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
         for i in (0..above.min(self.interceptors.len())).rev() {
             let ic = &self.interceptors[i];
             if !ic.caps.receive {
                 continue;
             }
-            let live: Vec<usize> = (0..msgs.len())
-                .filter(|&j| flows[j] == Flow::Continue)
-                .collect();
-            if live.is_empty() {
+            live.clear();
+            let mut any = false;
+            for (j, m) in msgs.iter().enumerate() {
+                if flows[j] == Flow::Continue {
+                    any = true;
+                    if ic.caps.sees(m.options, m.body.len()) {
+                        live.push(j);
+                    }
+                }
+            }
+            if !any {
                 return;
+            }
+            if live.is_empty() {
+                continue;
             }
             if sender_of.is_empty() {
                 let mut seen: Vec<MemberId> = Vec::new();
@@ -960,8 +1089,25 @@ impl Chain {
                     body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
                 })
                 .collect();
-            let r = ic.on_receive(&batch, &senders);
-            self.apply(ic, r, &live, msgs, flows, Flow::Deferred { resume: i });
+            let r = ic.on_receive_many(&batch, &senders);
+            self.apply(ic, r, &live, msgs, flows, &Flow::Deferred { resume: i });
+        }
+    }
+
+    fn receive_one(&self, above: usize, msg: &mut InMsg, flow: &mut Flow) {
+        let mut sender: Option<wit::Member> = None;
+        for i in (0..above.min(self.interceptors.len())).rev() {
+            let ic = &self.interceptors[i];
+            if *flow != Flow::Continue {
+                return;
+            }
+            if !ic.caps.receive || !ic.caps.sees(msg.options, msg.body.len()) {
+                continue;
+            }
+            let s = sender.get_or_insert_with(|| member_to_wit(&msg.sender));
+            let m = meta(msg.options, msg.timestamp, msg.body.len());
+            let r = ic.on_receive_one(m, s, ic.caps.body(&msg.body));
+            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i });
         }
     }
 
