@@ -260,11 +260,17 @@ async fn per_message_sections() {
     }
 
     println!("\n## Batches of 64 (what the deferred queue and the receiver pass; ns/message)\n");
-    println!("| body | send: chain | receive: chain |");
-    println!("|---:|---:|---:|");
+    println!(
+        "| body | send: no chain | send: chain | receive: no chain | receive: chain | added (send + receive) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
     for size in [100usize, 1024, 65536] {
-        let (s, r) = per_message_batched(&chain, size, N / 64).await;
-        println!("| {size} B | {s:.0} | {r:.0} |");
+        let (s0, r0) = per_message_batched(&empty, size, N / 64).await;
+        let (s1, r1) = per_message_batched(&chain, size, N / 64).await;
+        println!(
+            "| {size} B | {s0:.0} | {s1:.0} | {r0:.0} | {r1:.0} | {:.0} |",
+            (s1 - s0) + (r1 - r0)
+        );
     }
 
     println!("\n## Two tasks in parallel, 1 KiB, send+receive (M messages/s, total)\n");
@@ -292,24 +298,67 @@ async fn per_message_sections() {
 }
 
 async fn e2e_section() {
-    println!("\n## End-to-end asynchronous throughput, 1 KiB, two nodes on loopback\n");
-    println!("| chain | msg/s | MB/s | messages |");
-    println!("|---|---:|---:|---:|");
+    // Runs alternate (none, chain, none, chain, ...) so that drift on a
+    // shared machine hits both sides alike; the table gives each run and the
+    // medians. SHOAL_BENCH_ROUNDS sets the number of pairs (default 5).
+    let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let sides: &[bool] = match std::env::var("SHOAL_BENCH_CHAIN").as_deref() {
         Ok("on") => &[true],
         Ok("off") => &[false],
         _ => &[false, true],
     };
-    for &with_chain in sides {
-        let (rate, n) = throughput(with_chain, 1024, Duration::from_secs(3)).await;
+    println!(
+        "\n## End-to-end asynchronous throughput, 1 KiB, two nodes on loopback ({rounds} alternating runs of 3 s)\n"
+    );
+    println!("| chain | msg/s, each run | median msg/s | median MB/s |");
+    println!("|---|---|---:|---:|");
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    for _ in 0..rounds {
+        for (k, &with_chain) in sides.iter().enumerate() {
+            let (rate, _) = throughput(with_chain, 1024, Duration::from_secs(3)).await;
+            rates[k].push(rate);
+        }
+    }
+    let mut medians = Vec::new();
+    for (k, &with_chain) in sides.iter().enumerate() {
+        let runs: Vec<String> = rates[k]
+            .iter()
+            .map(|r| format!("{:.0}k", r / 1e3))
+            .collect();
+        let mut sorted = rates[k].clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        medians.push(median);
         println!(
-            "| {} | {rate:.0} | {:.1} | {n} |",
+            "| {} | {} | {median:.0} | {:.1} |",
             if with_chain {
                 "default (3 guests)"
             } else {
                 "none"
             },
-            rate * 1024.0 / 1e6
+            runs.join(", "),
+            median * 1024.0 / 1e6
+        );
+    }
+    if let [none, chain] = medians[..] {
+        let mut pairs: Vec<f64> = rates[0]
+            .iter()
+            .zip(&rates[1])
+            .map(|(n, c)| 100.0 * (1.0 - c / n))
+            .collect();
+        pairs.sort_by(f64::total_cmp);
+        println!(
+            "\nThe chain costs {:.1} % of end-to-end throughput (ratio of medians); per pair of runs: {} (median {:.1} %).",
+            100.0 * (1.0 - chain / none),
+            pairs
+                .iter()
+                .map(|p| format!("{p:.1} %"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pairs[pairs.len() / 2]
         );
     }
 }

@@ -50,6 +50,7 @@ pub mod bindings {
 }
 
 use bindings::exports::shoal::cluster::hooks as wit;
+use bindings::shoal::cluster::types::BatchMeta;
 pub use bindings::shoal::cluster::types::{
     BodyAccess, Capabilities, DeferRule, Hooks, MessageFilter, LeaveReason, Level, Member, MemberId, MessageMeta, ProbeOptions, Stat, StatKind,
 };
@@ -106,6 +107,22 @@ impl Capabilities {
     pub fn with_bodies(mut self, bodies: BodyAccess) -> Self {
         self.bodies = bodies;
         self
+    }
+}
+
+impl BatchMeta {
+    /// Metadata of message `i` (zeros for a column the host left short).
+    fn meta(&self, i: usize) -> MessageMeta {
+        MessageMeta {
+            options: self.options.get(i).copied().unwrap_or(0),
+            timestamp: self.timestamps.get(i).copied().unwrap_or(0),
+            size: self.sizes.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    /// Body of message `i`, if passed.
+    fn body(&self, i: usize) -> Option<&[u8]> {
+        self.bodies.get(i).and_then(|b| b.as_deref())
     }
 }
 
@@ -438,15 +455,18 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
 
     fn on_send_batch(
         &self,
-        batch: Vec<bindings::shoal::cluster::types::Outgoing>,
+        batch: BatchMeta,
+        destinations: Vec<u32>,
         destination_sets: Vec<Vec<MemberId>>,
     ) -> Vec<bindings::shoal::cluster::types::Verdict> {
-        let msgs: Vec<Outgoing<'_>> = batch
-            .iter()
-            .map(|m| Outgoing {
-                meta: m.meta,
-                destinations: destination_sets.get(m.destinations as usize).map_or(&[][..], |d| &d[..]),
-                body: m.body.as_deref(),
+        let msgs: Vec<Outgoing<'_>> = (0..batch.options.len())
+            .map(|i| Outgoing {
+                meta: batch.meta(i),
+                destinations: destinations
+                    .get(i)
+                    .and_then(|&d| destination_sets.get(d as usize))
+                    .map_or(&[][..], |d| &d[..]),
+                body: batch.body(i),
             })
             .collect();
         all_pass_or(self.0.borrow_mut().on_send_batch(&msgs))
@@ -454,28 +474,32 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
 
     fn on_receive_batch(
         &self,
-        batch: Vec<bindings::shoal::cluster::types::Incoming>,
+        batch: BatchMeta,
+        sender_of: Vec<u32>,
         senders: Vec<Member>,
     ) -> Vec<bindings::shoal::cluster::types::Verdict> {
         // A message whose sender index is out of range (a host bug) passes.
-        let known: Vec<bool> = batch.iter().map(|m| (m.sender as usize) < senders.len()).collect();
-        let msgs: Vec<Incoming<'_>> = batch
-            .iter()
-            .filter(|m| (m.sender as usize) < senders.len())
-            .map(|m| Incoming {
-                meta: m.meta,
-                sender: &senders[m.sender as usize],
-                body: m.body.as_deref(),
+        let sender = |i: usize| sender_of.get(i).and_then(|&k| senders.get(k as usize));
+        let n = batch.options.len();
+        let msgs: Vec<Incoming<'_>> = (0..n)
+            .filter_map(|i| {
+                Some(Incoming {
+                    meta: batch.meta(i),
+                    sender: sender(i)?,
+                    body: batch.body(i),
+                })
             })
             .collect();
         let verdicts = self.0.borrow_mut().on_receive_batch(&msgs);
-        if known.iter().all(|k| *k) {
+        if msgs.len() == n {
             return all_pass_or(verdicts);
         }
         let mut verdicts = verdicts.into_iter();
-        known
-            .into_iter()
-            .map(|k| if k { verdicts.next().map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit) } else { bindings::shoal::cluster::types::Verdict::Pass })
+        (0..n)
+            .map(|i| match sender(i) {
+                Some(_) => verdicts.next().map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit),
+                None => bindings::shoal::cluster::types::Verdict::Pass,
+            })
             .collect()
     }
 

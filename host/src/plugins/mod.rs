@@ -615,7 +615,8 @@ impl Interceptor {
 
     fn on_send_many(
         &self,
-        batch: &[wit::Outgoing],
+        batch: &wit::BatchMeta,
+        set_of: &[u32],
         sets: &[Vec<wit::MemberId>],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
         let mut g = self.slot(self.worker_slot())?;
@@ -624,11 +625,11 @@ impl Interceptor {
                 .bindings
                 .shoal_cluster_hooks()
                 .plugin()
-                .call_on_send_batch(&mut s.store, s.plugin, batch, sets),
+                .call_on_send_batch(&mut s.store, s.plugin, batch, set_of, sets),
             None => return Err(FailureKind::Trap),
         };
         let v = self.finish(&mut g, r).map(|(v, _)| v)?;
-        self.check_len(v, batch.len())
+        self.check_len(v, batch.options.len())
     }
 
     /// One message up: the flat call.
@@ -654,7 +655,8 @@ impl Interceptor {
 
     fn on_receive_many(
         &self,
-        batch: &[wit::Incoming],
+        batch: &wit::BatchMeta,
+        sender_of: &[u32],
         senders: &[wit::Member],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
         let mut g = self.slot(self.worker_slot())?;
@@ -663,21 +665,23 @@ impl Interceptor {
                 .bindings
                 .shoal_cluster_hooks()
                 .plugin()
-                .call_on_receive_batch(&mut s.store, s.plugin, batch, senders),
+                .call_on_receive_batch(&mut s.store, s.plugin, batch, sender_of, senders),
             None => return Err(FailureKind::Trap),
         };
         let v = self.finish(&mut g, r).map(|(v, _)| v)?;
-        self.check_len(v, batch.len())
+        self.check_len(v, batch.options.len())
     }
 
-    /// One verdict per message, or the plug-in broke the contract.
+    /// One verdict per message, or none (all pass); else the plug-in broke
+    /// the contract.
     fn check_len(&self, v: Vec<wit::Verdict>, n: usize) -> Result<Vec<wit::Verdict>, FailureKind> {
         if v.len() == n {
             return Ok(v);
         }
         if v.is_empty() {
-            // The batch hooks' shorthand: every message passes unchanged.
-            return Ok(vec![wit::Verdict::Pass; n]);
+            // The batch hooks' shorthand: every message passes unchanged
+            // (`apply` then has nothing to do).
+            return Ok(v);
         }
         self.shared.count_failure(FailureKind::Trap);
         self.log_failure(
@@ -1001,15 +1005,15 @@ impl Chain {
                     set_of.push(idx as u32);
                 }
             }
-            let batch: Vec<wit::Outgoing> = live
-                .iter()
-                .map(|&j| wit::Outgoing {
-                    meta: meta(msgs[j].options, msgs[j].timestamp, msgs[j].body.len()),
-                    destinations: set_of[j],
-                    body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
-                })
-                .collect();
-            let r = ic.on_send_many(&batch, &sets);
+            let batch = batch_meta(
+                ic,
+                live.iter().map(|&j| {
+                    let m = &msgs[j];
+                    (m.options, m.timestamp, &m.body)
+                }),
+            );
+            let dests: Vec<u32> = live.iter().map(|&j| set_of[j]).collect();
+            let r = ic.on_send_many(&batch, &dests, &sets);
             self.apply(ic, r, &live, msgs, flows, &deferred);
         }
     }
@@ -1081,15 +1085,15 @@ impl Chain {
                     sender_of.push(idx as u32);
                 }
             }
-            let batch: Vec<wit::Incoming> = live
-                .iter()
-                .map(|&j| wit::Incoming {
-                    meta: meta(msgs[j].options, msgs[j].timestamp, msgs[j].body.len()),
-                    sender: sender_of[j],
-                    body: ic.caps.body(&msgs[j].body).map(<[u8]>::to_vec),
-                })
-                .collect();
-            let r = ic.on_receive_many(&batch, &senders);
+            let batch = batch_meta(
+                ic,
+                live.iter().map(|&j| {
+                    let m = &msgs[j];
+                    (m.options, m.timestamp, &m.body)
+                }),
+            );
+            let from: Vec<u32> = live.iter().map(|&j| sender_of[j]).collect();
+            let r = ic.on_receive_many(&batch, &from, &senders);
             self.apply(ic, r, &live, msgs, flows, &Flow::Deferred { resume: i });
         }
     }
@@ -1285,6 +1289,30 @@ impl Chain {
             }
         }
     }
+}
+
+/// The columns of a batch for `ic`: bodies only for a plug-in that reads them.
+fn batch_meta<'a>(
+    ic: &Interceptor,
+    msgs: impl ExactSizeIterator<Item = (SendOptions, i64, &'a Bytes)>,
+) -> wit::BatchMeta {
+    let n = msgs.len();
+    let reads = ic.caps.body_limit > 0;
+    let mut b = wit::BatchMeta {
+        options: Vec::with_capacity(n),
+        timestamps: Vec::with_capacity(n),
+        sizes: Vec::with_capacity(n),
+        bodies: Vec::with_capacity(if reads { n } else { 0 }),
+    };
+    for (options, timestamp, body) in msgs {
+        b.options.push(options.0);
+        b.timestamps.push(timestamp);
+        b.sizes.push(body.len() as u32);
+        if reads {
+            b.bodies.push(ic.caps.body(body).map(<[u8]>::to_vec));
+        }
+    }
+    b
 }
 
 fn meta(options: SendOptions, timestamp: i64, size: usize) -> wit::MessageMeta {
