@@ -33,6 +33,12 @@
 //! [`Capabilities::single_instance`]. The host may pass several messages in
 //! one call (the batch hooks of the WIT world); the SDK calls your
 //! per-message hooks for each, in order.
+//!
+//! The cheapest call is the one not made: declare which messages you act on
+//! ([`Capabilities::only_options`], Tribes' `optionFlag`, and
+//! [`Capabilities::only_sizes_up_to`]) and the host passes the others by
+//! without calling you; a queueing plug-in can hand the host a
+//! [`Capabilities::defer_without_call`] rule for its common case.
 
 
 use core::cell::RefCell;
