@@ -1,5 +1,6 @@
 //! TCP transport: the [`receiver`] accepts peers and decodes frames, the
 //! [`sender`] keeps pooled connections to members and fans messages out.
 
+mod busy_poll;
 pub mod receiver;
 pub mod sender;

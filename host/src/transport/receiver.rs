@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::busy_poll::{Busy, BusyPoll, PollHistory};
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
@@ -96,6 +97,9 @@ struct Shared<H> {
     metrics: Arc<Metrics>,
     decoder: FrameDecoder,
     stall: Duration,
+    busy_poll: BusyPoll,
+    /// Connections handling frames right now (not waiting for bytes).
+    serving: AtomicUsize,
 }
 
 impl Receiver {
@@ -113,6 +117,8 @@ impl Receiver {
             metrics,
             decoder: FrameDecoder::new(cfg.max_frame_bytes),
             stall: Duration::from_millis(cfg.stall_timeout_ms),
+            busy_poll: BusyPoll::new(cfg.busy_poll_us),
+            serving: AtomicUsize::new(0),
         });
         let limit = Arc::new(Semaphore::new(cfg.max_connections));
         let task = tokio::spawn(accept_loop(listener, shared, limit, stop_rx));
@@ -212,6 +218,8 @@ async fn serve<H: MessageHandler>(
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::<u8>::new();
+    let mut poll = PollHistory::default();
+    let mut serving = Busy::new(&shared.serving);
     let end = loop {
         // Decode every complete frame already buffered, delivering them in
         // batches of at most MAX_BATCH, and acknowledge them in order. Only
@@ -262,7 +270,13 @@ async fn serve<H: MessageHandler>(
         // Make room for the rest of the current frame (bounded by the frame limit).
         let want = shared.decoder.pending_len(&buf).unwrap_or(0).max(8 * 1024);
         buf.reserve(want.min(shared.decoder.max_frame() + 64));
-        let read = if buf.is_empty() {
+        // Poll for the next bytes only while no other connection has frames
+        // to handle (a poller holds a runtime worker).
+        serving.set(false);
+        let others = || shared.serving.load(Ordering::Relaxed) > 0;
+        let read = if let Some(r) = shared.busy_poll.read(&mut poll, &stream, &mut buf, others) {
+            r
+        } else if buf.is_empty() {
             tokio::select! {
                 _ = stop.changed() => break End::Stopped,
                 r = stream.read_buf(&mut buf) => r,
@@ -278,7 +292,7 @@ async fn serve<H: MessageHandler>(
         };
         match read {
             Ok(0) => break End::Eof,
-            Ok(_) => {}
+            Ok(_) => serving.set(true),
             Err(e) => break End::Io(e),
         }
     };

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::busy_poll::{Busy, BusyPoll, PollHistory};
 use crate::config::SenderConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
@@ -86,6 +88,7 @@ fn describe(f: &[FaultyMember]) -> String {
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
+    poll: PollHistory,
 }
 
 struct Pool {
@@ -99,6 +102,10 @@ pub struct Sender {
     pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
     metrics: Arc<Metrics>,
     ack_decoder: FrameDecoder,
+    /// Polls for ACKs before parking (`busy_poll_us`).
+    busy_poll: BusyPoll,
+    /// Sends waiting for ACKs right now.
+    waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for Sender {
@@ -113,10 +120,12 @@ impl Sender {
     /// A sender with no connections yet.
     pub fn new(cfg: SenderConfig, metrics: Arc<Metrics>) -> Self {
         Self {
+            busy_poll: BusyPoll::new(cfg.busy_poll_us),
             cfg,
             pools: Mutex::new(HashMap::new()),
             metrics,
             ack_decoder: FrameDecoder::new(MAX_ACK_FRAME),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -236,6 +245,7 @@ impl Sender {
                 Conn {
                     stream,
                     rbuf: BytesMut::with_capacity(256),
+                    poll: PollHistory::default(),
                 }
             }
         };
@@ -263,6 +273,8 @@ impl Sender {
                 Err(e) => Err(PeerError::Io(e.to_string())),
             };
         }
+        let mut waiting = Busy::new(&self.waiting);
+        waiting.set(true);
         let mut got = 0;
         let mut failed = false;
         while got < acks {
@@ -277,7 +289,17 @@ impl Sender {
                 },
                 Ok(None) => {
                     conn.rbuf.reserve(256);
-                    match conn.stream.read_buf(&mut conn.rbuf).await {
+                    // Poll first, unless other sends wait for ACKs too (then
+                    // wake-ups overlap, and polling would crowd them out).
+                    let others = || self.waiting.load(Ordering::Relaxed) > 1;
+                    let polled =
+                        self.busy_poll
+                            .read(&mut conn.poll, &conn.stream, &mut conn.rbuf, others);
+                    let read = match polled {
+                        Some(r) => r,
+                        None => conn.stream.read_buf(&mut conn.rbuf).await,
+                    };
+                    match read {
                         Ok(0) => return Err(PeerError::Closed),
                         Ok(_) => {}
                         Err(e) => return Err(PeerError::Io(e.to_string())),

@@ -1,0 +1,247 @@
+//! Bounded, adaptive busy-polling of a socket.
+//!
+//! Waking a parked thread when bytes arrive costs tens of µs on a virtual
+//! machine (measured here: a 1 KiB request/ACK ping-pong between two
+//! processes takes ~80 µs p50 when both sides park, ~25 µs when one side
+//! polls, ~8 µs when both do). Where a reply is expected soon — an ACK after
+//! a send, the next frame of a request/response exchange — polling the
+//! socket for a few tens of µs first avoids that wake-up.
+//!
+//! Bounds: one poller per [`BusyPoll`] (per node side) at a time, each poll
+//! at most `budget`; and each connection keeps a [`PollHistory`]: after two
+//! polls in a row that ran out of budget it stops polling, retrying once
+//! every 64 waits, so sparse traffic (gaps longer than the budget) costs
+//! almost nothing.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// Polls in a row that found nothing before a connection stops polling.
+const MISSES_TO_BACK_OFF: u32 = 2;
+/// While backed off, poll again once every this many waits.
+const RETRY_EVERY: u32 = 64;
+/// Most bytes one poll reads.
+const MAX_POLL_READ: usize = 64 * 1024;
+
+/// The node-side poller: budget and the one-at-a-time flag.
+#[derive(Debug)]
+pub(crate) struct BusyPoll {
+    budget: Duration,
+    active: AtomicBool,
+}
+
+/// A connection's recent luck with polling.
+#[derive(Debug, Default)]
+pub(crate) struct PollHistory {
+    misses: u32,
+    skipped: u32,
+}
+
+impl PollHistory {
+    fn should_try(&mut self) -> bool {
+        if self.misses < MISSES_TO_BACK_OFF {
+            return true;
+        }
+        self.skipped += 1;
+        if self.skipped >= RETRY_EVERY {
+            self.skipped = 0;
+            return true;
+        }
+        false
+    }
+
+    fn record(&mut self, hit: bool) {
+        if hit {
+            self.misses = 0;
+            self.skipped = 0;
+        } else {
+            self.misses = self.misses.saturating_add(1);
+        }
+    }
+}
+
+impl BusyPoll {
+    /// A poller that polls for up to `budget_us` µs (0: never).
+    pub(crate) fn new(budget_us: u64) -> Self {
+        Self {
+            budget: Duration::from_micros(budget_us),
+            active: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads from `stream` into `buf` without parking, for up to the
+    /// budget, and only while `others_busy` says no other task of this kind
+    /// has work (a poller holds a runtime worker; it must not keep ready
+    /// work waiting). `None` when it did not poll or nothing came: the caller
+    /// then awaits readiness as usual. `Some` is the read's result (0 = end
+    /// of stream).
+    pub(crate) fn read(
+        &self,
+        history: &mut PollHistory,
+        stream: &TcpStream,
+        buf: &mut BytesMut,
+        others_busy: impl Fn() -> bool,
+    ) -> Option<io::Result<usize>> {
+        if self.budget.is_zero() || others_busy() || !history.should_try() {
+            return None;
+        }
+        if self
+            .active
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        // Read through the socket itself: Tokio's `try_read` answers from
+        // readiness cached by its reactor and would not see new bytes until
+        // the reactor runs. Reading behind Tokio's back is safe: it treats
+        // readiness as a hint and re-arms on the next `WouldBlock`.
+        let sock = socket2::SockRef::from(stream);
+        let at = buf.len();
+        let room = (buf.capacity() - at).clamp(1, MAX_POLL_READ);
+        buf.resize(at + room, 0);
+        let start = Instant::now();
+        let r = loop {
+            match (&*sock).read(&mut buf[at..]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break Some(r),
+            }
+            if start.elapsed() >= self.budget || others_busy() {
+                break None;
+            }
+            std::hint::spin_loop();
+        };
+        buf.truncate(
+            at + r
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .copied()
+                .unwrap_or(0),
+        );
+        self.active.store(false, Ordering::Release);
+        history.record(r.is_some());
+        r
+    }
+}
+
+/// Counts its task in a shared counter while switched on; switched off
+/// when dropped (also when the task is cancelled).
+#[derive(Debug)]
+pub(crate) struct Busy<'a> {
+    count: &'a AtomicUsize,
+    on: bool,
+}
+
+impl<'a> Busy<'a> {
+    /// Not counted yet.
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        Self { count, on: false }
+    }
+
+    /// Counts the task (`true`) or not.
+    pub(crate) fn set(&mut self, on: bool) {
+        if on != self.on {
+            if on {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.on = on;
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_counts_while_on_and_uncounts_on_drop() {
+        let n = AtomicUsize::new(0);
+        let mut a = Busy::new(&n);
+        a.set(true);
+        a.set(true);
+        assert_eq!(n.load(Ordering::Relaxed), 1);
+        {
+            let mut b = Busy::new(&n);
+            b.set(true);
+            assert_eq!(n.load(Ordering::Relaxed), 2);
+        }
+        assert_eq!(n.load(Ordering::Relaxed), 1);
+        a.set(false);
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn history_backs_off_after_misses_and_retries_periodically() {
+        let mut h = PollHistory::default();
+        assert!(h.should_try());
+        h.record(false);
+        assert!(h.should_try());
+        h.record(false);
+        // backed off: only one wait in RETRY_EVERY polls
+        let tries = (0..RETRY_EVERY * 3).filter(|_| h.should_try()).count();
+        assert_eq!(tries, 3);
+        h.record(true);
+        assert!(h.should_try());
+        assert!(h.should_try());
+    }
+
+    #[tokio::test]
+    async fn read_returns_bytes_already_there_and_gives_up_on_silence() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut a = TcpStream::connect(addr).await.expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        let poll = BusyPoll::new(200);
+        let mut h = PollHistory::default();
+        let mut buf = BytesMut::with_capacity(64);
+        // silence: the poll gives up and says so
+        assert!(poll.read(&mut h, &b, &mut buf, || false).is_none());
+        a.write_all(b"ack").await.expect("write");
+        // bytes in flight on loopback arrive within the budget, or are read
+        // by the next poll
+        let mut got = 0;
+        for _ in 0..1000 {
+            if let Some(r) = poll.read(&mut h, &b, &mut buf, || false) {
+                got += r.expect("read");
+                break;
+            }
+            h = PollHistory::default();
+        }
+        assert_eq!(got, 3);
+        assert_eq!(&buf[..], b"ack");
+        // another task has work: does not poll
+        a.write_all(b"y").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            poll.read(&mut PollHistory::default(), &b, &mut buf, || true)
+                .is_none()
+        );
+        assert!(
+            poll.read(&mut PollHistory::default(), &b, &mut buf, || false)
+                .is_some()
+        );
+        // disabled: never polls
+        let off = BusyPoll::new(0);
+        a.write_all(b"x").await.expect("write");
+        assert!(
+            off.read(&mut PollHistory::default(), &b, &mut buf, || false)
+                .is_none()
+        );
+    }
+}
