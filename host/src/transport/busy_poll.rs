@@ -14,7 +14,7 @@
 //! almost nothing.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -129,6 +129,59 @@ impl BusyPoll {
     }
 }
 
+/// Slots of [`Activity`].
+const SLOTS: usize = 64;
+
+/// When each connection last carried bytes (one slot per connection, modulo
+/// 64), so a connection can tell whether it is the only one busy: polling
+/// pays for a lone request/response exchange, not while several peers keep
+/// the node's workers busy.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    epoch: Instant,
+    slots: [AtomicU64; SLOTS],
+    next: AtomicUsize,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            slots: [const { AtomicU64::new(0) }; SLOTS],
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot for a new connection.
+    pub(crate) fn slot(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % SLOTS
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Connection `slot` carried bytes just now.
+    pub(crate) fn touch(&self, slot: usize) {
+        self.slots[slot % SLOTS].store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Connection `slot` closed.
+    pub(crate) fn clear(&self, slot: usize) {
+        self.slots[slot % SLOTS].store(0, Ordering::Relaxed);
+    }
+
+    /// Whether a connection other than `slot` carried bytes in the last
+    /// `within_ms`.
+    pub(crate) fn others_recent(&self, slot: usize, within_ms: u64) -> bool {
+        let now = self.now_ms();
+        self.slots.iter().enumerate().any(|(i, t)| {
+            let t = t.load(Ordering::Relaxed);
+            i != slot % SLOTS && t != 0 && now.saturating_sub(t) <= within_ms
+        })
+    }
+}
+
 /// Counts its task in a shared counter while switched on; switched off
 /// when dropped (also when the task is cancelled).
 #[derive(Debug)]
@@ -181,6 +234,18 @@ mod tests {
         assert_eq!(n.load(Ordering::Relaxed), 1);
         a.set(false);
         assert_eq!(n.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn activity_tells_other_recent_connections() {
+        let a = Activity::new();
+        let (x, y) = (a.slot(), a.slot());
+        assert!(!a.others_recent(x, 10));
+        a.touch(x);
+        assert!(!a.others_recent(x, 10), "its own activity does not count");
+        assert!(a.others_recent(y, 10));
+        a.clear(x);
+        assert!(!a.others_recent(y, 10));
     }
 
     #[test]

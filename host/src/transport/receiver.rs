@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::busy_poll::{Busy, BusyPoll, PollHistory};
+use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory};
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
@@ -27,6 +27,8 @@ use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
 const MAX_BATCH: usize = 64;
 /// Initial per-connection read buffer; grows up to the frame limit.
 const INITIAL_BUFFER: usize = 64 * 1024;
+/// A connection does not busy-poll when another carried bytes this recently.
+const CROWDED_WITHIN_MS: u64 = 10;
 
 /// Why a received message was not processed; answered with FAIL-ACK when the
 /// sender asked for a synchronized ACK.
@@ -100,6 +102,8 @@ struct Shared<H> {
     busy_poll: BusyPoll,
     /// Connections handling frames right now (not waiting for bytes).
     serving: AtomicUsize,
+    /// When each connection last carried bytes.
+    activity: Activity,
 }
 
 impl Receiver {
@@ -119,6 +123,7 @@ impl Receiver {
             stall: Duration::from_millis(cfg.stall_timeout_ms),
             busy_poll: BusyPoll::new(cfg.busy_poll_us),
             serving: AtomicUsize::new(0),
+            activity: Activity::new(),
         });
         let limit = Arc::new(Semaphore::new(cfg.max_connections));
         let task = tokio::spawn(accept_loop(listener, shared, limit, stop_rx));
@@ -220,6 +225,7 @@ async fn serve<H: MessageHandler>(
     let mut out = Vec::<u8>::new();
     let mut poll = PollHistory::default();
     let mut serving = Busy::new(&shared.serving);
+    let slot = shared.activity.slot();
     let end = loop {
         // Decode every complete frame already buffered, delivering them in
         // batches of at most MAX_BATCH, and acknowledge them in order. Only
@@ -270,10 +276,12 @@ async fn serve<H: MessageHandler>(
         // Make room for the rest of the current frame (bounded by the frame limit).
         let want = shared.decoder.pending_len(&buf).unwrap_or(0).max(8 * 1024);
         buf.reserve(want.min(shared.decoder.max_frame() + 64));
-        // Poll for the next bytes only while no other connection has frames
-        // to handle (a poller holds a runtime worker).
+        // Poll for the next bytes only when no other connection carried
+        // bytes lately, and only while none has frames to handle (a poller
+        // holds a runtime worker, and on a small machine a core).
         serving.set(false);
-        let others = || shared.serving.load(Ordering::Relaxed) > 0;
+        let crowded = shared.activity.others_recent(slot, CROWDED_WITHIN_MS);
+        let others = || crowded || shared.serving.load(Ordering::Relaxed) > 0;
         let read = if let Some(r) = shared.busy_poll.read(&mut poll, &stream, &mut buf, others) {
             r
         } else if buf.is_empty() {
@@ -292,10 +300,14 @@ async fn serve<H: MessageHandler>(
         };
         match read {
             Ok(0) => break End::Eof,
-            Ok(_) => serving.set(true),
+            Ok(_) => {
+                serving.set(true);
+                shared.activity.touch(slot);
+            }
             Err(e) => break End::Io(e),
         }
     };
+    shared.activity.clear(slot);
     match end {
         End::Eof | End::Stopped => {
             if !buf.is_empty() {
