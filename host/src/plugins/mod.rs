@@ -592,6 +592,22 @@ impl Interceptor {
         options.0 & bits == bits && queued + pending + size as u64 <= max
     }
 
+    /// Runs `call` on the instance in `slot` (made if missing): its result
+    /// and the events it raised, or, on failure, the failure (logged,
+    /// counted, the instance discarded).
+    fn call<R>(
+        &self,
+        slot: &Mutex<Option<Slot>>,
+        call: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
+    ) -> Result<(R, Vec<Raised>), FailureKind> {
+        let mut g = self.slot(slot)?;
+        let r = match g.as_mut() {
+            Some(s) => call(s),
+            None => return Err(FailureKind::Trap),
+        };
+        self.finish(&mut g, r)
+    }
+
     /// One message down: the flat call, cheaper than a one-element list.
     fn on_send_one(
         &self,
@@ -599,18 +615,11 @@ impl Interceptor {
         dests: &[wit::MemberId],
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        let mut g = self.slot(self.worker_slot())?;
-        let r = match g.as_mut() {
-            Some(s) => s.bindings.shoal_cluster_hooks().plugin().call_on_send(
-                &mut s.store,
-                s.plugin,
-                meta,
-                dests,
-                body,
-            ),
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r).map(|(v, _)| v)
+        self.call(self.worker_slot(), |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_send(&mut s.store, s.plugin, meta, dests, body)
+        })
+        .map(|(v, _)| v)
     }
 
     fn on_send_many(
@@ -619,16 +628,10 @@ impl Interceptor {
         set_of: &[u32],
         sets: &[Vec<wit::MemberId>],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let mut g = self.slot(self.worker_slot())?;
-        let r = match g.as_mut() {
-            Some(s) => s
-                .bindings
-                .shoal_cluster_hooks()
-                .plugin()
-                .call_on_send_batch(&mut s.store, s.plugin, batch, set_of, sets),
-            None => return Err(FailureKind::Trap),
-        };
-        let v = self.finish(&mut g, r).map(|(v, _)| v)?;
+        let (v, _) = self.call(self.worker_slot(), |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_send_batch(&mut s.store, s.plugin, batch, set_of, sets)
+        })?;
         self.check_len(v, batch.options.len())
     }
 
@@ -639,18 +642,11 @@ impl Interceptor {
         sender: &wit::Member,
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        let mut g = self.slot(self.worker_slot())?;
-        let r = match g.as_mut() {
-            Some(s) => s.bindings.shoal_cluster_hooks().plugin().call_on_receive(
-                &mut s.store,
-                s.plugin,
-                meta,
-                sender,
-                body,
-            ),
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r).map(|(v, _)| v)
+        self.call(self.worker_slot(), |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_receive(&mut s.store, s.plugin, meta, sender, body)
+        })
+        .map(|(v, _)| v)
     }
 
     fn on_receive_many(
@@ -659,16 +655,10 @@ impl Interceptor {
         sender_of: &[u32],
         senders: &[wit::Member],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let mut g = self.slot(self.worker_slot())?;
-        let r = match g.as_mut() {
-            Some(s) => s
-                .bindings
-                .shoal_cluster_hooks()
-                .plugin()
-                .call_on_receive_batch(&mut s.store, s.plugin, batch, sender_of, senders),
-            None => return Err(FailureKind::Trap),
-        };
-        let v = self.finish(&mut g, r).map(|(v, _)| v)?;
+        let (v, _) = self.call(self.worker_slot(), |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_receive_batch(&mut s.store, s.plugin, batch, sender_of, senders)
+        })?;
         self.check_len(v, batch.options.len())
     }
 
@@ -721,45 +711,28 @@ impl Interceptor {
         target: &Member,
         alive: bool,
     ) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control)?;
-        let r = match g.as_mut() {
-            Some(s) => {
-                let t = member_to_wit(target);
-                s.bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_on_probe_result(&mut s.store, s.plugin, id, &t, alive)
-            }
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r).map(|((), raised)| raised)
+        let t = member_to_wit(target);
+        self.call(&self.control, |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_probe_result(&mut s.store, s.plugin, id, &t, alive)
+        })
+        .map(|((), raised)| raised)
     }
 
     fn on_timer(&self, id: u64) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control)?;
-        let r = match g.as_mut() {
-            Some(s) => {
-                s.bindings
-                    .shoal_cluster_hooks()
-                    .plugin()
-                    .call_on_timer(&mut s.store, s.plugin, id)
-            }
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r).map(|((), raised)| raised)
+        self.call(&self.control, |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_timer(&mut s.store, s.plugin, id)
+        })
+        .map(|((), raised)| raised)
     }
 
     fn heartbeat(&self) -> Result<Vec<Raised>, FailureKind> {
-        let mut g = self.slot(&self.control)?;
-        let r = match g.as_mut() {
-            Some(s) => s
-                .bindings
-                .shoal_cluster_hooks()
-                .plugin()
-                .call_heartbeat(&mut s.store, s.plugin),
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r).map(|((), raised)| raised)
+        self.call(&self.control, |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_heartbeat(&mut s.store, s.plugin)
+        })
+        .map(|((), raised)| raised)
     }
 }
 
