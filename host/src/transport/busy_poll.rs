@@ -24,9 +24,8 @@ use tokio::net::TcpStream;
 const MISSES_TO_BACK_OFF: u32 = 2;
 /// While backed off, poll again once every this many waits.
 const RETRY_EVERY: u32 = 64;
-/// Most bytes one poll reads (the buffer is zeroed first: reading through
-/// the socket safely needs initialised memory).
-const MAX_POLL_READ: usize = 16 * 1024;
+/// Most bytes one poll reads.
+const MAX_POLL_READ: usize = 64 * 1024;
 
 /// The node-side poller: budget and the one-at-a-time flag.
 #[derive(Debug)]
