@@ -24,7 +24,10 @@ use crate::metrics::Metrics;
 use crate::plugins::{Chain, Flow, InMsg, OutMsg};
 use crate::transport::receiver::{DeliveryError, MessageHandler};
 use crate::transport::sender::{SendError, Sender};
-use crate::wire::{ChannelData, MemberPacket, SendOptions, encode_message_frame};
+use crate::wire::{
+    ChannelData, MESSAGE_TRAILER, MemberPacket, SendOptions, encode_message_frame,
+    encode_message_head,
+};
 
 /// Received messages kept for `GET /api/messages`.
 const RECENT_MESSAGES: usize = 32;
@@ -170,11 +173,29 @@ impl FrameEncoder {
         Ok(())
     }
 
-    /// One complete frame for `msg`, with a fresh message id.
-    pub fn encode(&self, msg: &OutMsg) -> Result<Bytes, ChannelSendError> {
+    /// One complete frame for `msg`, with a fresh message id. A body of at
+    /// least [`SPLIT_BODY_AT`] bytes is not copied: the frame is its head,
+    /// the body's own buffer and the trailer, written with `writev`.
+    pub fn encode(&self, msg: &OutMsg) -> Result<Frame, ChannelSendError> {
         self.check(msg.body.len())?;
-        let len = crate::wire::message_frame_len(16, self.address.len(), msg.body.len());
         let id: [u8; 16] = rand::random();
+        if msg.body.len() >= SPLIT_BODY_AT {
+            let mut head = BytesMut::with_capacity(64 + self.address.len());
+            encode_message_head(
+                &mut head,
+                msg.options,
+                msg.timestamp,
+                &id,
+                &self.address,
+                msg.body.len(),
+            );
+            return Ok(Frame::Split([
+                head.freeze(),
+                msg.body.clone(),
+                Bytes::from_static(&MESSAGE_TRAILER),
+            ]));
+        }
+        let len = crate::wire::message_frame_len(16, self.address.len(), msg.body.len());
         let mut buf = BytesMut::with_capacity(len);
         encode_message_frame(
             &mut buf,
@@ -184,7 +205,31 @@ impl FrameEncoder {
             &self.address,
             &msg.body,
         );
-        Ok(buf.freeze())
+        Ok(Frame::Whole(buf.freeze()))
+    }
+}
+
+/// Bodies from this size on are written from their own buffer rather than
+/// copied into the frame.
+pub const SPLIT_BODY_AT: usize = 8 * 1024;
+
+/// An encoded message frame: its bytes in one buffer, or in three pieces
+/// (head, body, trailer) to be written in order.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// The whole frame.
+    Whole(Bytes),
+    /// Head, body, trailer.
+    Split([Bytes; 3]),
+}
+
+impl Frame {
+    /// The pieces, in write order.
+    pub fn parts(&self) -> &[Bytes] {
+        match self {
+            Self::Whole(b) => std::slice::from_ref(b),
+            Self::Split(p) => p,
+        }
     }
 }
 
@@ -379,7 +424,11 @@ impl Channel {
     async fn transmit(&self, msg: OutMsg) -> Result<(), ChannelSendError> {
         let frame = self.inner.encoder.encode(&msg)?;
         let acks = usize::from(msg.options.wants_ack());
-        Ok(self.inner.sender.send(&msg.dests, &[frame], acks).await?)
+        Ok(self
+            .inner
+            .sender
+            .send(&msg.dests, frame.parts(), acks)
+            .await?)
     }
 
     /// Sends to every member in the view. With no members, does nothing.

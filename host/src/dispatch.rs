@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::channel::FrameEncoder;
+use crate::channel::{Frame, FrameEncoder};
 use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
@@ -181,7 +181,7 @@ async fn worker(
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut ready: Vec<(Arc<[MemberId]>, Bytes, bool)> = Vec::with_capacity(BATCH);
+    let mut ready: Vec<(Arc<[MemberId]>, Frame, bool)> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
     let mut permits: Vec<Option<OwnedSemaphorePermit>> = Vec::with_capacity(BATCH);
@@ -236,11 +236,14 @@ async fn worker(
                 end += 1;
             }
             let group = &ready[start..end];
-            let frames: Vec<Bytes> = group.iter().map(|j| j.1.clone()).collect();
+            let frames: Vec<Bytes> = group
+                .iter()
+                .flat_map(|j| j.1.parts().iter().cloned())
+                .collect();
             let acks = group.iter().filter(|j| j.2).count();
             if let Err(e) = sender.send(&group[0].0, &frames, acks).await {
                 Metrics::inc(&metrics.async_send_failures_total);
-                tracing::warn!(error = %e, messages = frames.len(), "asynchronous send failed");
+                tracing::warn!(error = %e, messages = group.len(), "asynchronous send failed");
             }
             start = end;
         }

@@ -82,8 +82,29 @@ pub fn encode_message_frame(
     address: &[u8],
     message: &[u8],
 ) {
-    let total = message_frame_len(unique_id.len(), address.len(), message.len());
-    buf.reserve(total);
+    buf.reserve(message_frame_len(
+        unique_id.len(),
+        address.len(),
+        message.len(),
+    ));
+    encode_message_head(buf, options, timestamp, unique_id, address, message.len());
+    buf.put_slice(message);
+    buf.put_slice(&END_DATA);
+}
+
+/// The bytes of a message frame that come before its body: the frame
+/// header and the ChannelData fields up to the body length. A frame is this,
+/// then the `message_len` body bytes, then [`MESSAGE_TRAILER`] — so a large
+/// body can be written from its own buffer (`writev`) instead of copied.
+pub fn encode_message_head(
+    buf: &mut BytesMut,
+    options: SendOptions,
+    timestamp: i64,
+    unique_id: &[u8],
+    address: &[u8],
+    message_len: usize,
+) {
+    let total = message_frame_len(unique_id.len(), address.len(), message_len);
     buf.put_slice(&START_DATA);
     buf.put_i32((total - FRAME_OVERHEAD) as i32);
     buf.put_i32(options.0);
@@ -92,15 +113,32 @@ pub fn encode_message_frame(
     buf.put_slice(unique_id);
     buf.put_i32(address.len() as i32);
     buf.put_slice(address);
-    buf.put_i32(message.len() as i32);
-    buf.put_slice(message);
-    buf.put_slice(&END_DATA);
+    buf.put_i32(message_len as i32);
 }
+
+/// What follows a message frame's body.
+pub const MESSAGE_TRAILER: [u8; 7] = END_DATA;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::FrameDecoder;
+
+    /// Head + body + trailer is byte for byte the frame written in one piece.
+    #[test]
+    fn head_body_trailer_is_the_whole_frame() {
+        let body = vec![0x5a; 70_000];
+        let (id, addr) = ([9u8; 16], b"member-packet".to_vec());
+        let o = SendOptions(7);
+        let mut whole = BytesMut::new();
+        encode_message_frame(&mut whole, o, 42, &id, &addr, &body);
+        let mut parts = BytesMut::new();
+        encode_message_head(&mut parts, o, 42, &id, &addr, body.len());
+        parts.extend_from_slice(&body);
+        parts.extend_from_slice(&MESSAGE_TRAILER);
+        assert_eq!(whole, parts);
+        assert_eq!(whole.len(), message_frame_len(16, addr.len(), body.len()));
+    }
 
     /// Channel message 1 of captures/message-tcp: options 7, 32-byte payload, 167 bytes.
     const CAPTURED: &str = "464c54323030320000009500000007000001a201710cf5000000100a66a05c0b8640018d3a1874a5fc644c0000004d54\

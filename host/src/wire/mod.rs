@@ -18,7 +18,9 @@ mod options;
 #[cfg(test)]
 mod proptests;
 
-pub use channel_data::{ChannelData, encode_message_frame, message_frame_len};
+pub use channel_data::{
+    ChannelData, MESSAGE_TRAILER, encode_message_frame, encode_message_head, message_frame_len,
+};
 pub use frame::{AckKind, DEFAULT_MAX_FRAME_BYTES, FrameDecoder};
 pub use member::{MemberPacket, SHUTDOWN_COMMAND, TRIBES_MBR_BEGIN, TRIBES_MBR_END};
 pub use options::{ParseOptionsError, SendOptions};
