@@ -241,6 +241,9 @@ impl Default for ReceiverConfig {
 }
 
 /// `[sender]`
+/// Longest busy-poll budget accepted (µs): a poller holds a runtime worker.
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SenderConfig {
@@ -509,7 +512,19 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if r.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(bad(
+                "receiver.busy_poll_us",
+                format!("must be at most {MAX_BUSY_POLL_US} (µs; 0 turns polling off)"),
+            ));
+        }
         let s = &self.sender;
+        if s.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(bad(
+                "sender.busy_poll_us",
+                format!("must be at most {MAX_BUSY_POLL_US} (µs; 0 turns polling off)"),
+            ));
+        }
         if s.timeout_ms == 0 {
             return Err(bad("sender.timeout_ms", "must be at least 1".into()));
         }
@@ -674,6 +689,14 @@ mod tests {
             matches!(&e, ConfigError::Invalid { key, .. } if key == "membership.members[0]"),
             "{e}"
         );
+
+        for key in ["receiver", "sender"] {
+            let e = parse(&format!("[{key}]\nbusy_poll_us = 1000000\n")).expect_err("too long");
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if *k == format!("{key}.busy_poll_us")),
+                "{e}"
+            );
+        }
 
         let e = parse("[membership]\nport = \"x\"\n").expect_err("wrong type");
         assert!(e.to_string().contains("key `membership.port`"), "{e}");
