@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const TRIBES_JAR: &str = "/usr/share/java/tomcat10-tribes.jar";
-const JULI_JAR: &str = "/usr/share/java/tomcat10-juli.jar";
+#[path = "../tests/common/java.rs"]
+mod java;
+use java::{JULI_JAR, TRIBES_JAR, javac, jdk_tool};
 const FREQUENCY_MS: u64 = 500;
 const DROP_TIME_MS: u64 = 3000;
 /// Sending time of each async throughput test.
@@ -458,22 +459,6 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn jdk_tool(name: &str) -> PathBuf {
-    if let Some(home) = std::env::var_os("JAVA_HOME") {
-        let p = Path::new(&home).join("bin").join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("`{name}` not found: install a JDK 17 (scripts/setup.sh)"))
-}
-
 struct Ctx {
     classes: PathBuf,
     logs: PathBuf,
@@ -491,20 +476,7 @@ fn compile_java(dir: &Path) -> PathBuf {
     let classes = dir.join("classes");
     let _ = std::fs::remove_dir_all(&classes);
     std::fs::create_dir_all(&classes).expect("class dir");
-    let out = Command::new(jdk_tool("javac"))
-        .arg("-nowarn")
-        .arg("-d")
-        .arg(&classes)
-        .arg("-cp")
-        .arg(format!("{TRIBES_JAR}:{JULI_JAR}"))
-        .arg(&src)
-        .output()
-        .expect("running javac");
-    assert!(
-        out.status.success(),
-        "javac failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    javac(&src, &classes);
     classes
 }
 

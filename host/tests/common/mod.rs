@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use shoal::Config;
 use shoal::config::MembershipKind;
 
+pub mod java;
 pub mod tribes;
 
 /// Upper bound for any wait on the cluster; tests retry until it, never sleep a fixed time.

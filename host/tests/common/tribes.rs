@@ -16,35 +16,12 @@ use serde_json::Value;
 
 use super::{DEADLINE, wait_for};
 
-/// Tomcat Tribes from Debian's `libtomcat10-java`.
-pub const TRIBES_JAR: &str = "/usr/share/java/tomcat10-tribes.jar";
-/// Tomcat's logging (JULI), needed by Tribes.
-pub const JULI_JAR: &str = "/usr/share/java/tomcat10-juli.jar";
+pub use super::java::{JULI_JAR, TRIBES_JAR};
+use super::java::{javac, jdk_tool};
 
 /// The Java source of the peer, in the repository.
 fn peer_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/TribesPeer.java")
-}
-
-/// A JDK tool (`java`, `javac`): `$JAVA_HOME/bin/NAME` if set, else from `PATH`.
-fn jdk_tool(name: &str) -> PathBuf {
-    if let Some(home) = std::env::var_os("JAVA_HOME") {
-        let p = Path::new(&home).join("bin").join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "`{name}` not found (JAVA_HOME or PATH): the Tomcat interop tests need a JDK 17 \
-             (Debian: `apt-get install openjdk-17-jdk-headless`)"
-        )
-    })
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
@@ -79,21 +56,7 @@ pub fn peer_classes() -> &'static Path {
         let tmp = root.join(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).expect("creating a temporary class directory");
-        let out = Command::new(jdk_tool("javac"))
-            .arg("-nowarn")
-            .arg("-d")
-            .arg(&tmp)
-            .arg("-cp")
-            .arg(format!("{TRIBES_JAR}:{JULI_JAR}"))
-            .arg(&src)
-            .output()
-            .expect("running javac");
-        assert!(
-            out.status.success(),
-            "javac failed on {}:\n{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        javac(&src, &tmp);
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another test process got there first; its classes are the same.
             let _ = std::fs::remove_dir_all(&tmp);
