@@ -5,8 +5,10 @@
 //! directory (sharing the outer one deadlocks in release builds), a clean
 //! environment (the outer RUSTFLAGS etc. must not leak into the guest build),
 //! `rerun-if-changed` for every input and output, its stderr on failure, and
-//! the wasm32-wasip2 target is installed first if it is missing (rustup does
-//! not do it by itself when RUSTUP_AUTO_INSTALL=0).
+//! the wasm32-wasip2 target is added first if the toolchain in use lacks it
+//! (`scripts/wasm-target.sh`: rustup does not do it by itself when
+//! RUSTUP_AUTO_INSTALL=0, and inside cargo `rustup toolchain install` ignores
+//! rust-toolchain.toml's targets).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,19 +73,27 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd
-        .output()
-        .expect("running cargo to build the guest components");
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => fail(&format!(
+            "error: could not run cargo to build the guest components: {e}"
+        )),
+    };
     if !out.status.success() {
-        panic!(
-            "building the guest components (guests/, wasm32-wasip2) failed:\n{}",
+        fail(&format!(
+            "{}\nerror: building the guest components (guests/, wasm32-wasip2) failed (the compiler's output is above)",
             String::from_utf8_lossy(&out.stderr)
-        );
+        ));
     }
     let wasm_dir = guest_target.join("wasm32-wasip2").join("release");
     for g in GUESTS {
         let f = wasm_dir.join(format!("{g}.wasm"));
-        assert!(f.exists(), "guest build did not produce {}", f.display());
+        if !f.exists() {
+            fail(&format!(
+                "error: the guest build did not produce {}",
+                f.display()
+            ));
+        }
         println!("cargo:rerun-if-changed={}", f.display());
     }
     println!("cargo:rustc-env=SHOAL_GUEST_DIR={}", wasm_dir.display());
@@ -110,35 +120,33 @@ fn rerun_if_changed(dir: &Path) {
     }
 }
 
+/// Makes sure the toolchain cargo runs under has the wasm32-wasip2 target,
+/// through the one script that does it for every path
+/// (`scripts/wasm-target.sh`, also run by `scripts/setup.sh`). On failure the
+/// build stops with the script's one-line error (which names the command to
+/// run), not a panic.
 fn ensure_wasm_target(root: &Path) {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .current_dir(root)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == "wasm32-wasip2")
-        });
-    match installed {
-        Ok(true) => {}
-        Ok(false) => {
-            println!(
-                "cargo:warning=installing the wasm32-wasip2 target (rustup toolchain install)"
-            );
-            let ok = Command::new("rustup")
-                .arg("toolchain")
-                .arg("install")
-                .current_dir(root)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                panic!(
-                    "the wasm32-wasip2 target is missing and `rustup toolchain install` failed; run it by hand"
-                );
+    let script = root.join("scripts").join("wasm-target.sh");
+    println!("cargo:rerun-if-changed={}", script.display());
+    let out = Command::new("bash").arg(&script).current_dir(root).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let log = String::from_utf8_lossy(&o.stderr);
+            for line in log.lines().filter(|l| l.starts_with("shoal: ")) {
+                println!("cargo:warning={}", line.trim_start_matches("shoal: "));
             }
         }
-        // No rustup: let the guest build report what is missing.
-        Err(_) => {}
+        Ok(o) => fail(&String::from_utf8_lossy(&o.stderr)),
+        Err(e) => fail(&format!(
+            "error: could not run {} ({e}); run `rustup target add wasm32-wasip2`, then build again",
+            script.display()
+        )),
     }
+}
+
+/// Stops the build with a message and no backtrace (cargo shows the build
+/// script's stderr).
+fn fail(msg: &str) -> ! {
+    eprintln!("{}", msg.trim_end());
+    std::process::exit(1);
 }

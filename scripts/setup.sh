@@ -4,13 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# 1. The pinned toolchain and its wasm32-wasip2 target. With
-#    RUSTUP_AUTO_INSTALL=0, rustup does not add a target listed in
-#    rust-toolchain.toml by itself; `rustup toolchain install` does.
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    echo "setup: installing the toolchain from rust-toolchain.toml (wasm32-wasip2 target)"
-    rustup toolchain install
-fi
+# 1. The pinned toolchain, its wasm32-wasip2 target (the one script that does
+#    this, also run by host/build.rs), and rustfmt + clippy for the checks.
+scripts/wasm-target.sh
+toolchain="${RUSTUP_TOOLCHAIN:-$(sed -n 's/^channel *= *"\([^"]*\)".*/\1/p' rust-toolchain.toml)}"
+for component in rustfmt clippy; do
+    if ! rustup component list --installed --toolchain "$toolchain" 2>/dev/null | grep -q "^$component"; then
+        echo "setup: adding $component to Rust toolchain $toolchain"
+        rustup component add "$component" --toolchain "$toolchain"
+    fi
+done
 
 # 2. Multicast on the loopback interface, for one-machine clusters in tests.
 #    shoal pins multicast to lo with IP_MULTICAST_IF (`bind = "127.0.0.1"`),

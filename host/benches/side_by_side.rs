@@ -97,6 +97,7 @@ mod peer {
                     .unwrap_or_else(|_| "info".into()),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .init();
         let mut cfg = shoal::Config::default();
         cfg.node.name = get("name").to_owned();

@@ -48,6 +48,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
     match cli.command {
         Command::Run { config } => {
@@ -64,6 +65,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => shoal::demo::run(),
     }
+}
+
+/// Colour codes only for a person at a terminal: not when stderr goes to a
+/// file or a pipe (`shoal run 2> node.log`, the demo's and tests' logs), and
+/// never when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn run(cfg: shoal::Config) -> anyhow::Result<()> {

@@ -85,6 +85,7 @@ fn init_tracing() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
 }
 
