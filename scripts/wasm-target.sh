@@ -40,20 +40,29 @@ has_target() {
 
 has_target && exit 0
 
+# rustup's own output goes to a log; on failure only its error lines are shown.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+quiet_rustup() {
+    RUST_BACKTRACE=0 RUSTUP_MAX_RETRIES="${RUSTUP_MAX_RETRIES:-2}" rustup "$@" >"$log" 2>&1 && return 0
+    grep -E '^(error|  [0-9]+: )' "$log" | grep -v 'Stack backtrace' | head -n 8 | sed 's/^/  rustup: /' >&2
+    return 1
+}
+
 if ! command -v rustup >/dev/null 2>&1; then
     fail "the Rust standard library for $target is missing and there is no rustup to add it; install it for your rustc (with rustup: \`rustup target add $target --toolchain $toolchain\`), then build again"
 fi
 
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     echo "shoal: installing Rust toolchain $toolchain with the $target target (one time)" >&2
-    rustup toolchain install "$toolchain" --profile minimal \
-        --component rustfmt --component clippy --target "$target" >&2 ||
+    quiet_rustup toolchain install "$toolchain" --profile minimal \
+        --component rustfmt --component clippy --target "$target" ||
         fail "could not install Rust toolchain $toolchain (no network?); run \`rustup toolchain install $toolchain --target $target\`, then build again"
 fi
 
 if ! has_target; then
     echo "shoal: adding the $target target to Rust toolchain $toolchain (one time)" >&2
-    rustup target add "$target" --toolchain "$toolchain" >&2 ||
+    quiet_rustup target add "$target" --toolchain "$toolchain" ||
         fail "could not add the $target target (no network?); run \`rustup target add $target --toolchain $toolchain\`, then build again"
 fi
 
