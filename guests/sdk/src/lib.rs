@@ -303,6 +303,20 @@ pub trait Interceptor: Sized + 'static {
     fn stats(&self) -> Vec<Stat> {
         Vec::new()
     }
+    /// Live swap, old side: the state a newer version should start from, or
+    /// `None` (the default: the successor starts fresh). Encode it in a way
+    /// the next version can read, with a version byte of your own.
+    fn export_state(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Live swap, new side: `state` from the predecessor's
+    /// [`Interceptor::export_state`] (or `None`), and the members currently in
+    /// the channel's view. Called once, before the instance serves anything;
+    /// an `Err` refuses the swap and the old version keeps running. The
+    /// default ignores both.
+    fn take_over(&mut self, _state: Option<&[u8]>, _members: &[Member]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Host capabilities. None of these blocks; none can fail in a way the
@@ -531,6 +545,14 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
 
     fn stats(&self) -> Vec<Stat> {
         self.0.borrow().stats()
+    }
+
+    fn export_state(&self) -> Option<Vec<u8>> {
+        self.0.borrow_mut().export_state()
+    }
+
+    fn take_over(&self, state: Option<Vec<u8>>, members: Vec<Member>) -> Result<(), String> {
+        self.0.borrow_mut().take_over(state.as_deref(), &members)
     }
 }
 

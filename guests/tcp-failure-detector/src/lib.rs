@@ -10,6 +10,10 @@
 //! * the probe message Tomcat's detector sends (TCP_FAIL_DETECT) is swallowed
 //!   on receive, never delivered.
 //!
+//! Live swap: a new version takes the current members as its view
+//! (`take-over`); events the old one held are offered to it again by the
+//! host, so a pending verification is started anew, never lost.
+//!
 //! Settings (Tribes' names and defaults): `connectTimeout` 1000 ms,
 //! `performSendTest` true, `performReadTest` false, `readTestTimeout` 5000 ms,
 //! `removeSuspectsTimeout` 300 s.
@@ -200,6 +204,13 @@ impl Interceptor for Detector {
         for m in adds {
             self.start_probe(&m, Purpose::Add);
         }
+    }
+
+    fn take_over(&mut self, _state: Option<&[u8]>, members: &[Member]) -> Result<(), String> {
+        for m in members {
+            self.view.insert(key(m), m.clone());
+        }
+        Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {

@@ -8,7 +8,10 @@
 //! | `loop` | loops forever on every message |
 //! | `alloc` | allocates without bound on every message |
 //! | `fail-create` | refuses to start |
+//! | `trap-create` | panics in `create` |
 //! | `echo-settings` | exports every setting as a gauge named after its key |
+//! | `hold` | holds every membership event for `hold_ms` (a timer), then raises it |
+//! | `refuse-take-over` | refuses a live swap in `take-over` |
 //!
 //! Settings `only_options` (option bits) and `max_size` (bytes) set the
 //! message filter of its capabilities.
@@ -23,6 +26,8 @@ struct Testkit {
     hog: Vec<Vec<u8>>,
     only_options: i32,
     max_size: Option<u32>,
+    hold_ms: u32,
+    held: Vec<(u64, Member, Option<LeaveReason>)>,
 }
 
 impl Testkit {
@@ -57,11 +62,25 @@ impl Testkit {
     }
 }
 
+impl Testkit {
+    fn hold(&mut self, m: &Member, reason: Option<LeaveReason>) -> MemberVerdict {
+        if self.mode != "hold" {
+            return MemberVerdict::Pass;
+        }
+        let t = host::set_timer(self.hold_ms);
+        self.held.push((t, m.clone(), reason));
+        MemberVerdict::Hold
+    }
+}
+
 impl Interceptor for Testkit {
     fn create(s: &Settings) -> Result<Self, String> {
         let mode = s.raw("mode").unwrap_or("pass").to_string();
         if mode == "fail-create" {
             return Err("testkit refuses to start (mode = fail-create)".into());
+        }
+        if mode == "trap-create" {
+            panic!("testkit traps in create (mode = trap-create)");
         }
         let mut settings = Vec::new();
         if mode == "echo-settings" {
@@ -79,11 +98,18 @@ impl Interceptor for Testkit {
             hog: Vec::new(),
             only_options: s.get_or("only_options", 0)?,
             max_size: s.get("max_size")?,
+            hold_ms: s.get_or("hold_ms", 1000)?,
+            held: Vec::new(),
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        let c = Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE)
+        let hooks = if self.mode == "hold" {
+            Hooks::ON_SEND | Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS
+        } else {
+            Hooks::ON_SEND | Hooks::ON_RECEIVE
+        };
+        let c = Capabilities::new(hooks)
             .with_bodies(BodyAccess::All)
             .only_options(self.only_options);
         match self.max_size {
@@ -98,6 +124,31 @@ impl Interceptor for Testkit {
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
         self.act(msg.body)
+    }
+
+    fn member_added(&mut self, m: &Member) -> MemberVerdict {
+        self.hold(m, None)
+    }
+
+    fn member_disappeared(&mut self, m: &Member, reason: LeaveReason) -> MemberVerdict {
+        self.hold(m, Some(reason))
+    }
+
+    fn on_timer(&mut self, timer: u64) {
+        if let Some(i) = self.held.iter().position(|(t, _, _)| *t == timer) {
+            let (_, m, reason) = self.held.remove(i);
+            match reason {
+                None => host::raise_member_added(&m),
+                Some(r) => host::raise_member_disappeared(&m, r),
+            }
+        }
+    }
+
+    fn take_over(&mut self, _state: Option<&[u8]>, _members: &[Member]) -> Result<(), String> {
+        if self.mode == "refuse-take-over" {
+            return Err("testkit refuses to take over (mode = refuse-take-over)".into());
+        }
+        Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {

@@ -3,9 +3,14 @@
 //! `interval` messages logs the totals and rates. Never reads bodies.
 //!
 //! Settings: `interval` (messages between log lines; Tribes: 10000).
+//!
+//! Live swap: hands its totals and start time to its successor
+//! (`export-state` / `take-over`), so counters and rates carry on.
 
 use shoal_guest_sdk::host::{self, Counter};
 use shoal_guest_sdk::*;
+
+const STATE_V1: u8 = 1;
 
 struct Throughput {
     interval: u64,
@@ -80,6 +85,36 @@ impl Interceptor for Throughput {
             self.report("rx", total, self.rx_bytes);
         }
         vec![Verdict::Pass; msgs.len()]
+    }
+
+    /// Version 1: a version byte, then tx messages, tx bytes, rx messages,
+    /// rx bytes and the start time, each u64 little-endian.
+    fn export_state(&mut self) -> Option<Vec<u8>> {
+        let mut v = vec![STATE_V1];
+        for x in [self.tx_msgs.get(), self.tx_bytes.get(), self.rx_msgs.get(), self.rx_bytes.get(), self.started_ms] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        Some(v)
+    }
+
+    fn take_over(&mut self, state: Option<&[u8]>, _members: &[Member]) -> Result<(), String> {
+        let Some(state) = state else {
+            return Ok(());
+        };
+        let Some((&STATE_V1, rest)) = state.split_first() else {
+            host::warn("throughput: predecessor's state has an unknown version; starting from zero");
+            return Ok(());
+        };
+        let mut it = rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        let mut next = || it.next().ok_or("throughput: predecessor's state is truncated");
+        let (tm, tb, rm, rb, started) = (next()?, next()?, next()?, next()?, next()?);
+        // Counters of a new version start at zero: add the predecessor's totals.
+        self.tx_msgs.add(tm);
+        self.tx_bytes.add(tb);
+        self.rx_msgs.add(rm);
+        self.rx_bytes.add(rb);
+        self.started_ms = started;
+        Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {
