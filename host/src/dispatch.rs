@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::channel::{Frame, FrameEncoder};
@@ -102,7 +102,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let rx = Arc::new(Mutex::new(Queue { rx, turn: None }));
         let mut workers = JoinSet::new();
         for _ in 0..cfg.workers {
             workers.spawn(worker(
@@ -174,8 +174,16 @@ impl Dispatcher {
     }
 }
 
+/// The queue's receiving end, shared by the workers, with the turn of the
+/// batch taken last: batches are sent in the order they were taken.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Job>,
+    /// Fires when the batch taken last has been handed to the sender.
+    turn: Option<oneshot::Receiver<()>>,
+}
+
 async fn worker(
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    rx: Arc<Mutex<Queue>>,
     sender: Arc<Sender>,
     encoder: Arc<FrameEncoder>,
     metrics: Arc<Metrics>,
@@ -186,12 +194,17 @@ async fn worker(
     let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
     let mut permits: Vec<Option<OwnedSemaphorePermit>> = Vec::with_capacity(BATCH);
     loop {
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
+        // Workers run the chain on their batches in parallel, but send
+        // them in queue order: each waits for the batch taken before its own
+        // to be sent, so messages to a member leave in the order queued.
+        let (my_turn, done) = {
+            let mut q = rx.lock().await;
+            if q.rx.recv_many(&mut batch, BATCH).await == 0 {
                 return; // closed and empty
             }
-        }
+            let (done, next) = oneshot::channel();
+            (q.turn.replace(next), done)
+        };
         let queued: usize = batch.iter().map(Job::cost).sum();
         metrics
             .async_queue_bytes
@@ -228,6 +241,10 @@ async fn worker(
             permits.clear();
         }
         drop(jobs);
+        if let Some(turn) = my_turn {
+            // An error means the previous worker ended (aborted): go on.
+            let _ = turn.await;
+        }
         // Group consecutive messages with the same destinations into one write.
         let mut start = 0;
         while start < ready.len() {
@@ -241,12 +258,13 @@ async fn worker(
                 .flat_map(|j| j.1.parts().iter().cloned())
                 .collect();
             let acks = group.iter().filter(|j| j.2).count();
-            if let Err(e) = sender.send(&group[0].0, &frames, acks).await {
+            if let Err(e) = sender.send_ordered(&group[0].0, &frames, acks).await {
                 Metrics::inc(&metrics.async_send_failures_total);
                 tracing::warn!(error = %e, messages = group.len(), "asynchronous send failed");
             }
             start = end;
         }
+        let _ = done.send(());
         ready.clear();
     }
 }

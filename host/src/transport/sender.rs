@@ -94,6 +94,9 @@ struct Conn {
 struct Pool {
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
+    /// The connection of ordered sends ([`Sender::send_ordered`]): one at a
+    /// time, always on this connection, so the peer reads them in order.
+    ordered: tokio::sync::Mutex<Option<Conn>>,
 }
 
 /// Pooled connections to every member, shared by all senders of a node.
@@ -139,21 +142,45 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
     ) -> Result<(), SendError> {
+        self.send_on(dests, frames, acks, false).await
+    }
+
+    /// Like [`Sender::send`], but every ordered send to a member goes over one
+    /// connection of its own, one send at a time: the member reads them in
+    /// the order of the calls (the deferred queue's sends). Other sends may
+    /// overtake them.
+    pub async fn send_ordered(
+        &self,
+        dests: &[MemberId],
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<(), SendError> {
+        self.send_on(dests, frames, acks, true).await
+    }
+
+    async fn send_on(
+        &self,
+        dests: &[MemberId],
+        frames: &[Bytes],
+        acks: usize,
+        ordered: bool,
+    ) -> Result<(), SendError> {
         let faulty: Vec<FaultyMember> = match dests {
             [] => Vec::new(),
             [one] => self
-                .send_one(*one, frames, acks)
+                .send_one(*one, frames, acks, ordered)
                 .await
                 .err()
                 .into_iter()
                 .collect(),
-            many => {
-                futures_util::future::join_all(many.iter().map(|d| self.send_one(*d, frames, acks)))
-                    .await
-                    .into_iter()
-                    .filter_map(Result::err)
-                    .collect()
-            }
+            many => futures_util::future::join_all(
+                many.iter()
+                    .map(|d| self.send_one(*d, frames, acks, ordered)),
+            )
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect(),
         };
         if faulty.is_empty() {
             Ok(())
@@ -168,31 +195,46 @@ impl Sender {
         member: MemberId,
         frames: &[Bytes],
         acks: usize,
+        ordered: bool,
     ) -> Result<(), FaultyMember> {
         let fail = |error| FaultyMember { member, error };
         let addr = member.addr();
         let pool = self.pool(addr);
         let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
-        let permit =
+        // Ordered sends hold their lane for the whole exchange; the others
+        // take a permit of the pool.
+        let mut lane = None;
+        let mut permit = None;
+        if ordered {
+            match tokio::time::timeout(max_wait, pool.ordered.lock()).await {
+                Ok(g) => lane = Some(g),
+                Err(_) => return Err(fail(PeerError::PoolExhausted(max_wait))),
+            }
+        } else {
             match tokio::time::timeout(max_wait, pool.permits.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
+                Ok(Ok(p)) => permit = Some(p),
                 Ok(Err(_)) => return Err(fail(PeerError::ShuttingDown)),
                 Err(_) => return Err(fail(PeerError::PoolExhausted(max_wait))),
-            };
+            }
+        }
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut attempt = 0;
         loop {
             // A retry always uses a fresh connection: the pooled one just failed.
-            let conn = if attempt == 0 {
-                pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-            } else {
-                None
+            let conn = match (&mut lane, attempt) {
+                (_, 1..) => None,
+                (Some(lane), 0) => lane.take(),
+                (None, 0) => pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop(),
             };
             let result =
                 tokio::time::timeout(timeout, self.exchange(addr, conn, frames, acks)).await;
             let err = match result {
                 Ok(Ok(conn)) => {
-                    self.checkin(&pool, conn, &permit);
+                    match (&mut lane, &permit) {
+                        (Some(lane), _) => **lane = Some(conn),
+                        (None, Some(permit)) => self.checkin(&pool, conn, permit),
+                        (None, None) => {}
+                    }
                     let bytes: usize = frames.iter().map(Bytes::len).sum();
                     Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
                     Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
@@ -313,6 +355,7 @@ impl Sender {
             .or_insert_with(|| {
                 Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
+                    ordered: tokio::sync::Mutex::new(None),
                     permits: Arc::new(Semaphore::new(self.cfg.pool_size)),
                 })
             })
@@ -328,6 +371,9 @@ impl Sender {
             .remove(&addr);
         if let Some(p) = pool {
             p.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            if let Ok(mut lane) = p.ordered.try_lock() {
+                lane.take();
+            }
         }
     }
 
@@ -344,6 +390,9 @@ impl Sender {
         for p in pools {
             p.permits.close();
             p.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            if let Ok(mut lane) = p.ordered.try_lock() {
+                lane.take();
+            }
         }
     }
 }
