@@ -8,17 +8,19 @@
 //! | `GET /api/events` | the last membership events (added / disappeared with reason) |
 //! | `GET /api/messages` | the last received messages (sender, options, length, preview) |
 //! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
-//! | `GET /api/plugins` | the interceptor chain: source, hash, failures, counters, stats |
+//! | `GET /api/plugins` | the interceptor chain: source, hash, generation, failures, counters, stats |
+//! | `PUT /api/plugins/{name}` | replaces that interceptor with the component in the body (live swap) |
 //! | `GET /metrics` | Prometheus text, plug-in metrics included |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,15 +30,20 @@ use tokio::task::JoinHandle;
 use crate::channel::Channel;
 use crate::member::{Member, MemberId};
 use crate::metrics::Metrics;
+use crate::plugins::{ChainHandle, SwapError};
 use crate::wire::SendOptions;
 
 /// Largest body `POST /api/send` accepts.
 const MAX_SEND_BODY: usize = 4 * 1024 * 1024;
 
+/// Largest component `PUT /api/plugins/{name}` accepts.
+const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Clone)]
 struct AppState {
     name: Arc<str>,
     channel: Channel,
+    plugins: Arc<ChainHandle>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 }
@@ -82,6 +89,7 @@ impl ApiServer {
         addr: SocketAddr,
         name: String,
         channel: Channel,
+        plugins: Arc<ChainHandle>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
@@ -90,6 +98,7 @@ impl ApiServer {
         let state = AppState {
             name: name.into(),
             channel,
+            plugins,
             metrics,
             ready,
         };
@@ -100,7 +109,11 @@ impl ApiServer {
             .route("/api/events", get(events))
             .route("/api/messages", get(messages))
             .route("/api/send", post(send))
-            .route("/api/plugins", get(plugins))
+            .route("/api/plugins", get(plugin_list))
+            .route(
+                "/api/plugins/{name}",
+                put(swap_plugin).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+            )
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_SEND_BODY))
             .with_state(state);
@@ -187,7 +200,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn plugins(State(s): State<AppState>) -> Response {
+async fn plugin_list(State(s): State<AppState>) -> Response {
     use crate::plugins::FailureKind;
     let chain = s.channel.chain();
     let mut list = Vec::new();
@@ -215,6 +228,7 @@ async fn plugins(State(s): State<AppState>) -> Response {
             "name": ic.name(),
             "source": ic.spec().source.to_string(),
             "sha256": ic.hash(),
+            "generation": ic.generation(),
             "failure_mode": ic.spec().failure_mode,
             "failures": {
                 "trap": sh.failures_of(FailureKind::Trap),
@@ -228,6 +242,24 @@ async fn plugins(State(s): State<AppState>) -> Response {
         }));
     }
     Json(list).into_response()
+}
+
+/// `PUT /api/plugins/{name}`: the body is the new component. 200 with the
+/// change report; 404 for an unknown name; 422 when the component cannot
+/// be loaded or refuses to take over (the old one keeps running).
+async fn swap_plugin(State(s): State<AppState>, Path(name): Path<String>, body: Bytes) -> Response {
+    match s.plugins.swap(&name, body.to_vec()).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            let status = match e {
+                SwapError::UnknownPlugin { .. } => StatusCode::NOT_FOUND,
+                SwapError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            tracing::warn!(plugin = %name, "live swap refused: {e}");
+            (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -247,7 +247,7 @@ struct Inner {
     local: MemberPacket,
     local_id: MemberId,
     encoder: Arc<FrameEncoder>,
-    chain: ArcSwap<Chain>,
+    chain: Arc<ArcSwap<Chain>>,
     view: RwLock<Vec<Member>>,
     table: std::sync::OnceLock<Arc<Mutex<MemberTable>>>,
     sender: Arc<Sender>,
@@ -285,7 +285,7 @@ impl Channel {
         local: MemberPacket,
         local_id: MemberId,
         encoder: Arc<FrameEncoder>,
-        chain: Arc<Chain>,
+        chain: Arc<ArcSwap<Chain>>,
         sender: Arc<Sender>,
         dispatch: Dispatcher,
         metrics: Arc<Metrics>,
@@ -295,7 +295,7 @@ impl Channel {
                 local,
                 local_id,
                 encoder,
-                chain: ArcSwap::new(chain),
+                chain,
                 view: RwLock::new(Vec::new()),
                 table: std::sync::OnceLock::new(),
                 sender,
@@ -449,10 +449,12 @@ impl Channel {
         self.inner.chain.load_full()
     }
 
-    /// Replaces the interceptor chain atomically; messages already on their
-    /// way finish on the chain they started on.
-    pub fn set_chain(&self, chain: Arc<Chain>) {
-        self.inner.chain.store(chain);
+    /// The cell holding the chain (shared with the node's [`ChainHandle`],
+    /// which replaces its value while messages flow).
+    ///
+    /// [`ChainHandle`]: crate::plugins::ChainHandle
+    pub(crate) fn chain_cell(&self) -> &ArcSwap<Chain> {
+        &self.inner.chain
     }
 
     /// Applies a membership event from below: updates the view and tells listeners.

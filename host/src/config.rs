@@ -380,7 +380,52 @@ impl Config {
         self.validate_in(Path::new(BUILT_IN))
     }
 
-    /// The interceptor chain this config asks for, top first.
+    /// The sections of `new` that differ from this config in a way a
+    /// running node cannot apply (everything but `[[interceptor]]` and
+    /// `plugins.default_chain`), by name.
+    pub fn sections_needing_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut differs = |name: &'static str, a: String, b: String| {
+            if a != b {
+                out.push(name);
+            }
+        };
+        differs(
+            "node",
+            format!("{:?}", self.node),
+            format!("{:?}", new.node),
+        );
+        differs(
+            "membership",
+            format!("{:?}", self.membership),
+            format!("{:?}", new.membership),
+        );
+        differs(
+            "receiver",
+            format!("{:?}", self.receiver),
+            format!("{:?}", new.receiver),
+        );
+        differs(
+            "sender",
+            format!("{:?}", self.sender),
+            format!("{:?}", new.sender),
+        );
+        differs(
+            "dispatch",
+            format!("{:?}", self.dispatch),
+            format!("{:?}", new.dispatch),
+        );
+        differs("api", format!("{:?}", self.api), format!("{:?}", new.api));
+        let plugins = |p: &PluginsConfig| {
+            let mut p = p.clone();
+            p.default_chain = true;
+            format!("{p:?}")
+        };
+        differs("plugins", plugins(&self.plugins), plugins(&new.plugins));
+        out
+    }
+
+    /// The interceptor chain to load, top first.
     pub fn interceptor_specs(&self) -> Vec<crate::plugins::InterceptorSpec> {
         use crate::plugins::{DEFAULT_CHAIN, FailureMode, InterceptorSpec, PluginSource};
         if self.interceptors.is_empty() {

@@ -1,6 +1,8 @@
 //! The `shoal` binary: parses the command line, sets up logging and runs the library.
 
-use std::path::PathBuf;
+mod admin_client;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,6 +29,35 @@ enum Command {
     /// Start 3 nodes on loopback as separate processes and walk through
     /// discovery, acknowledged messages and failure detection.
     Demo,
+    /// Change the plug-ins of a running node (through its admin API).
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCommand,
+    },
+    /// List a running node's members and each one's plug-in chain.
+    Members {
+        /// The node's admin API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: String,
+    },
+}
+
+const DEFAULT_API: &str = "127.0.0.1:8080";
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Replace the interceptor NAME with the component FILE on the running
+    /// node: loaded and initialised first, then swapped atomically; on any
+    /// error the old version keeps running and the command fails.
+    Swap {
+        /// The interceptor's name in the node's chain.
+        name: String,
+        /// The new `.wasm` component.
+        file: PathBuf,
+        /// The node's admin API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,9 +92,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => format!("starting the node configured in {}", p.display()),
                 None => "starting the node (default configuration)".into(),
             };
-            rt.block_on(run(cfg)).context(what)
+            rt.block_on(run(cfg, config.as_deref())).context(what)
         }
         Command::Demo => shoal::demo::run(),
+        Command::Plugin {
+            action: PluginCommand::Swap { name, file, api },
+        } => admin_client::swap(&api, &name, &file),
+        Command::Members { api } => admin_client::members(&api),
     }
 }
 
@@ -76,15 +111,66 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-async fn run(cfg: shoal::Config) -> anyhow::Result<()> {
+async fn run(mut cfg: shoal::Config, path: Option<&Path>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let node = shoal::Node::start(cfg).await?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let node = shoal::Node::start(cfg.clone()).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => reload(&node, &mut cfg, path).await,
+        }
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: reads the config file again and applies its interceptor list
+/// (only the difference). A bad file or a plug-in that fails to load leaves
+/// everything as it was.
+async fn reload(node: &shoal::Node, cfg: &mut shoal::Config, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: the node runs without a config file; nothing to reload");
+        return;
+    };
+    tracing::info!(file = %path.display(), "SIGHUP: reloading the interceptor list");
+    let new = match shoal::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: config refused, nothing changed: {e}");
+            return;
+        }
+    };
+    let restart = cfg.sections_needing_restart(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changes to [{}] need a restart and are not applied; only [[interceptor]] is applied live",
+            restart.join("], [")
+        );
+    }
+    match node.reload_plugins(&new).await {
+        Ok(report) if !report.changed() => tracing::info!("SIGHUP: interceptor list unchanged"),
+        Ok(report) => {
+            let summary: Vec<String> = report
+                .plugins
+                .iter()
+                .map(|p| format!("{} {:?}", p.name, p.change).to_lowercase())
+                .collect();
+            tracing::info!(
+                took_ms = format!("{:.1}", report.total_ms),
+                reordered = report.reordered,
+                "SIGHUP: interceptors applied: {}",
+                summary.join(", ")
+            );
+            cfg.interceptors = new.interceptors;
+            cfg.plugins.default_chain = new.plugins.default_chain;
+            cfg.base_dir = new.base_dir;
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: interceptor change refused, the chain is unchanged: {e}")
+        }
+    }
 }

@@ -108,3 +108,30 @@ impl Member {
         self.domain.iter().map(|&b| b as char).collect()
     }
 }
+
+/// Why a member left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// Silent for longer than the drop time.
+    Expired,
+    /// It announced a graceful stop (the shutdown command).
+    Shutdown,
+}
+
+/// A change in membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// A member was heard from for the first time.
+    Added(Member),
+    /// A member left.
+    Disappeared(Member, LeaveReason),
+}
+
+impl MemberEvent {
+    /// The member the event is about.
+    pub fn member(&self) -> &Member {
+        match self {
+            Self::Added(m) | Self::Disappeared(m, _) => m,
+        }
+    }
+}

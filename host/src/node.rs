@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
@@ -16,7 +17,7 @@ use crate::dispatch::Dispatcher;
 use crate::member::{Member, MemberId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, ControlEvent, NodeCtx};
+use crate::plugins::{Chain, ChainHandle, ControlEvent, NodeCtx};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
 use crate::wire::MemberPacket;
@@ -61,6 +62,7 @@ pub struct Node {
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     drain_deadline: Duration,
+    plugins: Arc<ChainHandle>,
 }
 
 /// Resolves `receiver.address`: an IP, or "auto" for the address of the
@@ -134,14 +136,15 @@ impl Node {
             metrics.clone(),
             control_tx,
         ));
-        let chain = Arc::new(
-            Chain::load(
-                cfg.interceptor_specs(),
-                &cfg.plugin_options(),
-                node_ctx.clone(),
-            )
-            .await?,
-        );
+        let plugin_options = cfg.plugin_options();
+        let chain = Arc::new(ArcSwap::from_pointee(
+            Chain::load(cfg.interceptor_specs(), &plugin_options, node_ctx.clone()).await?,
+        ));
+        let plugins = Arc::new(ChainHandle::new(
+            chain.clone(),
+            node_ctx.clone(),
+            plugin_options,
+        ));
         let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
         let dispatch = Dispatcher::start(
             cfg.dispatch.clone(),
@@ -187,8 +190,14 @@ impl Node {
                     Some(ev) = control_rx.recv() => ev,
                     _ = tick.tick() => ControlEvent::Heartbeat,
                 };
-                for up in ch.chain().control(ev).await {
-                    ch.on_member_event(up);
+                let up = match ev {
+                    ControlEvent::Apply(change) => {
+                        change.apply(ch.chain_cell(), &ch.members()).await
+                    }
+                    ev => ch.chain().control(ev).await,
+                };
+                for e in up {
+                    ch.on_member_event(e);
                 }
             }
         });
@@ -200,6 +209,7 @@ impl Node {
                     addr,
                     cfg.node.name.clone(),
                     channel.clone(),
+                    plugins.clone(),
                     metrics.clone(),
                     ready.clone(),
                 )
@@ -244,12 +254,28 @@ impl Node {
             ready,
             metrics,
             drain_deadline: Duration::from_millis(cfg.sender.timeout_ms),
+            plugins,
         })
     }
 
     /// The channel, to send and to register listeners.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The interceptor chain: read it, swap a plug-in, apply a changed list.
+    pub fn plugins(&self) -> &ChainHandle {
+        &self.plugins
+    }
+
+    /// Applies the `[[interceptor]]` list of a changed config (SIGHUP): only
+    /// the difference is loaded; unchanged plug-ins keep their instances.
+    /// Other sections of `cfg` are not applied (they need a restart).
+    pub async fn reload_plugins(
+        &self,
+        cfg: &Config,
+    ) -> Result<crate::plugins::ChangeReport, crate::plugins::SwapError> {
+        self.plugins.apply_specs(cfg.interceptor_specs()).await
     }
 
     /// This node's identity.

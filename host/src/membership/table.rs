@@ -4,25 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub use crate::member::{LeaveReason, MemberEvent};
 use crate::member::{Member, MemberId};
-
-/// Why a member left the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaveReason {
-    /// Silent for longer than the drop time.
-    Expired,
-    /// It announced a graceful stop (the shutdown command).
-    Shutdown,
-}
-
-/// A change in membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MemberEvent {
-    /// A member was heard from for the first time.
-    Added(Member),
-    /// A member left.
-    Disappeared(Member, LeaveReason),
-}
 
 #[derive(Debug, Clone)]
 struct Entry {

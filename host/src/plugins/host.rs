@@ -58,6 +58,9 @@ pub enum ControlEvent {
     },
     /// The channel heartbeat.
     Heartbeat,
+    /// A change of the chain on the running node (live swap), applied in
+    /// order with the other control events.
+    Apply(Box<super::swap::ChainChange>),
 }
 
 /// Node-wide facts and channels every plug-in store can reach.
@@ -74,6 +77,7 @@ pub struct NodeCtx {
     /// Where probes and timers report back.
     pub control: mpsc::UnboundedSender<ControlEvent>,
     next_id: AtomicU64,
+    next_generation: AtomicU64,
     started: Instant,
 }
 
@@ -92,12 +96,18 @@ impl NodeCtx {
             metrics,
             control,
             next_id: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
             started: Instant::now(),
         }
     }
 
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new plug-in generation number (1, 2, …).
+    pub fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -139,6 +149,9 @@ impl FailureKind {
 pub struct PluginShared {
     /// The configured name.
     pub name: String,
+    /// Which load of this name it is (node-wide, grows with every load):
+    /// probe and timer results are routed by name and generation.
+    pub generation: u64,
     /// Registered counters, by handle (index).
     pub counters: RwLock<Vec<Arc<GuestCounter>>>,
     /// Failures by kind: trap, timeout, memory.
@@ -153,16 +166,35 @@ pub struct PluginShared {
 }
 
 impl PluginShared {
-    /// Fresh shared state for plug-in `name`.
-    pub fn new(name: String) -> Self {
+    /// Fresh shared state for plug-in `name`, load number `generation`.
+    pub fn new(name: String, generation: u64) -> Self {
         Self {
             name,
+            generation,
             counters: RwLock::new(Vec::new()),
             failures: Default::default(),
             drops: AtomicU64::new(0),
             defers: AtomicU64::new(0),
             instantiations: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    /// Carries the host's own counts about a plug-in (failures, drops,
+    /// defers, instantiations) over from the version it replaces, so the
+    /// `/metrics` series of a name do not restart at a swap. The plug-in's
+    /// own counters (`register-counter`) start at zero: a plug-in carries
+    /// them over with `export-state` / `take-over`.
+    pub fn carry_over(&self, old: &PluginShared) {
+        for (new, old) in self.failures.iter().zip(&old.failures) {
+            new.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (new, old) in [
+            (&self.drops, &old.drops),
+            (&self.defers, &old.defers),
+            (&self.instantiations, &old.instantiations),
+        ] {
+            new.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 

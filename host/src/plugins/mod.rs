@@ -30,12 +30,13 @@
 
 mod engine;
 mod host;
+mod swap;
 mod wasi;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +47,7 @@ use wasmtime::{Store, StoreLimitsBuilder};
 
 pub use engine::{content_hash, default_cache_dir, engine};
 pub use host::{ControlEvent, FailureKind, NodeCtx, PluginShared, Raised, TCP_FAIL_DETECT};
+pub use swap::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChange, SwapError};
 
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent};
@@ -109,6 +111,8 @@ pub enum PluginSource {
     Builtin(String),
     /// A `.wasm` component file.
     File(PathBuf),
+    /// Component bytes handed to a running node (`PUT /api/plugins/NAME`).
+    Uploaded(Arc<[u8]>),
 }
 
 impl fmt::Display for PluginSource {
@@ -116,6 +120,7 @@ impl fmt::Display for PluginSource {
         match self {
             Self::Builtin(n) => write!(f, "builtin:{n}"),
             Self::File(p) => write!(f, "{}", p.display()),
+            Self::Uploaded(b) => write!(f, "uploaded ({} bytes)", b.len()),
         }
     }
 }
@@ -283,6 +288,13 @@ pub struct Interceptor {
     deadline_ticks: u64,
     control: Mutex<Option<Slot>>,
     workers: Box<[Mutex<Option<Slot>>]>,
+    /// Membership events this version answered `hold` and has not resolved
+    /// yet (by raising an event about that member, or by a later event about
+    /// it): offered again to a version that replaces it.
+    held: Mutex<Vec<MemberEvent>>,
+    /// Whether this version received its predecessor's state at a swap (then
+    /// the predecessor's late probe and timer results reach it too).
+    took_state: AtomicBool,
 }
 
 impl fmt::Debug for Interceptor {
@@ -321,8 +333,27 @@ thread_local! {
 }
 
 impl Interceptor {
-    /// Compiles (or loads from the cache), links and test-instantiates `spec`.
+    /// Compiles (or loads from the cache), links and test-instantiates
+    /// `spec`, on a blocking thread (never on a runtime worker).
     pub async fn load(
+        spec: InterceptorSpec,
+        opts: &PluginOptions,
+        node: Arc<NodeCtx>,
+    ) -> Result<Self, PluginLoadError> {
+        let opts = opts.clone();
+        let name = spec.name.clone();
+        match tokio::task::spawn_blocking(move || Self::load_blocking(spec, &opts, node)).await {
+            Ok(r) => r,
+            Err(e) => Err(PluginLoadError::Create {
+                name,
+                source_desc: "the loader".into(),
+                message: format!("loading panicked: {e}"),
+            }),
+        }
+    }
+
+    /// [`Interceptor::load`] on the calling thread.
+    pub fn load_blocking(
         spec: InterceptorSpec,
         opts: &PluginOptions,
         node: Arc<NodeCtx>,
@@ -347,6 +378,7 @@ impl Interceptor {
                 })?;
                 &file_bytes
             }
+            PluginSource::Uploaded(b) => b,
         };
         let engine = engine();
         let hash = content_hash(bytes);
@@ -370,7 +402,7 @@ impl Interceptor {
         .map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::InterceptorPre::new(pre).map_err(wrong_world)?;
-        let shared = Arc::new(PluginShared::new(name.clone()));
+        let shared = Arc::new(PluginShared::new(name.clone(), node.next_generation()));
         let mut me = Self {
             shared,
             hash,
@@ -393,6 +425,8 @@ impl Interceptor {
             workers: (0..opts.instances.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),
+            held: Mutex::new(Vec::new()),
+            took_state: AtomicBool::new(false),
             spec,
         };
         let mut slot = me
@@ -418,6 +452,7 @@ impl Interceptor {
         *me.control.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tracing::info!(
             plugin = %name, source = %source_desc, hash = %&me.hash[..12],
+            generation = me.shared.generation,
             caps = ?me.caps, failure_mode = ?me.spec.failure_mode, "interceptor loaded"
         );
         Ok(me)
@@ -470,6 +505,83 @@ impl Interceptor {
     /// SHA-256 of the component.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Which load of this name this is (see [`PluginShared::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// Live swap, old side: the plug-in's state for its successor, from the
+    /// control instance (`None` if it keeps none, or if the call failed).
+    pub(crate) fn export_state(&self) -> Option<Vec<u8>> {
+        match self.call(&self.control, |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_export_state(&mut s.store, s.plugin)
+        }) {
+            Ok((state, _)) => state,
+            Err(kind) => {
+                tracing::warn!(
+                    plugin = %self.spec.name, kind = kind.label(),
+                    "export-state failed; the new version starts without state"
+                );
+                None
+            }
+        }
+    }
+
+    /// Live swap, new side: hands `state` and the current members to the
+    /// control instance. Raised events are ignored (a plug-in has nothing to
+    /// raise about members it is told are there).
+    pub(crate) fn take_over(
+        &self,
+        state: Option<Vec<u8>>,
+        members: &[Member],
+    ) -> Result<(), String> {
+        let has_state = state.is_some();
+        let members: Vec<wit::Member> = members.iter().map(member_to_wit).collect();
+        let r = self.call(&self.control, |s| {
+            let hooks = s.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_take_over(&mut s.store, s.plugin, state.as_deref(), &members)
+        });
+        match r {
+            Ok((Ok(()), _)) => {
+                self.took_state.store(has_state, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok((Err(msg), _)) => Err(msg),
+            Err(kind) => Err(format!("take-over failed ({})", kind.label())),
+        }
+    }
+
+    /// Records the latest event this plug-in saw about a member: kept if it
+    /// answered `hold`, else any earlier held event about it is resolved.
+    fn note_event(&self, ev: &MemberEvent, held: bool) {
+        let id = ev.member().id;
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        h.retain(|e| e.member().id != id);
+        if held {
+            h.push(ev.clone());
+        }
+    }
+
+    /// Events this plug-in raised resolve what it held about those members.
+    fn note_raised(&self, raised: &[Raised]) {
+        if raised.is_empty() {
+            return;
+        }
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for r in raised {
+            let id = match r {
+                Raised::Added(m) | Raised::Disappeared(m, _) => m.id,
+            };
+            h.retain(|e| e.member().id != id);
+        }
+    }
+
+    /// The membership events held and not resolved, oldest first.
+    pub fn held_events(&self) -> Vec<MemberEvent> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Locks `slot` and makes sure it holds an instance (creating one if a
@@ -1100,18 +1212,25 @@ impl Chain {
                 target,
                 alive,
             } => {
-                if let Some(i) = self.index_of(&plugin)
+                if let Some(i) = self.route(&plugin, "probe result")
                     && let Ok(raised) = self.interceptors[i].on_probe_result(id, &target, alive)
                 {
+                    self.interceptors[i].note_raised(&raised);
                     push_raised(&mut work, i, raised);
                 }
             }
             ControlEvent::Timer { plugin, id } => {
-                if let Some(i) = self.index_of(&plugin)
+                if let Some(i) = self.route(&plugin, "timer")
                     && let Ok(raised) = self.interceptors[i].on_timer(id)
                 {
+                    self.interceptors[i].note_raised(&raised);
                     push_raised(&mut work, i, raised);
                 }
+            }
+            ControlEvent::Apply(change) => {
+                // Only the node's control loop applies chain changes; a chain
+                // asked to do it has nothing to say.
+                change.refuse("chain changes are applied by the node's control loop");
             }
             ControlEvent::Heartbeat => {
                 for (i, ic) in self.interceptors.iter().enumerate() {
@@ -1119,11 +1238,18 @@ impl Chain {
                         continue;
                     }
                     if let Ok(raised) = ic.heartbeat() {
+                        ic.note_raised(&raised);
                         push_raised(&mut work, i, raised);
                     }
                 }
             }
         }
+        self.run_up(work).await
+    }
+
+    /// Passes each `(above, event)` up from its position, in order, with the
+    /// events raised on the way; returns those that reached the top.
+    pub(crate) async fn run_up(&self, mut work: Vec<(usize, MemberEvent)>) -> Vec<MemberEvent> {
         let mut out = Vec::new();
         // Process in order: a FIFO over the work list.
         let mut next = 0;
@@ -1159,6 +1285,8 @@ impl Chain {
             let r = ic.member_event(&ev);
             match r {
                 Ok((verdict, raised)) => {
+                    ic.note_event(&ev, matches!(verdict, wit::MemberVerdict::Hold));
+                    ic.note_raised(&raised);
                     push_raised(work, i, raised);
                     match verdict {
                         wit::MemberVerdict::Pass => {}
@@ -1176,10 +1304,28 @@ impl Chain {
         Some(ev)
     }
 
-    fn index_of(&self, plugin: &Arc<PluginShared>) -> Option<usize> {
-        self.interceptors
-            .iter()
-            .position(|ic| Arc::ptr_eq(&ic.shared, plugin))
+    /// Where a probe or timer result of `plugin` goes: to the plug-in of
+    /// that name if it is the same load, or a later one that took its state
+    /// over. Otherwise it is dropped (logged): a successor that started
+    /// without state was offered the events its predecessor held instead.
+    fn route(&self, plugin: &PluginShared, what: &str) -> Option<usize> {
+        let i = self.index_of(&plugin.name)?;
+        let ic = &self.interceptors[i];
+        if ic.shared.generation == plugin.generation
+            || (plugin.generation < ic.shared.generation && ic.took_state.load(Ordering::Relaxed))
+        {
+            return Some(i);
+        }
+        tracing::debug!(
+            plugin = %plugin.name, generation = plugin.generation,
+            current = ic.shared.generation, "dropping a {what} of a replaced version"
+        );
+        None
+    }
+
+    /// Position of the interceptor named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.interceptors.iter().position(|ic| ic.spec.name == name)
     }
 
     /// Appends this chain's metrics (Prometheus text) to `out`.
