@@ -18,6 +18,9 @@ use shoal::{Config, Node, SendOptions};
 
 const ROUNDS: usize = 15;
 
+/// (steady p50, p99), (around the swap p50, p99), µs.
+type Round = ((f64, f64), (f64, f64));
+
 fn configs(cache: &str) -> Vec<Config> {
     let ports: Vec<u16> = (0..2)
         .map(|_| {
@@ -104,7 +107,7 @@ async fn swap_times(cache: &str, label: &str) {
     }
 }
 
-async fn latency_round() -> ((f64, f64), (f64, f64)) {
+async fn latency_round() -> Round {
     let nodes = pair("").await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let to = [b.id()];
@@ -118,7 +121,10 @@ async fn latency_round() -> ((f64, f64), (f64, f64)) {
         while start.elapsed() < Duration::from_secs(3) {
             let t = Instant::now();
             ch.send(&to, &body, sync).await.expect("send");
-            samples.push((t.duration_since(start).as_secs_f64(), t.elapsed().as_secs_f64() * 1e6));
+            samples.push((
+                t.duration_since(start).as_secs_f64(),
+                t.elapsed().as_secs_f64() * 1e6,
+            ));
         }
         samples
     });
@@ -160,8 +166,8 @@ fn main() {
         for _ in 0..5 {
             rounds.push(latency_round().await);
         }
-        let med = |f: fn(&((f64, f64), (f64, f64))) -> f64| stats(rounds.iter().map(f).collect()).0;
-        let spread = |f: fn(&((f64, f64), (f64, f64))) -> f64| {
+        let med = |f: fn(&Round) -> f64| stats(rounds.iter().map(f).collect()).0;
+        let spread = |f: fn(&Round) -> f64| {
             let (_, lo, hi) = stats(rounds.iter().map(f).collect());
             format!("{lo:.0}–{hi:.0}")
         };

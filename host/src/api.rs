@@ -61,6 +61,23 @@ pub struct MemberJson {
     pub domain: String,
     /// Uptime the member reported in its latest heartbeat, in ms.
     pub alive_ms: i64,
+    /// The member's interceptor chain, top first, as its heartbeats
+    /// advertise it (absent for a node that advertises none, e.g. Tomcat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Vec<ChainEntryJson>>,
+}
+
+/// One interceptor of a member's advertised chain.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct ChainEntryJson {
+    /// Interceptor name.
+    pub name: String,
+    /// Version it declares (may be empty).
+    pub version: String,
+    /// First 16 hex digits of its component's SHA-256.
+    pub sha256: String,
+    /// Whether it changes the bytes on the wire.
+    pub changes_wire: bool,
 }
 
 impl From<&Member> for MemberJson {
@@ -71,6 +88,16 @@ impl From<&Member> for MemberJson {
             port: m.id.port,
             domain: m.domain_str(),
             alive_ms: m.alive_ms,
+            chain: crate::wire::fingerprint::decode(&m.payload).ok().map(|c| {
+                c.iter()
+                    .map(|e| ChainEntryJson {
+                        name: e.name.clone(),
+                        version: e.version.clone(),
+                        sha256: e.sha256_hex(),
+                        changes_wire: e.changes_wire,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -228,6 +255,8 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             "name": ic.name(),
             "source": ic.spec().source.to_string(),
             "sha256": ic.hash(),
+            "version": ic.version(),
+            "changes_wire": ic.changes_wire(),
             "generation": ic.generation(),
             "failure_mode": ic.spec().failure_mode,
             "failures": {

@@ -331,6 +331,9 @@ impl Channel {
                 if let Some(a) = t.uptime_ms(&m.id, now) {
                     m.alive_ms = a;
                 }
+                if let Some(p) = t.payload(&m.id) {
+                    m.payload = p.clone();
+                }
             }
         }
         // Tribes' order: longest-running first, by the latest alive time.

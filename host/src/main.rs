@@ -34,7 +34,7 @@ enum Command {
         #[command(subcommand)]
         action: PluginCommand,
     },
-    /// List a running node's members and each one's plug-in chain.
+    /// List a running node's members (through its admin API).
     Members {
         /// The node's admin API address.
         #[arg(long, default_value = DEFAULT_API)]

@@ -21,6 +21,8 @@ use crate::plugins::{Chain, ChainHandle, ControlEvent, NodeCtx};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
 use crate::wire::MemberPacket;
+use crate::wire::fingerprint::{self, ChainEntry, FingerprintError};
+use std::collections::HashMap;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,7 @@ impl Node {
         let listener = receiver::bind(ip, &cfg.receiver).await?;
         let bound = listener.local_addr()?;
 
-        let local = MemberPacket {
+        let mut local = MemberPacket {
             alive_ms: 0,
             port: i32::from(bound.port()),
             secure_port: -1,
@@ -145,6 +147,8 @@ impl Node {
             node_ctx.clone(),
             plugin_options,
         ));
+        // Heartbeats advertise the chain's fingerprint (updated on a swap).
+        local.payload = fingerprint::encode(&chain.load().fingerprint()).into();
         let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
         let dispatch = Dispatcher::start(
             cfg.dispatch.clone(),
@@ -164,7 +168,7 @@ impl Node {
         let receiver =
             Receiver::start(listener, &cfg.receiver, channel.handler(), metrics.clone())?;
 
-        let (membership, mut events) = Membership::start(
+        let (mut membership, mut events) = Membership::start(
             &cfg.membership,
             local,
             SocketAddr::new(ip, bound.port()),
@@ -177,6 +181,12 @@ impl Node {
         // the channel heartbeat, one at a time through the chain.
         let ch = channel.clone();
         let heartbeat = Duration::from_millis(cfg.plugins.heartbeat_ms);
+        let payload = membership.payload_handle();
+        let mut payload_changes = membership
+            .take_payload_changes()
+            .expect("payload changes taken once");
+        let table = membership.table();
+        let mut watch = FingerprintWatch::default();
         let events_task = tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -188,11 +198,19 @@ impl Node {
                         None => break,
                     },
                     Some(ev) = control_rx.recv() => ev,
+                    Some(peer) = payload_changes.recv() => {
+                        watch.check(&ch.chain().fingerprint(), &peer);
+                        continue;
+                    }
                     _ = tick.tick() => ControlEvent::Heartbeat,
                 };
                 let up = match ev {
                     ControlEvent::Apply(change) => {
-                        change.apply(ch.chain_cell(), &ch.members()).await
+                        let up = change.apply(ch.chain_cell(), &ch.members()).await;
+                        let local = ch.chain().fingerprint();
+                        payload.set(fingerprint::encode(&local).into());
+                        watch.recheck(&local, &crate::membership::lock(&table).members());
+                        up
                     }
                     ev => ch.chain().control(ev).await,
                 };
@@ -337,6 +355,61 @@ impl Node {
             a.stop().await;
         }
         tracing::info!(name = %self.name, "stopped");
+    }
+}
+
+/// Warns once per peer and fingerprint when a peer's chain differs from
+/// this node's in a plug-in that changes the bytes on the wire.
+#[derive(Default)]
+struct FingerprintWatch {
+    warned: HashMap<MemberId, Bytes>,
+}
+
+impl FingerprintWatch {
+    fn check(&mut self, local: &[ChainEntry], peer: &Member) {
+        let chain = match fingerprint::decode(&peer.payload) {
+            Ok(c) => c,
+            Err(FingerprintError::NotShoal) => return, // a Tomcat node, say
+            Err(e) => {
+                tracing::debug!(peer = %peer.id, "unreadable chain fingerprint: {e}");
+                return;
+            }
+        };
+        let bad = fingerprint::wire_mismatches(local, &chain);
+        if bad.is_empty() {
+            self.warned.remove(&peer.id);
+            return;
+        }
+        if self.warned.get(&peer.id) == Some(&peer.payload) {
+            return;
+        }
+        if self.warned.len() >= 4096 {
+            self.warned.clear();
+        }
+        self.warned.insert(peer.id, peer.payload.clone());
+        let show = |c: &[ChainEntry]| {
+            c.iter()
+                .filter(|e| bad.contains(&e.name))
+                .map(|e| format!("{} {}", e.name, &e.sha256_hex()[..12]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::warn!(
+            peer = %peer.id,
+            "peer's interceptor chain differs in plug-ins that change the wire ({}): here [{}], there [{}]; \
+             messages between the two may be unreadable",
+            bad.join(", "),
+            show(local),
+            show(&chain)
+        );
+    }
+
+    /// The local chain changed: every peer is checked again.
+    fn recheck(&mut self, local: &[ChainEntry], peers: &[Member]) {
+        self.warned.clear();
+        for p in peers {
+            self.check(local, p);
+        }
     }
 }
 

@@ -253,8 +253,10 @@ async fn refused_swaps_keep_the_old_version_serving() {
             interceptor("throughput", None, false, &[]),
             interceptor("t", Some(&guest("testkit")), false, &[("mode", mode)]),
         ];
-        let mut cfg = shoal::Config::default();
-        cfg.interceptors = specs;
+        let cfg = shoal::Config {
+            interceptors: specs,
+            ..Default::default()
+        };
         let err = a.reload_plugins(&cfg).await.expect_err("refused");
         match mode {
             "refuse-take-over" => assert!(matches!(err, SwapError::TakeOver { .. }), "{err}"),
@@ -341,8 +343,10 @@ async fn a_held_member_event_is_not_lost_across_a_swap() {
     // A's plug-in holds B: give it time to have done so, then check.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(a.members().is_empty(), "the event is held");
-    let mut cfg = shoal::Config::default();
-    cfg.interceptors = hold("50");
+    let cfg = shoal::Config {
+        interceptors: hold("50"),
+        ..Default::default()
+    };
     let report = a.reload_plugins(&cfg).await.expect("swap");
     assert_eq!(report.plugins[0].change, ChangeKind::Replaced);
     wait_for("A to see B after the swap", || async {
@@ -498,9 +502,7 @@ fn sighup_applies_only_the_difference() {
          [[interceptor]]\nname = \"t\"\nwasm = \"{testkit}\"\nsettings = {{ mode = \"tag\", tag = \"x\" }}\n"
     ));
     hup(&child);
-    let after = wait_blocking("the change to apply", || {
-        plugins().filter(|p| p.len() == 3)
-    });
+    let after = wait_blocking("the change to apply", || plugins().filter(|p| p.len() == 3));
     let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["domain-filter", "throughput", "t"]);
     assert_eq!(after[1], before[0], "throughput kept its instance");
@@ -508,7 +510,135 @@ fn sighup_applies_only_the_difference() {
     let log = std::fs::read_to_string(dir.join("h.log")).expect("log");
     assert!(log.contains("SIGHUP: config refused"), "{log}");
     assert!(log.contains("SIGHUP: interceptors applied"), "{log}");
-    assert!(child.0.try_wait().expect("status").is_none(), "still running");
+    assert!(
+        child.0.try_wait().expect("status").is_none(),
+        "still running"
+    );
     drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn get_json(api: SocketAddr, path: &str) -> Option<Value> {
+    let mut r = ureq::get(format!("http://{api}{path}"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .ok()?;
+    r.body_mut().read_json().ok()
+}
+
+fn metric(api: SocketAddr, name: &str) -> Option<u64> {
+    let mut r = ureq::get(format!("http://{api}/metrics"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .ok()?;
+    let text = r.body_mut().read_to_string().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// The chain a node's single peer advertises, as (name, sha256 prefix).
+fn peer_chain(api: SocketAddr) -> Option<Vec<(String, String)>> {
+    let v = get_json(api, "/api/members")?;
+    let m = v.as_array()?.first()?;
+    Some(
+        m["chain"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or("").to_owned(),
+                    e["sha256"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Two `shoal run` processes: each advertises its chain in its heartbeats;
+/// a swap on one shows at the other within two heartbeats; a chain that
+/// differs in a plug-in declaring `changes-wire` is warned about once, not
+/// once per heartbeat.
+#[test]
+fn peers_see_the_chain_fingerprint_and_warn_once_about_a_wire_mismatch() {
+    require_loopback_multicast();
+    let dir = std::env::temp_dir().join(format!("shoal-fingerprint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let group = free_port();
+    let testkit = guest("testkit").display().to_string();
+    let apis: Vec<SocketAddr> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr"))
+        .collect();
+    let mut procs = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        // a has a wire-changing plug-in that b lacks.
+        let extra = if i == 0 {
+            format!(
+                "[[interceptor]]\nname = \"wire\"\nwasm = \"{testkit}\"\n\
+                 settings = {{ changes_wire = true, version = \"7\" }}\n"
+            )
+        } else {
+            String::new()
+        };
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[node]\nname = \"{name}\"\n[membership]\nport = {group}\nbind = \"127.0.0.1\"\n\
+                 [receiver]\naddress = \"127.0.0.1\"\nport = {}\nauto_bind = 1\n[api]\nlisten = \"{}\"\n\
+                 [plugins]\ncache_dir = \"{}/component-cache\"\n\
+                 [[interceptor]]\nname = \"throughput\"\n{extra}",
+                free_port(),
+                apis[i],
+                env!("CARGO_TARGET_TMPDIR")
+            ),
+        )
+        .expect("config");
+        procs.push(Kill(spawn_shoal(&file, &dir.join(format!("{name}.log")))));
+    }
+    let b_sees = wait_blocking("b to see a's chain", || {
+        peer_chain(apis[1]).filter(|c| c.len() == 2)
+    });
+    assert_eq!(b_sees[0].0, "throughput");
+    assert_eq!(b_sees[1].0, "wire");
+    assert_eq!(b_sees[1].1.len(), 16, "16 hex digits");
+    let a_sees = wait_blocking("a to see b's chain", || peer_chain(apis[0]));
+    let tp_hash = &a_sees[0].1;
+
+    // Several heartbeats later, each side has warned exactly once.
+    let beats = || metric(apis[1], "shoal_heartbeats_sent_total");
+    let start = beats().expect("b's metrics");
+    wait_blocking("6 more heartbeats", || beats().filter(|n| *n >= start + 6));
+    let warnings = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.log")))
+            .expect("log")
+            .matches("peer's interceptor chain differs")
+            .count()
+    };
+    assert_eq!(warnings("a"), 1, "a warns once");
+    assert_eq!(warnings("b"), 1, "b warns once");
+
+    // b swaps its throughput for another component: a sees the new hash
+    // within two of b's heartbeats.
+    let (status, answer) = tokio::runtime::Runtime::new()
+        .expect("rt")
+        .block_on(put_plugin(apis[1], "throughput", &guest("testkit")));
+    assert_eq!(status, 200, "{answer}");
+    // The swap is in place when the answer comes: count from here.
+    let before = beats().expect("metrics");
+    let seen = wait_blocking("a to see b's new chain", || {
+        peer_chain(apis[0]).filter(|c| c.first().is_some_and(|e| &e.1 != tp_hash))
+    });
+    let after = beats().expect("metrics");
+    assert!(
+        after - before <= 2,
+        "seen after {} of b's heartbeats",
+        after - before
+    );
+    assert_eq!(seen[0].0, "throughput");
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

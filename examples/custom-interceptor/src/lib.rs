@@ -44,7 +44,9 @@ impl Interceptor for RateLimit {
 
     fn capabilities(&self) -> Capabilities {
         // One bucket per sender must be shared by every call: one instance.
-        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS).single_instance()
+        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS)
+            .single_instance()
+            .version(env!("CARGO_PKG_VERSION"))
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {

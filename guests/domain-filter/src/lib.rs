@@ -40,7 +40,7 @@ impl Interceptor for DomainFilter {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS)
+        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS).version(env!("CARGO_PKG_VERSION"))
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {

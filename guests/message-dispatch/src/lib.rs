@@ -33,6 +33,7 @@ impl Interceptor for MessageDispatch {
         // the queue has room the host defers them without a call; on_send
         // decides the rest.
         Capabilities::new(Hooks::ON_SEND)
+            .version(env!("CARGO_PKG_VERSION"))
             .only_options(ASYNCHRONOUS)
             .defer_without_call(ASYNCHRONOUS, self.max_queue_size)
     }

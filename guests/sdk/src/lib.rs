@@ -73,7 +73,23 @@ impl Capabilities {
                 max_size: None,
             },
             defer: None,
+            version: String::new(),
+            changes_wire: false,
         }
+    }
+
+    /// Advertise `version` (e.g. `env!("CARGO_PKG_VERSION")`) in the chain
+    /// fingerprint.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    /// Declare that this plug-in changes the bytes on the wire: peers warn
+    /// when their chain differs from this node's in it.
+    pub fn changes_wire(mut self) -> Self {
+        self.changes_wire = true;
+        self
     }
 
     /// Lets the host defer sends whose options contain every bit of `bits`

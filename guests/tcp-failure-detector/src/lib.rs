@@ -107,6 +107,7 @@ impl Interceptor for Detector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS | Hooks::HEARTBEAT)
+            .version(env!("CARGO_PKG_VERSION"))
             .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
             // Only a message of the probe's length can be the probe.
             .only_sizes_up_to(TCP_FAIL_DETECT.len() as u32)

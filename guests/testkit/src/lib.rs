@@ -14,7 +14,8 @@
 //! | `refuse-take-over` | refuses a live swap in `take-over` |
 //!
 //! Settings `only_options` (option bits) and `max_size` (bytes) set the
-//! message filter of its capabilities.
+//! message filter of its capabilities; `version` and `changes_wire` (bool)
+//! what it declares for the chain fingerprint.
 
 use shoal_guest_sdk::*;
 
@@ -28,6 +29,8 @@ struct Testkit {
     max_size: Option<u32>,
     hold_ms: u32,
     held: Vec<(u64, Member, Option<LeaveReason>)>,
+    version: String,
+    changes_wire: bool,
 }
 
 impl Testkit {
@@ -100,6 +103,8 @@ impl Interceptor for Testkit {
             max_size: s.get("max_size")?,
             hold_ms: s.get_or("hold_ms", 1000)?,
             held: Vec::new(),
+            version: s.raw("version").unwrap_or("").to_string(),
+            changes_wire: s.get_or("changes_wire", false)?,
         })
     }
 
@@ -109,9 +114,13 @@ impl Interceptor for Testkit {
         } else {
             Hooks::ON_SEND | Hooks::ON_RECEIVE
         };
-        let c = Capabilities::new(hooks)
+        let mut c = Capabilities::new(hooks)
             .with_bodies(BodyAccess::All)
-            .only_options(self.only_options);
+            .only_options(self.only_options)
+            .version(&self.version);
+        if self.changes_wire {
+            c = c.changes_wire();
+        }
         match self.max_size {
             Some(n) => c.only_sizes_up_to(n),
             None => c,

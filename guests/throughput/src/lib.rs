@@ -51,7 +51,7 @@ impl Interceptor for Throughput {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE)
+        Capabilities::new(Hooks::ON_SEND | Hooks::ON_RECEIVE).version(env!("CARGO_PKG_VERSION"))
     }
 
     fn on_send(&mut self, msg: &Outgoing<'_>) -> Verdict {

@@ -49,12 +49,39 @@ pub struct Membership {
     table: Arc<Mutex<MemberTable>>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    payload: Arc<Mutex<Bytes>>,
+    payload_changes: Option<mpsc::Receiver<Member>>,
+}
+
+/// Largest payload a node advertises in its heartbeats.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// Sets the payload of this node's heartbeats while it runs (the next
+/// heartbeat carries it).
+#[derive(Debug, Clone)]
+pub struct PayloadHandle(Arc<Mutex<Bytes>>);
+
+impl PayloadHandle {
+    /// Replaces the payload; one larger than [`MAX_PAYLOAD`] is refused
+    /// (logged) and the old one kept.
+    pub fn set(&self, payload: Bytes) {
+        if payload.len() > MAX_PAYLOAD {
+            tracing::error!(
+                len = payload.len(),
+                "member payload too large; not advertised"
+            );
+            return;
+        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = payload;
+    }
 }
 
 struct Service {
     socket: UdpSocket,
     targets: Vec<SocketAddr>,
     local: MemberPacket,
+    payload: Arc<Mutex<Bytes>>,
+    payload_changes: mpsc::Sender<Member>,
     started: Instant,
     frequency: Duration,
     table: Arc<Mutex<MemberTable>>,
@@ -96,10 +123,14 @@ impl Membership {
         )));
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let payload = Arc::new(Mutex::new(local.payload.clone()));
+        let (changes_tx, changes_rx) = mpsc::channel(EVENT_QUEUE);
         let svc = Service {
             socket,
             targets,
             local,
+            payload: payload.clone(),
+            payload_changes: changes_tx,
             started: Instant::now(),
             frequency: Duration::from_millis(cfg.frequency_ms),
             table: table.clone(),
@@ -113,6 +144,8 @@ impl Membership {
                 table,
                 stop_tx,
                 task: Some(task),
+                payload,
+                payload_changes: Some(changes_rx),
             },
             rx,
         ))
@@ -122,6 +155,18 @@ impl Membership {
     /// interceptors), longest-running first.
     pub fn members(&self) -> Vec<Member> {
         lock(&self.table).members()
+    }
+
+    /// Changes this node's heartbeat payload while it runs.
+    pub fn payload_handle(&self) -> PayloadHandle {
+        PayloadHandle(self.payload.clone())
+    }
+
+    /// Members whose payload changed (or who appeared with one), as heard;
+    /// taken once. Bounded: when the reader lags, changes are dropped (the
+    /// table always has the latest payload).
+    pub fn take_payload_changes(&mut self) -> Option<mpsc::Receiver<Member>> {
+        self.payload_changes.take()
     }
 
     /// The live table, for readers that need the latest alive times.
@@ -181,6 +226,11 @@ impl Service {
     async fn send_heartbeat(&self, shutdown: bool) {
         let mut p = self.local.clone();
         p.alive_ms = self.started.elapsed().as_millis() as i64;
+        p.payload = self
+            .payload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if shutdown {
             p.command = Bytes::from_static(SHUTDOWN_COMMAND);
         }
@@ -216,9 +266,19 @@ impl Service {
                 return;
             }
         };
-        let is_local = lock(&self.table).local_id() == Some(member.id);
+        let (is_local, payload_changed) = {
+            let t = lock(&self.table);
+            let is_local = t.local_id() == Some(member.id);
+            (
+                is_local,
+                !is_local && t.payload(&member.id) != Some(&member.payload),
+            )
+        };
         if !is_local {
             Metrics::inc(&self.metrics.heartbeats_received_total);
+        }
+        if payload_changed {
+            let _ = self.payload_changes.try_send(member.clone());
         }
         let ev = lock(&self.table).heartbeat(member, Instant::now());
         if let Some(ev) = ev {

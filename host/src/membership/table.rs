@@ -99,6 +99,11 @@ impl MemberTable {
         })
     }
 
+    /// The latest payload `id` sent.
+    pub fn payload(&self, id: &MemberId) -> Option<&bytes::Bytes> {
+        self.entries.get(id).map(|e| &e.member.payload)
+    }
+
     /// When `id` was last heard from.
     pub fn last_heard(&self, id: &MemberId) -> Option<Instant> {
         self.entries.get(id).map(|e| e.last_heard)

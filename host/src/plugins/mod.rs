@@ -238,6 +238,8 @@ struct Caps {
     max_size: u32,
     /// Defer rule: (option bits, queue bound in bytes).
     defer: Option<(i32, u64)>,
+    /// It changes the bytes on the wire.
+    changes_wire: bool,
 }
 
 impl Caps {
@@ -256,6 +258,7 @@ impl Caps {
             only_options: c.filter.options,
             max_size: c.filter.max_size.unwrap_or(u32::MAX),
             defer: c.defer.map(|d| (d.options, d.max_queued_bytes)),
+            changes_wire: c.changes_wire,
         }
     }
 
@@ -295,6 +298,8 @@ pub struct Interceptor {
     /// Whether this version received its predecessor's state at a swap (then
     /// the predecessor's late probe and timer results reach it too).
     took_state: AtomicBool,
+    /// The version it declares.
+    version: String,
 }
 
 impl fmt::Debug for Interceptor {
@@ -416,7 +421,9 @@ impl Interceptor {
                 only_options: 0,
                 max_size: u32::MAX,
                 defer: None,
+                changes_wire: false,
             },
+            version: String::new(),
             pre,
             node,
             deadline_ticks: ticks(opts.call_deadline),
@@ -449,6 +456,7 @@ impl Interceptor {
                 message: format!("capabilities() failed: {e:#}"),
             })?;
         me.caps = Caps::from_wit(&caps);
+        me.version = caps.version.chars().take(32).collect();
         *me.control.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         tracing::info!(
             plugin = %name, source = %source_desc, hash = %&me.hash[..12],
@@ -505,6 +513,30 @@ impl Interceptor {
     /// SHA-256 of the component.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The version the plug-in declares (may be empty).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether the plug-in declares that it changes the bytes on the wire.
+    pub fn changes_wire(&self) -> bool {
+        self.caps.changes_wire
+    }
+
+    /// This plug-in's entry in the chain fingerprint.
+    pub fn fingerprint(&self) -> crate::wire::fingerprint::ChainEntry {
+        let mut prefix = [0u8; crate::wire::fingerprint::HASH_PREFIX];
+        if let Ok(h) = hex::decode(&self.hash[..2 * prefix.len()]) {
+            prefix.copy_from_slice(&h);
+        }
+        crate::wire::fingerprint::ChainEntry {
+            name: self.spec.name.clone(),
+            version: self.version.clone(),
+            sha256_prefix: prefix,
+            changes_wire: self.caps.changes_wire,
+        }
     }
 
     /// Which load of this name this is (see [`PluginShared::generation`]).
@@ -936,6 +968,11 @@ impl Chain {
     /// The interceptors, top first.
     pub fn interceptors(&self) -> &[Arc<Interceptor>] {
         &self.interceptors
+    }
+
+    /// The chain's fingerprint, top first (advertised in the member packet).
+    pub fn fingerprint(&self) -> Vec<crate::wire::fingerprint::ChainEntry> {
+        self.interceptors.iter().map(|i| i.fingerprint()).collect()
     }
 
     fn failed(&self, ic: &Interceptor, kind: FailureKind) -> Option<Flow> {

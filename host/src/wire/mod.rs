@@ -6,12 +6,14 @@
 //!   ACK / FAIL-ACK frames (§2.4).
 //! * [`ChannelData`] — the message inside a frame (§2.2).
 //! * [`SendOptions`] — Tribes' send-option bits (§3).
+//! * [`fingerprint`] — shoal's chain fingerprint in the member payload.
 //!
 //! Every decoder takes a complete buffer (or, for frames, a stream prefix), checks
 //! every length it reads against the bytes present and against a configured
 //! maximum, and returns a typed [`DecodeError`]; none of them panics on any input.
 
 mod channel_data;
+pub mod fingerprint;
 pub mod frame;
 mod member;
 mod options;

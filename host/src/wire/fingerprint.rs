@@ -1,0 +1,248 @@
+//! The chain fingerprint a shoal node advertises in its member packet's
+//! payload: for each interceptor, in chain order, its name, its declared
+//! version, the first 8 bytes of its component's SHA-256 and whether it
+//! changes the bytes on the wire.
+//!
+//! Layout (shoal's envelope: a magic, a kind tag and a format version, so a
+//! peer can tell it from any other payload and refuse a version it does not
+//! know):
+//!
+//! ```text
+//! "shoal" | kind = 1 (chain fingerprint) | version = 1 | count: u8
+//! count × ( name_len: u8 | name | version_len: u8 | version | sha256[..8] | flags: u8 )
+//! flags bit 0: changes the wire
+//! ```
+//!
+//! Tribes carries the payload as opaque bytes (Tomcat nodes ignore it).
+
+use super::DecodeError;
+
+/// Leading bytes of every shoal member payload.
+pub const PAYLOAD_MAGIC: &[u8; 5] = b"shoal";
+/// Kind tag of a chain fingerprint.
+pub const KIND_CHAIN: u8 = 1;
+/// The format version this code writes and reads.
+pub const CHAIN_FORMAT: u8 = 1;
+/// Most entries encoded (a longer chain is cut, and says so by its count).
+pub const MAX_ENTRIES: usize = 64;
+/// Longest name or version encoded, bytes (longer ones are cut).
+pub const MAX_TEXT: usize = 64;
+/// Bytes of the SHA-256 carried (16 hex digits).
+pub const HASH_PREFIX: usize = 8;
+
+/// One interceptor in a fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainEntry {
+    /// Interceptor name.
+    pub name: String,
+    /// The version it declares (may be empty).
+    pub version: String,
+    /// The first [`HASH_PREFIX`] bytes of its SHA-256.
+    pub sha256_prefix: [u8; HASH_PREFIX],
+    /// Whether it changes the bytes on the wire.
+    pub changes_wire: bool,
+}
+
+impl ChainEntry {
+    /// The hash prefix in hex (16 digits).
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256_prefix)
+    }
+}
+
+/// Why a payload is not a chain fingerprint this node can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FingerprintError {
+    /// Not a shoal payload at all (empty, or another application's).
+    #[error("not a shoal payload")]
+    NotShoal,
+    /// A shoal payload of another kind or a newer format.
+    #[error("shoal payload of kind {kind}, format {format}: not understood")]
+    Unknown {
+        /// Kind tag.
+        kind: u8,
+        /// Format version.
+        format: u8,
+    },
+    /// Cut short or inconsistent.
+    #[error("malformed chain fingerprint: {0}")]
+    Malformed(#[from] DecodeError),
+    /// A name or version is not UTF-8.
+    #[error("malformed chain fingerprint: text is not UTF-8")]
+    NotUtf8,
+}
+
+fn cut(s: &str) -> &[u8] {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s.as_bytes()[..end]
+}
+
+/// Encodes a fingerprint (at most [`MAX_ENTRIES`] entries; texts cut to
+/// [`MAX_TEXT`] bytes).
+pub fn encode(entries: &[ChainEntry]) -> Vec<u8> {
+    let entries = &entries[..entries.len().min(MAX_ENTRIES)];
+    let mut out = Vec::with_capacity(8 + entries.len() * 48);
+    out.extend_from_slice(PAYLOAD_MAGIC);
+    out.extend_from_slice(&[KIND_CHAIN, CHAIN_FORMAT, entries.len() as u8]);
+    for e in entries {
+        for text in [cut(&e.name), cut(&e.version)] {
+            out.push(text.len() as u8);
+            out.extend_from_slice(text);
+        }
+        out.extend_from_slice(&e.sha256_prefix);
+        out.push(u8::from(e.changes_wire));
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Incomplete {
+                needed: n - self.0.len(),
+            });
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn text(&mut self) -> Result<String, FingerprintError> {
+        let n = self.byte()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| FingerprintError::NotUtf8)
+    }
+}
+
+/// Decodes a member payload as a chain fingerprint.
+pub fn decode(payload: &[u8]) -> Result<Vec<ChainEntry>, FingerprintError> {
+    let Some(rest) = payload.strip_prefix(PAYLOAD_MAGIC) else {
+        return Err(FingerprintError::NotShoal);
+    };
+    let mut r = Reader(rest);
+    let kind = r.byte()?;
+    let format = r.byte()?;
+    if kind != KIND_CHAIN || format != CHAIN_FORMAT {
+        return Err(FingerprintError::Unknown { kind, format });
+    }
+    let count = r.byte()? as usize;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.text()?;
+        let version = r.text()?;
+        let mut sha256_prefix = [0u8; HASH_PREFIX];
+        sha256_prefix.copy_from_slice(r.take(HASH_PREFIX)?);
+        let flags = r.byte()?;
+        out.push(ChainEntry {
+            name,
+            version,
+            sha256_prefix,
+            changes_wire: flags & 1 != 0,
+        });
+    }
+    if !r.0.is_empty() {
+        return Err(FingerprintError::Malformed(DecodeError::LengthOutOfRange {
+            field: "chain fingerprint",
+            len: payload.len() as i64,
+            max: payload.len() - r.0.len(),
+        }));
+    }
+    Ok(out)
+}
+
+/// The plug-ins that change the wire and differ between two chains: by
+/// name, present in one only, or with another hash. Empty when the two can
+/// read each other's messages.
+pub fn wire_mismatches(local: &[ChainEntry], peer: &[ChainEntry]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in local.iter().chain(peer) {
+        if !e.changes_wire || out.contains(&e.name) {
+            continue;
+        }
+        let find = |chain: &[ChainEntry]| {
+            chain
+                .iter()
+                .find(|x| x.name == e.name)
+                .map(|x| x.sha256_prefix)
+        };
+        if find(local) != find(peer) {
+            out.push(e.name.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, b: u8, wire: bool) -> ChainEntry {
+        ChainEntry {
+            name: name.into(),
+            version: "0.1.0".into(),
+            sha256_prefix: [b; 8],
+            changes_wire: wire,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_golden_bytes() {
+        let chain = vec![entry("a", 1, false), entry("zip", 2, true)];
+        let bytes = encode(&chain);
+        assert_eq!(&bytes[..8], b"shoal\x01\x01\x02");
+        assert_eq!(&bytes[8..16], b"\x01a\x050.1.0");
+        assert_eq!(decode(&bytes), Ok(chain));
+        assert_eq!(decode(&encode(&[])), Ok(vec![]));
+    }
+
+    #[test]
+    fn foreign_unknown_and_broken_payloads_are_refused() {
+        assert_eq!(decode(b""), Err(FingerprintError::NotShoal));
+        assert_eq!(decode(b"tomcat"), Err(FingerprintError::NotShoal));
+        assert_eq!(
+            decode(b"shoal\x02\x01"),
+            Err(FingerprintError::Unknown { kind: 2, format: 1 })
+        );
+        assert_eq!(
+            decode(b"shoal\x01\x09\x00"),
+            Err(FingerprintError::Unknown { kind: 1, format: 9 })
+        );
+        let good = encode(&[entry("a", 1, true)]);
+        for n in 5..good.len() {
+            assert!(decode(&good[..n]).is_err(), "cut at {n}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(decode(&long), Err(FingerprintError::Malformed(_))));
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_char_boundary() {
+        let mut e = entry(&"é".repeat(40), 1, false);
+        e.version = "v".repeat(100);
+        let d = decode(&encode(&[e])).expect("decodes");
+        assert_eq!(d[0].name, "é".repeat(32));
+        assert_eq!(d[0].version.len(), MAX_TEXT);
+    }
+
+    #[test]
+    fn only_wire_changing_plugins_count_as_mismatches() {
+        let a = vec![entry("t", 1, false), entry("zip", 2, true)];
+        let same_wire = vec![entry("t", 9, false), entry("zip", 2, true)];
+        assert!(wire_mismatches(&a, &same_wire).is_empty());
+        let other_zip = vec![entry("t", 1, false), entry("zip", 3, true)];
+        assert_eq!(wire_mismatches(&a, &other_zip), ["zip"]);
+        let no_zip = vec![entry("t", 1, false)];
+        assert_eq!(wire_mismatches(&a, &no_zip), ["zip"]);
+        assert_eq!(wire_mismatches(&no_zip, &a), ["zip"]);
+    }
+}
