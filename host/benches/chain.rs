@@ -54,7 +54,7 @@ async fn default_chain(instances: usize) -> Arc<Chain> {
     let mut cfg = Config::default();
     cfg.plugins.default_chain = true;
     Arc::new(
-        Chain::load(cfg.interceptor_specs(), &opts, ctx)
+        Chain::load(shoal::plugins::InterceptorSpec::list_from(&cfg), &opts, ctx)
             .await
             .expect("default chain loads"),
     )

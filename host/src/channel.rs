@@ -11,9 +11,8 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use arc_swap::ArcSwap;
 
@@ -24,10 +23,7 @@ use crate::metrics::Metrics;
 use crate::plugins::{Chain, Flow, InMsg, OutMsg};
 use crate::transport::receiver::{DeliveryError, MessageHandler};
 use crate::transport::sender::{SendError, Sender};
-use crate::wire::{
-    ChannelData, MESSAGE_TRAILER, MemberPacket, SendOptions, encode_message_frame,
-    encode_message_head,
-};
+use crate::wire::{ChannelData, FrameEncoder, MemberPacket, SendOptions};
 
 /// Received messages kept for `GET /api/messages`.
 const RECENT_MESSAGES: usize = 32;
@@ -109,6 +105,15 @@ pub enum ChannelSendError {
     },
 }
 
+impl From<crate::wire::FrameTooLarge> for ChannelSendError {
+    fn from(e: crate::wire::FrameTooLarge) -> Self {
+        Self::TooLarge {
+            len: e.len,
+            max: e.max,
+        }
+    }
+}
+
 /// A summary of a received message, for the admin API.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MessageSummary {
@@ -139,98 +144,6 @@ pub struct EventSummary {
     pub reason: Option<String>,
     /// Local wall-clock time of the event, ms since the Unix epoch.
     pub at_ms: i64,
-}
-
-/// Encodes outgoing messages as frames with this node as the sender.
-#[derive(Debug)]
-pub struct FrameEncoder {
-    address: Bytes,
-    max_frame: usize,
-}
-
-impl FrameEncoder {
-    /// An encoder for a node whose member packet is `local`.
-    pub fn new(local: &MemberPacket, max_frame: usize) -> Self {
-        Self {
-            address: local.to_bytes(),
-            max_frame,
-        }
-    }
-
-    /// This node's encoded member packet.
-    pub fn address(&self) -> &Bytes {
-        &self.address
-    }
-
-    fn check(&self, body_len: usize) -> Result<(), ChannelSendError> {
-        let len = crate::wire::message_frame_len(16, self.address.len(), body_len);
-        if len - crate::wire::frame::FRAME_OVERHEAD > self.max_frame {
-            return Err(ChannelSendError::TooLarge {
-                len: body_len,
-                max: self.max_frame,
-            });
-        }
-        Ok(())
-    }
-
-    /// One complete frame for `msg`, with a fresh message id. A body of at
-    /// least [`SPLIT_BODY_AT`] bytes is not copied: the frame is its head,
-    /// the body's own buffer and the trailer, written with `writev`.
-    pub fn encode(&self, msg: &OutMsg) -> Result<Frame, ChannelSendError> {
-        self.check(msg.body.len())?;
-        let id: [u8; 16] = rand::random();
-        if msg.body.len() >= SPLIT_BODY_AT {
-            let mut head = BytesMut::with_capacity(64 + self.address.len());
-            encode_message_head(
-                &mut head,
-                msg.options,
-                msg.timestamp,
-                &id,
-                &self.address,
-                msg.body.len(),
-            );
-            return Ok(Frame::Split([
-                head.freeze(),
-                msg.body.clone(),
-                Bytes::from_static(&MESSAGE_TRAILER),
-            ]));
-        }
-        let len = crate::wire::message_frame_len(16, self.address.len(), msg.body.len());
-        let mut buf = BytesMut::with_capacity(len);
-        encode_message_frame(
-            &mut buf,
-            msg.options,
-            msg.timestamp,
-            &id,
-            &self.address,
-            &msg.body,
-        );
-        Ok(Frame::Whole(buf.freeze()))
-    }
-}
-
-/// Bodies from this size on are written from their own buffer rather than
-/// copied into the frame.
-pub const SPLIT_BODY_AT: usize = 8 * 1024;
-
-/// An encoded message frame: its bytes in one buffer, or in three pieces
-/// (head, body, trailer) to be written in order.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    /// The whole frame.
-    Whole(Bytes),
-    /// Head, body, trailer.
-    Split([Bytes; 3]),
-}
-
-impl Frame {
-    /// The pieces, in write order.
-    pub fn parts(&self) -> &[Bytes] {
-        match self {
-            Self::Whole(b) => std::slice::from_ref(b),
-            Self::Split(p) => p,
-        }
-    }
 }
 
 /// A received message as kept for the admin API, unformatted.
@@ -271,13 +184,6 @@ impl std::fmt::Debug for Channel {
             .field("local", &self.inner.local_id)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Channel {
@@ -386,7 +292,7 @@ impl Channel {
         self.inner.encoder.check(body.len())?;
         let mut msg = OutMsg {
             options: options | SendOptions::BYTE_MESSAGE,
-            timestamp: now_ms(),
+            timestamp: crate::clock::now_ms(),
             body: Bytes::copy_from_slice(body),
             dests: dests.into(),
         };
@@ -425,7 +331,10 @@ impl Channel {
     }
 
     async fn transmit(&self, msg: OutMsg) -> Result<(), ChannelSendError> {
-        let frame = self.inner.encoder.encode(&msg)?;
+        let frame = self
+            .inner
+            .encoder
+            .encode(msg.options, msg.timestamp, &msg.body)?;
         let acks = usize::from(msg.options.wants_ack());
         Ok(self
             .inner
@@ -508,7 +417,7 @@ impl Channel {
                 id: member.id.unique_hex(),
                 addr: member.id.addr().to_string(),
                 reason: reason.map(str::to_owned),
-                at_ms: now_ms(),
+                at_ms: crate::clock::now_ms(),
             });
         }
         let ls = read(&self.inner.member_listeners).clone();

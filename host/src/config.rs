@@ -9,6 +9,26 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Names of the interceptors built into the binary (the plug-in host embeds
+/// their code under these names).
+pub const BUILTIN_NAMES: [&str; 4] = [
+    "tcp-failure-detector",
+    "message-dispatch",
+    "throughput",
+    "domain-filter",
+];
+
+/// What happens to a message when its interceptor fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureMode {
+    /// Pass the message on as if the interceptor had said `pass`.
+    #[default]
+    FailOpen,
+    /// Drop the message.
+    FailClosed,
+}
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -114,7 +134,7 @@ pub struct InterceptorConfig {
     pub wasm: Option<String>,
     /// `"fail-open"` (default: a failing plug-in passes the message) or `"fail-closed"`.
     #[serde(default)]
-    pub failure_mode: crate::plugins::FailureMode,
+    pub failure_mode: FailureMode,
     /// Settings given to the plug-in's `create`, as strings.
     #[serde(default)]
     pub settings: toml::Table,
@@ -425,71 +445,6 @@ impl Config {
         out
     }
 
-    /// The interceptor chain to load, top first.
-    pub fn interceptor_specs(&self) -> Vec<crate::plugins::InterceptorSpec> {
-        use crate::plugins::{DEFAULT_CHAIN, FailureMode, InterceptorSpec, PluginSource};
-        if self.interceptors.is_empty() {
-            if !self.plugins.default_chain {
-                return Vec::new();
-            }
-            return DEFAULT_CHAIN
-                .iter()
-                .map(|n| InterceptorSpec {
-                    name: (*n).into(),
-                    source: PluginSource::Builtin((*n).into()),
-                    failure_mode: FailureMode::FailOpen,
-                    settings: Vec::new(),
-                })
-                .collect();
-        }
-        self.interceptors
-            .iter()
-            .map(|i| InterceptorSpec {
-                name: i.name.clone(),
-                source: match &i.wasm {
-                    None => PluginSource::Builtin(i.name.clone()),
-                    Some(p) => {
-                        let p = PathBuf::from(p);
-                        PluginSource::File(match &self.base_dir {
-                            Some(base) if p.is_relative() => base.join(p),
-                            _ => p,
-                        })
-                    }
-                },
-                failure_mode: i.failure_mode,
-                settings: i
-                    .settings
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), v)
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
-    /// Plug-in limits from `[plugins]`.
-    pub fn plugin_options(&self) -> crate::plugins::PluginOptions {
-        let mut o = crate::plugins::PluginOptions {
-            call_deadline: std::time::Duration::from_millis(self.plugins.call_deadline_ms),
-            memory_limit: (self.plugins.memory_limit_mb as usize) << 20,
-            ..Default::default()
-        };
-        if self.plugins.instances > 0 {
-            o.instances = self.plugins.instances;
-        }
-        o.cache_dir = match self.plugins.cache_dir.as_str() {
-            "" => Some(crate::plugins::default_cache_dir()),
-            "off" => None,
-            d => Some(PathBuf::from(d)),
-        };
-        o
-    }
-
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::Invalid {
             file: file.to_owned(),
@@ -635,13 +590,13 @@ impl Config {
             if !names.insert(ic.name.as_str()) {
                 return Err(bad(&key("name"), format!("{:?} is used twice", ic.name)));
             }
-            if ic.wasm.is_none() && !crate::plugins::BUILTINS.iter().any(|(n, _)| *n == ic.name) {
+            if ic.wasm.is_none() && !BUILTIN_NAMES.contains(&ic.name.as_str()) {
                 return Err(bad(
                     &key("wasm"),
                     format!(
                         "missing: {:?} is not a built-in interceptor ({})",
                         ic.name,
-                        crate::plugins::BUILTINS.map(|b| b.0).join(", ")
+                        BUILTIN_NAMES.join(", ")
                     ),
                 ));
             }

@@ -20,12 +20,12 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::channel::{Frame, FrameEncoder};
 use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
 use crate::plugins::{Chain, Flow, OutMsg};
 use crate::transport::sender::Sender;
+use crate::wire::{Frame, FrameEncoder};
 
 /// Most messages one worker takes from the queue at a time.
 const BATCH: usize = 64;
@@ -233,7 +233,7 @@ async fn worker(
                     tracing::debug!(%plugin, %reason, "deferred message dropped by an interceptor");
                     continue;
                 }
-                match encoder.encode(&msg) {
+                match encoder.encode(msg.options, msg.timestamp, &msg.body) {
                     Ok(frame) => ready.push((msg.dests, frame, msg.options.wants_ack())),
                     Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
                 }

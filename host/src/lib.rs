@@ -19,6 +19,7 @@
 
 pub mod api;
 mod channel;
+pub mod clock;
 pub mod config;
 pub mod demo;
 mod dispatch;

@@ -11,17 +11,17 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::api::ApiServer;
-use crate::channel::{Channel, FrameEncoder};
+use crate::channel::Channel;
 use crate::config::{Config, MembershipKind};
 use crate::dispatch::Dispatcher;
 use crate::member::{Member, MemberId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, ChainHandle, ControlEvent, NodeCtx};
+use crate::plugins::{Chain, ChainHandle, ControlEvent, InterceptorSpec, NodeCtx, PluginOptions};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
-use crate::wire::MemberPacket;
 use crate::wire::fingerprint::{self, ChainEntry, FingerprintError};
+use crate::wire::{FrameEncoder, MemberPacket};
 use std::collections::HashMap;
 
 /// Why a node could not start.
@@ -138,9 +138,14 @@ impl Node {
             metrics.clone(),
             control_tx,
         ));
-        let plugin_options = cfg.plugin_options();
+        let plugin_options = PluginOptions::from_config(&cfg.plugins);
         let chain = Arc::new(ArcSwap::from_pointee(
-            Chain::load(cfg.interceptor_specs(), &plugin_options, node_ctx.clone()).await?,
+            Chain::load(
+                InterceptorSpec::list_from(&cfg),
+                &plugin_options,
+                node_ctx.clone(),
+            )
+            .await?,
         ));
         let plugins = Arc::new(ChainHandle::new(
             chain.clone(),
@@ -293,7 +298,9 @@ impl Node {
         &self,
         cfg: &Config,
     ) -> Result<crate::plugins::ChangeReport, crate::plugins::SwapError> {
-        self.plugins.apply_specs(cfg.interceptor_specs()).await
+        self.plugins
+            .apply_specs(InterceptorSpec::list_from(cfg))
+            .await
     }
 
     /// This node's identity.

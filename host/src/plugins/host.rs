@@ -393,7 +393,7 @@ impl types::Host for HostState {}
 
 impl host::Host for HostState {
     fn now_ms(&mut self) -> i64 {
-        crate::channel::now_ms()
+        crate::clock::now_ms()
     }
 
     fn monotonic_ms(&mut self) -> u64 {
@@ -531,7 +531,7 @@ pub async fn probe_member(addr: SocketAddr, o: &types::ProbeOptions, local_addre
         crate::wire::encode_message_frame(
             &mut frame,
             opts,
-            crate::channel::now_ms(),
+            crate::clock::now_ms(),
             &id,
             local_address,
             &TCP_FAIL_DETECT,

@@ -66,8 +66,9 @@ use bindings::shoal::cluster::types as wit;
 /// Directory holding the guest components built with this binary.
 pub const GUEST_DIR: &str = env!("SHOAL_GUEST_DIR");
 
-/// Built-in interceptors, embedded in the binary at build time from `guests/`.
-pub const BUILTINS: [(&str, &[u8]); 4] = [
+/// Built-in interceptors, embedded in the binary at build time from `guests/`
+/// (the names are [`crate::config::BUILTIN_NAMES`], in the same order).
+pub const BUILTINS: [(&str, &[u8]); crate::config::BUILTIN_NAMES.len()] = [
     (
         "tcp-failure-detector",
         include_bytes!(concat!(
@@ -93,16 +94,7 @@ pub const BUILTINS: [(&str, &[u8]); 4] = [
 /// recommended set).
 pub const DEFAULT_CHAIN: [&str; 3] = ["tcp-failure-detector", "message-dispatch", "throughput"];
 
-/// What happens to a message when its interceptor fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureMode {
-    /// Pass the message on as if the interceptor had said `pass`.
-    #[default]
-    FailOpen,
-    /// Drop the message.
-    FailClosed,
-}
+pub use crate::config::FailureMode;
 
 /// Where an interceptor's code comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +130,54 @@ pub struct InterceptorSpec {
     pub settings: Vec<(String, String)>,
 }
 
+impl InterceptorSpec {
+    /// The interceptor chain `cfg` asks for, top first.
+    pub fn list_from(cfg: &crate::Config) -> Vec<Self> {
+        if cfg.interceptors.is_empty() {
+            if !cfg.plugins.default_chain {
+                return Vec::new();
+            }
+            return DEFAULT_CHAIN
+                .iter()
+                .map(|n| Self {
+                    name: (*n).into(),
+                    source: PluginSource::Builtin((*n).into()),
+                    failure_mode: FailureMode::FailOpen,
+                    settings: Vec::new(),
+                })
+                .collect();
+        }
+        cfg.interceptors
+            .iter()
+            .map(|i| Self {
+                name: i.name.clone(),
+                source: match &i.wasm {
+                    None => PluginSource::Builtin(i.name.clone()),
+                    Some(p) => {
+                        let p = PathBuf::from(p);
+                        PluginSource::File(match &cfg.base_dir {
+                            Some(base) if p.is_relative() => base.join(p),
+                            _ => p,
+                        })
+                    }
+                },
+                failure_mode: i.failure_mode,
+                settings: i
+                    .settings
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// Limits and placement for every plug-in of a node.
 #[derive(Debug, Clone)]
 pub struct PluginOptions {
@@ -151,6 +191,26 @@ pub struct PluginOptions {
     pub instances: usize,
     /// Compiled-component cache; `None` disables it.
     pub cache_dir: Option<PathBuf>,
+}
+
+impl PluginOptions {
+    /// Plug-in limits from `[plugins]`.
+    pub fn from_config(p: &crate::config::PluginsConfig) -> Self {
+        let mut o = Self {
+            call_deadline: std::time::Duration::from_millis(p.call_deadline_ms),
+            memory_limit: (p.memory_limit_mb as usize) << 20,
+            ..Default::default()
+        };
+        if p.instances > 0 {
+            o.instances = p.instances;
+        }
+        o.cache_dir = match p.cache_dir.as_str() {
+            "" => Some(default_cache_dir()),
+            "off" => None,
+            d => Some(PathBuf::from(d)),
+        };
+        o
+    }
 }
 
 impl Default for PluginOptions {
@@ -1517,5 +1577,14 @@ fn push_raised(work: &mut Vec<(usize, MemberEvent)>, from: usize, raised: Vec<Ra
                 Raised::Disappeared(m, reason) => MemberEvent::Disappeared(m, reason),
             },
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtins_are_the_names_config_accepts() {
+        let names: Vec<&str> = super::BUILTINS.iter().map(|b| b.0).collect();
+        assert_eq!(names, crate::config::BUILTIN_NAMES);
     }
 }

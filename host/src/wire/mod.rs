@@ -13,6 +13,7 @@
 //! maximum, and returns a typed [`DecodeError`]; none of them panics on any input.
 
 mod channel_data;
+mod encoder;
 pub mod fingerprint;
 pub mod frame;
 mod member;
@@ -23,6 +24,7 @@ mod proptests;
 pub use channel_data::{
     ChannelData, MESSAGE_TRAILER, encode_message_frame, encode_message_head, message_frame_len,
 };
+pub use encoder::{Frame, FrameEncoder, FrameTooLarge, SPLIT_BODY_AT};
 pub use frame::{AckKind, DEFAULT_MAX_FRAME_BYTES, FrameDecoder};
 pub use member::{MemberPacket, SHUTDOWN_COMMAND, TRIBES_MBR_BEGIN, TRIBES_MBR_END};
 pub use options::{ParseOptionsError, SendOptions};
