@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::api::{MemberJson, SendResult};
+use shoal::api::{MemberJson, SendResult};
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(228, 0, 0, 4);
 const FREQUENCY_MS: u64 = 500;
@@ -115,7 +115,7 @@ pub fn run() -> anyhow::Result<()> {
     let mcast_port = free_tcp_port()?; // a port number unlikely to be in use by a real cluster
 
     step(1, "Starting 3 nodes on loopback, each its own process");
-    let membership = if crate::membership::loopback_multicast_works(GROUP, mcast_port) {
+    let membership = if shoal::membership::loopback_multicast_works(GROUP, mcast_port) {
         println!(
             "   membership: UDP multicast {GROUP}:{mcast_port} on lo (heartbeat {FREQUENCY_MS} ms, dropTime {DROP_TIME_MS} ms)"
         );
@@ -201,12 +201,11 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     let c = &cluster.nodes[2];
-    let got: Vec<crate::channel::MessageSummary> =
-        wait_until("node c to receive both messages", || {
-            get_json::<Vec<crate::channel::MessageSummary>>(c.api, "/api/messages")
-                .ok()
-                .filter(|v| v.len() >= 2)
-        })?;
+    let got: Vec<shoal::MessageSummary> = wait_until("node c to receive both messages", || {
+        get_json::<Vec<shoal::MessageSummary>>(c.api, "/api/messages")
+            .ok()
+            .filter(|v| v.len() >= 2)
+    })?;
     for m in got {
         println!(
             "   c received {:?} from {} (options {})",
@@ -256,7 +255,7 @@ pub fn run() -> anyhow::Result<()> {
         "   a dropped b after {} ms (shutdown announcement)",
         stopped.elapsed().as_millis()
     );
-    let events: Vec<crate::channel::EventSummary> = get_json(a, "/api/events")?;
+    let events: Vec<shoal::EventSummary> = get_json(a, "/api/events")?;
     for e in events.iter().filter(|e| e.kind == "disappeared") {
         println!(
             "   a's event log: {} {} ({})",

@@ -21,7 +21,6 @@ pub mod api;
 mod channel;
 pub mod clock;
 pub mod config;
-pub mod demo;
 mod dispatch;
 mod member;
 pub mod membership;

@@ -1,6 +1,7 @@
 //! The `shoal` binary: parses the command line, sets up logging and runs the library.
 
 mod admin_client;
+mod demo;
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +95,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             rt.block_on(run(cfg, config.as_deref())).context(what)
         }
-        Command::Demo => shoal::demo::run(),
+        Command::Demo => demo::run(),
         Command::Plugin {
             action: PluginCommand::Swap { name, file, api },
         } => admin_client::swap(&api, &name, &file),

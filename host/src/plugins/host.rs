@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -228,12 +227,66 @@ pub enum Raised {
     Disappeared(Member, LeaveReason),
 }
 
+/// The memory cap of one instance (a wasmtime `ResourceLimiter`): a growth
+/// past the cap fails and traps, and the cap remembers it was hit, so the
+/// failure is counted as `memory` by fact, not by an error's text.
+#[derive(Debug)]
+pub struct MemoryCap {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl MemoryCap {
+    /// A cap of `max_bytes` of linear memory (each memory).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            hit: false,
+        }
+    }
+
+    /// Whether a growth was refused since the last call; clears the flag.
+    pub fn take_hit(&mut self) -> bool {
+        std::mem::take(&mut self.hit)
+    }
+}
+
+/// Most table elements one instance may have (guests use small tables).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::format_err!(
+                "memory cap of {} bytes reached (asked for {desired})",
+                self.max_bytes
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
 /// The data of one plug-in instance's store.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Memory cap.
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
     /// The plug-in this instance belongs to.
     pub plugin: Arc<PluginShared>,
     /// The node.
@@ -253,7 +306,7 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// A store's data: no WASI capabilities besides stdout/stderr, which go to the log.
-    pub fn new(plugin: Arc<PluginShared>, node: Arc<NodeCtx>, limits: StoreLimits) -> Self {
+    pub fn new(plugin: Arc<PluginShared>, node: Arc<NodeCtx>, limits: MemoryCap) -> Self {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stdout(super::wasi::LogStream::new(&plugin.name, false))
             .stderr(super::wasi::LogStream::new(&plugin.name, true))

@@ -42,8 +42,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceAny};
-use wasmtime::{Store, StoreLimitsBuilder};
 
 pub use engine::{content_hash, default_cache_dir, engine};
 pub use host::{ControlEvent, FailureKind, NodeCtx, PluginShared, Raised, TCP_FAIL_DETECT};
@@ -52,7 +52,7 @@ pub use swap::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChange,
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent};
 use crate::wire::SendOptions;
-use host::{HostState, id_to_wit, member_to_wit};
+use host::{HostState, MemoryCap, id_to_wit, member_to_wit};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -376,17 +376,15 @@ fn ticks(d: Duration) -> u64 {
     (d.as_micros() / engine::EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
-fn classify(e: &wasmtime::Error) -> FailureKind {
+/// The kind of a failed call: `memory` when the instance's cap refused a
+/// growth during the call, `timeout` for an epoch interruption, else `trap`.
+fn classify(e: &wasmtime::Error, memory_cap_hit: bool) -> FailureKind {
+    if memory_cap_hit {
+        return FailureKind::Memory;
+    }
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => FailureKind::Timeout,
-        _ => {
-            let text = format!("{e:?}");
-            if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
-                FailureKind::Memory
-            } else {
-                FailureKind::Trap
-            }
-        }
+        _ => FailureKind::Trap,
     }
 }
 
@@ -528,10 +526,7 @@ impl Interceptor {
 
     /// A new store and instance, with `create` called.
     fn instantiate(&self) -> Result<Slot, String> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.opts.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryCap::new(self.opts.memory_limit);
         let mut store = Store::new(
             engine(),
             HostState::new(self.shared.clone(), self.node.clone(), limits),
@@ -682,15 +677,24 @@ impl Interceptor {
         &self,
         slot: &'a Mutex<Option<Slot>>,
     ) -> Result<MutexGuard<'a, Option<Slot>>, FailureKind> {
+        let control = std::ptr::eq(slot, &self.control);
+        self.ready(slot.lock().unwrap_or_else(|p| p.into_inner()), control)
+    }
+
+    /// Makes sure a locked slot holds an instance, with the deadline armed.
+    fn ready<'a>(
+        &self,
+        mut g: MutexGuard<'a, Option<Slot>>,
+        control: bool,
+    ) -> Result<MutexGuard<'a, Option<Slot>>, FailureKind> {
         // Control-plane calls (membership, heartbeat, probes, timers, stats)
         // are rare and carry state that a spurious timeout would lose: they
         // get the longer create deadline. Message calls get the call deadline.
-        let deadline = if std::ptr::eq(slot, &self.control) && !self.caps.single {
+        let deadline = if control && !self.caps.single {
             ticks(self.opts.create_deadline)
         } else {
             self.deadline_ticks
         };
-        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             match self.instantiate() {
                 Ok(s) => *g = Some(s),
@@ -723,7 +727,10 @@ impl Interceptor {
                 Ok((v, raised))
             }
             Err(e) => {
-                let kind = classify(&e);
+                let memory = g
+                    .as_mut()
+                    .is_some_and(|s| s.store.data_mut().limits.take_hit());
+                let kind = classify(&e, memory);
                 self.shared.count_failure(kind);
                 self.log_failure(kind, &format!("{e:#}"));
                 *g = None;
@@ -744,12 +751,27 @@ impl Interceptor {
         }
     }
 
-    fn worker_slot(&self) -> &Mutex<Option<Slot>> {
+    /// A worker instance for a message call, locked and ready. The calling
+    /// thread's own slot if it is free, else the first free one, so a thread
+    /// never waits for another while a slot is idle; only when every slot is
+    /// busy does the caller wait for its own. A single-instance plug-in
+    /// always uses its control instance.
+    fn worker(&self) -> Result<MutexGuard<'_, Option<Slot>>, FailureKind> {
         if self.caps.single {
-            return &self.control;
+            return self.slot(&self.control);
         }
-        let i = WORKER_SLOT.with(|s| *s) % self.workers.len();
-        &self.workers[i]
+        let n = self.workers.len();
+        let own = WORKER_SLOT.with(|s| *s) % n;
+        for k in 0..n {
+            match self.workers[(own + k) % n].try_lock() {
+                Ok(g) => return self.ready(g, false),
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    return self.ready(p.into_inner(), false);
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.slot(&self.workers[own])
     }
 
     /// Guest statistics from the control instance: (name, value, is counter, help).
@@ -804,7 +826,15 @@ impl Interceptor {
         slot: &Mutex<Option<Slot>>,
         call: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
     ) -> Result<(R, Vec<Raised>), FailureKind> {
-        let mut g = self.slot(slot)?;
+        self.run(self.slot(slot)?, call)
+    }
+
+    /// [`Interceptor::call`] on an instance already locked.
+    fn run<R>(
+        &self,
+        mut g: MutexGuard<'_, Option<Slot>>,
+        call: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
+    ) -> Result<(R, Vec<Raised>), FailureKind> {
         let r = match g.as_mut() {
             Some(s) => call(s),
             None => return Err(FailureKind::Trap),
@@ -819,7 +849,7 @@ impl Interceptor {
         dests: &[wit::MemberId],
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        self.call(self.worker_slot(), |s| {
+        self.run(self.worker()?, |s| {
             let hooks = s.bindings.shoal_cluster_hooks().plugin();
             hooks.call_on_send(&mut s.store, s.plugin, meta, dests, body)
         })
@@ -832,7 +862,7 @@ impl Interceptor {
         set_of: &[u32],
         sets: &[Vec<wit::MemberId>],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let (v, _) = self.call(self.worker_slot(), |s| {
+        let (v, _) = self.run(self.worker()?, |s| {
             let hooks = s.bindings.shoal_cluster_hooks().plugin();
             hooks.call_on_send_batch(&mut s.store, s.plugin, batch, set_of, sets)
         })?;
@@ -846,7 +876,7 @@ impl Interceptor {
         sender: &wit::Member,
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        self.call(self.worker_slot(), |s| {
+        self.run(self.worker()?, |s| {
             let hooks = s.bindings.shoal_cluster_hooks().plugin();
             hooks.call_on_receive(&mut s.store, s.plugin, meta, sender, body)
         })
@@ -859,7 +889,7 @@ impl Interceptor {
         sender_of: &[u32],
         senders: &[wit::Member],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let (v, _) = self.call(self.worker_slot(), |s| {
+        let (v, _) = self.run(self.worker()?, |s| {
             let hooks = s.bindings.shoal_cluster_hooks().plugin();
             hooks.call_on_receive_batch(&mut s.store, s.plugin, batch, sender_of, senders)
         })?;
