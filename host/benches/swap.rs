@@ -18,8 +18,8 @@ use shoal::{Config, Node, SendOptions};
 
 const ROUNDS: usize = 15;
 
-/// (steady p50, p99), (around the swap p50, p99), µs.
-type Round = ((f64, f64), (f64, f64));
+/// (steady p50, p99, max), (around the swap p50, p99, max), µs.
+type Round = ((f64, f64, f64), (f64, f64, f64));
 
 fn configs(cache: &str) -> Vec<Config> {
     let ports: Vec<u16> = (0..2)
@@ -146,8 +146,16 @@ async fn latency_round() -> Round {
         .map(|s| s.1)
         .collect();
     let r = (
-        (pct(&mut steady, 0.5), pct(&mut steady, 0.99)),
-        (pct(&mut around, 0.5), pct(&mut around, 0.99)),
+        (
+            pct(&mut steady, 0.5),
+            pct(&mut steady, 0.99),
+            pct(&mut steady, 1.0),
+        ),
+        (
+            pct(&mut around, 0.5),
+            pct(&mut around, 0.99),
+            pct(&mut around, 1.0),
+        ),
     );
     for n in nodes {
         n.shutdown().await;
@@ -164,7 +172,9 @@ fn main() {
         let _ = std::fs::remove_dir_all(&cache);
         let mut rounds = Vec::new();
         for _ in 0..5 {
-            rounds.push(latency_round().await);
+            let r = latency_round().await;
+            eprintln!("round: steady {:?}, around the swap {:?}", r.0, r.1);
+            rounds.push(r);
         }
         let med = |f: fn(&Round) -> f64| stats(rounds.iter().map(f).collect()).0;
         let spread = |f: fn(&Round) -> f64| {
@@ -172,13 +182,16 @@ fn main() {
             format!("{lo:.0}–{hi:.0}")
         };
         println!(
-            "sync-ACK 1 KiB, steady second: p50 {:.0} µs, p99 {:.0} µs (rounds {}); second around a swap: p50 {:.0} µs, p99 {:.0} µs (rounds {}); 5 rounds, medians",
+            "sync-ACK 1 KiB, steady second: p50 {:.0} µs, p99 {:.0} µs (rounds {}), max {:.0} µs; second around a swap: p50 {:.0} µs, p99 {:.0} µs (rounds {}), max {:.0} µs (rounds {}); 5 rounds, medians",
             med(|r| r.0.0),
             med(|r| r.0.1),
             spread(|r| r.0.1),
+            med(|r| r.0.2),
             med(|r| r.1.0),
             med(|r| r.1.1),
             spread(|r| r.1.1),
+            med(|r| r.1.2),
+            spread(|r| r.1.2),
         );
     });
 }

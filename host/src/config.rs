@@ -304,6 +304,12 @@ pub struct DispatchConfig {
     pub always_send: bool,
     /// Tasks draining the queue (Tomcat: up to 10 threads).
     pub workers: usize,
+    /// Queued messages to a member arrive in the order queued: the workers
+    /// send their batches in turn over one connection per member (true,
+    /// shoal's default). False: they send in parallel over several
+    /// connections, faster but a message may overtake an earlier one
+    /// (Tribes' MessageDispatchInterceptor behaves so).
+    pub ordered: bool,
 }
 
 impl Default for DispatchConfig {
@@ -312,6 +318,7 @@ impl Default for DispatchConfig {
             max_queue_size: 64 * 1024 * 1024,
             always_send: true,
             workers: 4,
+            ordered: true,
         }
     }
 }

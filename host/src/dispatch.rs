@@ -9,7 +9,10 @@
 //! The queue is bounded in bytes (`max_queue_size`); when full, the message
 //! is handed back to be sent in the caller (`always_send`, Tomcat's default)
 //! or refused. Workers drain several queued messages at a time and write
-//! those for the same destinations in one system call. Failures are logged
+//! those for the same destinations in one system call. With
+//! `dispatch.ordered` (the default) they send their batches in the order
+//! taken, over one connection per member, so a member receives queued
+//! messages in the order queued; without it they send in parallel. Failures are logged
 //! and counted (`async_send_failures_total`).
 
 use std::sync::Arc;
@@ -110,6 +113,7 @@ impl Dispatcher {
                 sender.clone(),
                 encoder.clone(),
                 metrics.clone(),
+                cfg.ordered,
             ));
         }
         let budget = Arc::new(Semaphore::new(
@@ -187,6 +191,7 @@ async fn worker(
     sender: Arc<Sender>,
     encoder: Arc<FrameEncoder>,
     metrics: Arc<Metrics>,
+    ordered: bool,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut ready: Vec<(Arc<[MemberId]>, Frame, bool)> = Vec::with_capacity(BATCH);
@@ -202,8 +207,12 @@ async fn worker(
             if q.rx.recv_many(&mut batch, BATCH).await == 0 {
                 return; // closed and empty
             }
-            let (done, next) = oneshot::channel();
-            (q.turn.replace(next), done)
+            if ordered {
+                let (done, next) = oneshot::channel();
+                (q.turn.replace(next), Some(done))
+            } else {
+                (None, None)
+            }
         };
         let queued: usize = batch.iter().map(Job::cost).sum();
         metrics
@@ -258,13 +267,20 @@ async fn worker(
                 .flat_map(|j| j.1.parts().iter().cloned())
                 .collect();
             let acks = group.iter().filter(|j| j.2).count();
-            if let Err(e) = sender.send_ordered(&group[0].0, &frames, acks).await {
+            let sent = if ordered {
+                sender.send_ordered(&group[0].0, &frames, acks).await
+            } else {
+                sender.send(&group[0].0, &frames, acks).await
+            };
+            if let Err(e) = sent {
                 Metrics::inc(&metrics.async_send_failures_total);
                 tracing::warn!(error = %e, messages = group.len(), "asynchronous send failed");
             }
             start = end;
         }
-        let _ = done.send(());
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
         ready.clear();
     }
 }
