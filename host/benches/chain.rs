@@ -38,13 +38,11 @@ fn member(port: u16) -> Member {
 }
 
 async fn default_chain(instances: usize) -> Arc<Chain> {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    std::mem::forget(_rx);
     let ctx = Arc::new(NodeCtx::new(
         member(1),
         Bytes::new(),
         Arc::new(shoal::Metrics::default()),
-        tx,
+        shoal::plugins::Reporter::new(|_| {}),
     ));
     let opts = PluginOptions {
         instances,

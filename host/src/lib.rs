@@ -28,6 +28,7 @@ mod metrics;
 mod node;
 pub mod plugins;
 pub mod transport;
+pub mod wasm;
 pub mod wire;
 
 pub use channel::{

@@ -17,7 +17,9 @@ use crate::dispatch::Dispatcher;
 use crate::member::{Member, MemberId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, ChainHandle, ControlEvent, InterceptorSpec, NodeCtx, PluginOptions};
+use crate::plugins::{
+    Chain, ChainHandle, ControlEvent, InterceptorSpec, NodeCtx, PluginOptions, Reporter,
+};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
 use crate::wire::fingerprint::{self, ChainEntry, FingerprintError};
@@ -132,11 +134,14 @@ impl Node {
         let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();
         let local_member =
             Member::from_packet(&local).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let reports = control_tx.clone();
         let node_ctx = Arc::new(NodeCtx::new(
             local_member,
             encoder.address().clone(),
             metrics.clone(),
-            control_tx,
+            Reporter::new(move |ev| {
+                let _ = reports.send(ControlEvent::Plugin(ev));
+            }),
         ));
         let plugin_options = PluginOptions::from_config(&cfg.plugins);
         let chain = Arc::new(ArcSwap::from_pointee(
@@ -151,6 +156,7 @@ impl Node {
             chain.clone(),
             node_ctx.clone(),
             plugin_options,
+            control_tx,
         ));
         // Heartbeats advertise the chain's fingerprint (updated on a swap).
         local.payload = fingerprint::encode(&chain.load().fingerprint()).into();

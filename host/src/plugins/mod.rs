@@ -28,38 +28,32 @@
 //! node's control loop, so a plug-in's membership state lives in one place.
 //! Node-wide numbers belong in host counters (`register-counter`).
 
-mod engine;
-mod host;
 mod swap;
-mod wasi;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceAny};
 
-pub use engine::{content_hash, default_cache_dir, engine};
-pub use host::{ControlEvent, FailureKind, NodeCtx, PluginShared, Raised, TCP_FAIL_DETECT};
+pub use crate::wasm::engine::{content_hash, default_cache_dir, engine};
+pub use crate::wasm::host::{
+    FailureKind, HostEvent, NodeCtx, PluginShared, Raised, Reporter, TCP_FAIL_DETECT,
+};
+use crate::wasm::pool::{self, InstancePool, PoolLimits};
+use crate::wasm::{bindings, engine, wasi};
 pub use swap::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChange, SwapError};
 
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent};
+use crate::wasm::host::{self as host, HostState, id_to_wit, member_to_wit};
 use crate::wire::SendOptions;
-use host::{HostState, MemoryCap, id_to_wit, member_to_wit};
-
-pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        world: "interceptor",
-        path: "../wit",
-    });
-}
 
 use bindings::shoal::cluster::types as wit;
 
@@ -333,10 +327,33 @@ impl Caps {
     }
 }
 
-struct Slot {
-    store: Store<HostState>,
+/// An interceptor instance: its bindings and its `plugin` resource.
+struct IcInstance {
     bindings: bindings::Interceptor,
     plugin: ResourceAny,
+}
+
+/// Makes interceptor instances: instantiate, then `create` with the settings.
+struct IcFactory {
+    pre: bindings::InterceptorPre<HostState>,
+    settings: Vec<(String, String)>,
+}
+
+impl pool::Instantiate for IcFactory {
+    type Instance = IcInstance;
+
+    fn instantiate(&self, store: &mut Store<HostState>) -> Result<IcInstance, String> {
+        let bindings = self
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| format!("instantiation failed: {e:#}"))?;
+        let plugin = bindings
+            .shoal_cluster_hooks()
+            .plugin()
+            .call_create(&mut *store, &self.settings)
+            .map_err(|e| format!("create() trapped: {e:#}"))??;
+        Ok(IcInstance { bindings, plugin })
+    }
 }
 
 /// One loaded interceptor: its compiled code, capabilities and instances.
@@ -345,12 +362,8 @@ pub struct Interceptor {
     spec: InterceptorSpec,
     hash: String,
     caps: Caps,
-    pre: bindings::InterceptorPre<HostState>,
     node: Arc<NodeCtx>,
-    opts: PluginOptions,
-    deadline_ticks: u64,
-    control: Mutex<Option<Slot>>,
-    workers: Box<[Mutex<Option<Slot>>]>,
+    pool: InstancePool<IcFactory>,
     /// Membership events this version answered `hold` and has not resolved
     /// yet (by raising an event about that member, or by a later event about
     /// it): offered again to a version that replaces it.
@@ -370,29 +383,6 @@ impl fmt::Debug for Interceptor {
             .field("caps", &self.caps)
             .finish_non_exhaustive()
     }
-}
-
-fn ticks(d: Duration) -> u64 {
-    (d.as_micros() / engine::EPOCH_TICK.as_micros()).max(1) as u64 + 1
-}
-
-/// The kind of a failed call: `memory` when the instance's cap refused a
-/// growth during the call, `timeout` for an epoch interruption, else `trap`.
-fn classify(e: &wasmtime::Error, memory_cap_hit: bool) -> FailureKind {
-    if memory_cap_hit {
-        return FailureKind::Memory;
-    }
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => FailureKind::Timeout,
-        _ => FailureKind::Trap,
-    }
-}
-
-thread_local! {
-    static WORKER_SLOT: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    };
 }
 
 impl Interceptor {
@@ -466,88 +456,56 @@ impl Interceptor {
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::InterceptorPre::new(pre).map_err(wrong_world)?;
         let shared = Arc::new(PluginShared::new(name.clone(), node.next_generation()));
-        let mut me = Self {
-            shared,
-            hash,
-            caps: Caps {
-                send: false,
-                receive: false,
-                members: false,
-                heartbeat: false,
-                single: false,
-                body_limit: 0,
-                only_options: 0,
-                max_size: u32::MAX,
-                defer: None,
-                changes_wire: false,
+        let mut pool = InstancePool::new(
+            IcFactory {
+                pre,
+                settings: spec.settings.clone(),
             },
-            version: String::new(),
-            pre,
-            node,
-            deadline_ticks: ticks(opts.call_deadline),
-            opts: opts.clone(),
-            control: Mutex::new(None),
-            workers: (0..opts.instances.max(1))
-                .map(|_| Mutex::new(None))
-                .collect(),
-            held: Mutex::new(Vec::new()),
-            took_state: AtomicBool::new(false),
-            spec,
-        };
-        let mut slot = me
-            .instantiate()
-            .map_err(|message| PluginLoadError::Create {
-                name: name.clone(),
-                source_desc: source_desc.clone(),
-                message,
-            })?;
-        slot.store
-            .set_epoch_deadline(ticks(me.opts.create_deadline));
+            shared.clone(),
+            node.clone(),
+            PoolLimits {
+                call_deadline: opts.call_deadline,
+                control_deadline: opts.create_deadline,
+                memory: opts.memory_limit,
+                workers: opts.instances,
+            },
+        );
+        let mut slot = pool.make().map_err(|message| PluginLoadError::Create {
+            name: name.clone(),
+            source_desc: source_desc.clone(),
+            message,
+        })?;
         let caps = slot
+            .instance
             .bindings
             .shoal_cluster_hooks()
             .plugin()
-            .call_capabilities(&mut slot.store, slot.plugin)
+            .call_capabilities(&mut slot.store, slot.instance.plugin)
             .map_err(|e| PluginLoadError::Create {
                 name: name.clone(),
                 source_desc: source_desc.clone(),
                 message: format!("capabilities() failed: {e:#}"),
             })?;
-        me.caps = Caps::from_wit(&caps);
-        me.version = caps.version.chars().take(32).collect();
-        *me.control.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        let caps_host = Caps::from_wit(&caps);
+        pool.set_single(caps_host.single);
+        pool.put_control(slot);
+        let me = Self {
+            shared,
+            hash,
+            caps: caps_host,
+            version: caps.version.chars().take(32).collect(),
+            node,
+            pool,
+            held: Mutex::new(Vec::new()),
+            took_state: AtomicBool::new(false),
+            spec,
+        };
         tracing::info!(
             plugin = %name, source = %source_desc, hash = %&me.hash[..12],
             generation = me.shared.generation,
             caps = ?me.caps, failure_mode = ?me.spec.failure_mode, "interceptor loaded"
         );
         Ok(me)
-    }
-
-    /// A new store and instance, with `create` called.
-    fn instantiate(&self) -> Result<Slot, String> {
-        let limits = MemoryCap::new(self.opts.memory_limit);
-        let mut store = Store::new(
-            engine(),
-            HostState::new(self.shared.clone(), self.node.clone(), limits),
-        );
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(ticks(self.opts.create_deadline));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("instantiation failed: {e:#}"))?;
-        let plugin = bindings
-            .shoal_cluster_hooks()
-            .plugin()
-            .call_create(&mut store, &self.spec.settings)
-            .map_err(|e| format!("create() trapped: {e:#}"))??;
-        self.shared.instantiations.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot {
-            store,
-            bindings,
-            plugin,
-        })
     }
 
     /// The configured name.
@@ -602,9 +560,9 @@ impl Interceptor {
     /// Live swap, old side: the plug-in's state for its successor, from the
     /// control instance (`None` if it keeps none, or if the call failed).
     pub(crate) fn export_state(&self) -> Option<Vec<u8>> {
-        match self.call(&self.control, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_export_state(&mut s.store, s.plugin)
+        match self.pool.control(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_export_state(&mut s.store, s.instance.plugin)
         }) {
             Ok((state, _)) => state,
             Err(kind) => {
@@ -627,9 +585,9 @@ impl Interceptor {
     ) -> Result<(), String> {
         let has_state = state.is_some();
         let members: Vec<wit::Member> = members.iter().map(member_to_wit).collect();
-        let r = self.call(&self.control, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_take_over(&mut s.store, s.plugin, state.as_deref(), &members)
+        let r = self.pool.control(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_take_over(&mut s.store, s.instance.plugin, state.as_deref(), &members)
         });
         match r {
             Ok((Ok(()), _)) => {
@@ -671,123 +629,13 @@ impl Interceptor {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Locks `slot` and makes sure it holds an instance (creating one if a
-    /// failure discarded it), with the call deadline armed.
-    fn slot<'a>(
-        &self,
-        slot: &'a Mutex<Option<Slot>>,
-    ) -> Result<MutexGuard<'a, Option<Slot>>, FailureKind> {
-        let control = std::ptr::eq(slot, &self.control);
-        self.ready(slot.lock().unwrap_or_else(|p| p.into_inner()), control)
-    }
-
-    /// Makes sure a locked slot holds an instance, with the deadline armed.
-    fn ready<'a>(
-        &self,
-        mut g: MutexGuard<'a, Option<Slot>>,
-        control: bool,
-    ) -> Result<MutexGuard<'a, Option<Slot>>, FailureKind> {
-        // Control-plane calls (membership, heartbeat, probes, timers, stats)
-        // are rare and carry state that a spurious timeout would lose: they
-        // get the longer create deadline. Message calls get the call deadline.
-        let deadline = if control && !self.caps.single {
-            ticks(self.opts.create_deadline)
-        } else {
-            self.deadline_ticks
-        };
-        if g.is_none() {
-            match self.instantiate() {
-                Ok(s) => *g = Some(s),
-                Err(e) => {
-                    self.shared.count_failure(FailureKind::Trap);
-                    self.log_failure(FailureKind::Trap, &e);
-                    return Err(FailureKind::Trap);
-                }
-            }
-        }
-        if let Some(s) = g.as_mut() {
-            s.store.set_epoch_deadline(deadline);
-        }
-        Ok(g)
-    }
-
-    /// Takes a call's result: the events it raised, or, on failure, logs and
-    /// counts it and discards the instance.
-    fn finish<R>(
-        &self,
-        g: &mut Option<Slot>,
-        r: wasmtime::Result<R>,
-    ) -> Result<(R, Vec<Raised>), FailureKind> {
-        match r {
-            Ok(v) => {
-                let raised = g
-                    .as_mut()
-                    .map(|s| std::mem::take(&mut s.store.data_mut().outbox))
-                    .unwrap_or_default();
-                Ok((v, raised))
-            }
-            Err(e) => {
-                let memory = g
-                    .as_mut()
-                    .is_some_and(|s| s.store.data_mut().limits.take_hit());
-                let kind = classify(&e, memory);
-                self.shared.count_failure(kind);
-                self.log_failure(kind, &format!("{e:#}"));
-                *g = None;
-                Err(kind)
-            }
-        }
-    }
-
-    fn log_failure(&self, kind: FailureKind, detail: &str) {
-        let n = self.shared.failures_of(kind);
-        // the first few, then one in a thousand
-        if n <= 3 || n.is_multiple_of(1000) {
-            tracing::warn!(
-                plugin = %self.spec.name, kind = kind.label(), count = n,
-                failure_mode = ?self.spec.failure_mode,
-                "interceptor failed; instance recreated: {}", detail.lines().next().unwrap_or("")
-            );
-        }
-    }
-
-    /// A worker instance for a message call, locked and ready. The calling
-    /// thread's own slot if it is free, else the first free one, so a thread
-    /// never waits for another while a slot is idle; only when every slot is
-    /// busy does the caller wait for its own. A single-instance plug-in
-    /// always uses its control instance.
-    fn worker(&self) -> Result<MutexGuard<'_, Option<Slot>>, FailureKind> {
-        if self.caps.single {
-            return self.slot(&self.control);
-        }
-        let n = self.workers.len();
-        let own = WORKER_SLOT.with(|s| *s) % n;
-        for k in 0..n {
-            match self.workers[(own + k) % n].try_lock() {
-                Ok(g) => return self.ready(g, false),
-                Err(std::sync::TryLockError::Poisoned(p)) => {
-                    return self.ready(p.into_inner(), false);
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {}
-            }
-        }
-        self.slot(&self.workers[own])
-    }
-
     /// Guest statistics from the control instance: (name, value, is counter, help).
     pub async fn guest_stats(&self) -> Vec<(String, f64, bool, String)> {
-        let Ok(mut g) = self.slot(&self.control) else {
-            return Vec::new();
-        };
-        let r = match g.as_mut() {
-            Some(s) => s
-                .bindings
-                .shoal_cluster_hooks()
-                .plugin()
-                .call_stats(&mut s.store, s.plugin),
-            None => return Vec::new(),
-        };
-        match self.finish(&mut g, r) {
+        let r = self.pool.control(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_stats(&mut s.store, s.instance.plugin)
+        });
+        match r {
             Ok((stats, _)) => stats
                 .into_iter()
                 .map(|st| {
@@ -818,30 +666,6 @@ impl Interceptor {
         options.0 & bits == bits && queued + pending + size as u64 <= max
     }
 
-    /// Runs `call` on the instance in `slot` (made if missing): its result
-    /// and the events it raised, or, on failure, the failure (logged,
-    /// counted, the instance discarded).
-    fn call<R>(
-        &self,
-        slot: &Mutex<Option<Slot>>,
-        call: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
-    ) -> Result<(R, Vec<Raised>), FailureKind> {
-        self.run(self.slot(slot)?, call)
-    }
-
-    /// [`Interceptor::call`] on an instance already locked.
-    fn run<R>(
-        &self,
-        mut g: MutexGuard<'_, Option<Slot>>,
-        call: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
-    ) -> Result<(R, Vec<Raised>), FailureKind> {
-        let r = match g.as_mut() {
-            Some(s) => call(s),
-            None => return Err(FailureKind::Trap),
-        };
-        self.finish(&mut g, r)
-    }
-
     /// One message down: the flat call, cheaper than a one-element list.
     fn on_send_one(
         &self,
@@ -849,11 +673,12 @@ impl Interceptor {
         dests: &[wit::MemberId],
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        self.run(self.worker()?, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_send(&mut s.store, s.plugin, meta, dests, body)
-        })
-        .map(|(v, _)| v)
+        self.pool
+            .worker(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_on_send(&mut s.store, s.instance.plugin, meta, dests, body)
+            })
+            .map(|(v, _)| v)
     }
 
     fn on_send_many(
@@ -862,9 +687,9 @@ impl Interceptor {
         set_of: &[u32],
         sets: &[Vec<wit::MemberId>],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let (v, _) = self.run(self.worker()?, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_send_batch(&mut s.store, s.plugin, batch, set_of, sets)
+        let (v, _) = self.pool.worker(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_send_batch(&mut s.store, s.instance.plugin, batch, set_of, sets)
         })?;
         self.check_len(v, batch.options.len())
     }
@@ -876,11 +701,12 @@ impl Interceptor {
         sender: &wit::Member,
         body: Option<&[u8]>,
     ) -> Result<wit::Verdict, FailureKind> {
-        self.run(self.worker()?, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_receive(&mut s.store, s.plugin, meta, sender, body)
-        })
-        .map(|(v, _)| v)
+        self.pool
+            .worker(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_on_receive(&mut s.store, s.instance.plugin, meta, sender, body)
+            })
+            .map(|(v, _)| v)
     }
 
     fn on_receive_many(
@@ -889,9 +715,9 @@ impl Interceptor {
         sender_of: &[u32],
         senders: &[wit::Member],
     ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        let (v, _) = self.run(self.worker()?, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_receive_batch(&mut s.store, s.plugin, batch, sender_of, senders)
+        let (v, _) = self.pool.worker(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            hooks.call_on_receive_batch(&mut s.store, s.instance.plugin, batch, sender_of, senders)
         })?;
         self.check_len(v, batch.options.len())
     }
@@ -907,8 +733,7 @@ impl Interceptor {
             // (`apply` then has nothing to do).
             return Ok(v);
         }
-        self.shared.count_failure(FailureKind::Trap);
-        self.log_failure(
+        self.pool.fail(
             FailureKind::Trap,
             &format!("returned {} verdicts for {n} messages", v.len()),
         );
@@ -919,24 +744,26 @@ impl Interceptor {
         &self,
         ev: &MemberEvent,
     ) -> Result<(wit::MemberVerdict, Vec<Raised>), FailureKind> {
-        let mut g = self.slot(&self.control)?;
-        let Some(s) = g.as_mut() else {
-            return Err(FailureKind::Trap);
-        };
-        let hooks = s.bindings.shoal_cluster_hooks().plugin();
-        let r = match ev {
-            MemberEvent::Added(m) => {
-                hooks.call_member_added(&mut s.store, s.plugin, &member_to_wit(m))
+        self.pool.control(|s| {
+            let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+            match ev {
+                MemberEvent::Added(m) => {
+                    hooks.call_member_added(&mut s.store, s.instance.plugin, &member_to_wit(m))
+                }
+                MemberEvent::Disappeared(m, reason) => {
+                    let r = match reason {
+                        LeaveReason::Expired => wit::LeaveReason::Expired,
+                        LeaveReason::Shutdown => wit::LeaveReason::Shutdown,
+                    };
+                    hooks.call_member_disappeared(
+                        &mut s.store,
+                        s.instance.plugin,
+                        &member_to_wit(m),
+                        r,
+                    )
+                }
             }
-            MemberEvent::Disappeared(m, reason) => {
-                let r = match reason {
-                    LeaveReason::Expired => wit::LeaveReason::Expired,
-                    LeaveReason::Shutdown => wit::LeaveReason::Shutdown,
-                };
-                hooks.call_member_disappeared(&mut s.store, s.plugin, &member_to_wit(m), r)
-            }
-        };
-        self.finish(&mut g, r)
+        })
     }
 
     fn on_probe_result(
@@ -946,28 +773,46 @@ impl Interceptor {
         alive: bool,
     ) -> Result<Vec<Raised>, FailureKind> {
         let t = member_to_wit(target);
-        self.call(&self.control, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_probe_result(&mut s.store, s.plugin, id, &t, alive)
-        })
-        .map(|((), raised)| raised)
+        self.pool
+            .control(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_on_probe_result(&mut s.store, s.instance.plugin, id, &t, alive)
+            })
+            .map(|((), raised)| raised)
     }
 
     fn on_timer(&self, id: u64) -> Result<Vec<Raised>, FailureKind> {
-        self.call(&self.control, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_timer(&mut s.store, s.plugin, id)
-        })
-        .map(|((), raised)| raised)
+        self.pool
+            .control(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_on_timer(&mut s.store, s.instance.plugin, id)
+            })
+            .map(|((), raised)| raised)
     }
 
     fn heartbeat(&self) -> Result<Vec<Raised>, FailureKind> {
-        self.call(&self.control, |s| {
-            let hooks = s.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_heartbeat(&mut s.store, s.plugin)
-        })
-        .map(|((), raised)| raised)
+        self.pool
+            .control(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_heartbeat(&mut s.store, s.instance.plugin)
+            })
+            .map(|((), raised)| raised)
     }
+}
+
+/// Work for the node's control loop, which runs every membership, heartbeat,
+/// probe-result and timer call on the plug-ins' control instances, and every
+/// change of the chain, one at a time, in order.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A membership event from below the chain.
+    Member(MemberEvent),
+    /// A probe or timer a plug-in started has reported back.
+    Plugin(HostEvent),
+    /// The channel heartbeat.
+    Heartbeat,
+    /// A change of the chain on the running node (live swap).
+    Apply(Box<ChainChange>),
 }
 
 /// A message on its way down the chain.
@@ -1333,12 +1178,12 @@ impl Chain {
         let mut work: Vec<(usize, MemberEvent)> = Vec::new();
         match ev {
             ControlEvent::Member(e) => work.push((self.interceptors.len(), e)),
-            ControlEvent::ProbeResult {
+            ControlEvent::Plugin(HostEvent::ProbeResult {
                 plugin,
                 id,
                 target,
                 alive,
-            } => {
+            }) => {
                 if let Some(i) = self.route(&plugin, "probe result")
                     && let Ok(raised) = self.interceptors[i].on_probe_result(id, &target, alive)
                 {
@@ -1346,7 +1191,7 @@ impl Chain {
                     push_raised(&mut work, i, raised);
                 }
             }
-            ControlEvent::Timer { plugin, id } => {
+            ControlEvent::Plugin(HostEvent::Timer { plugin, id }) => {
                 if let Some(i) = self.route(&plugin, "timer")
                     && let Ok(raised) = self.interceptors[i].on_timer(id)
                 {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BUILTINS, Chain, ControlEvent, Interceptor, InterceptorSpec, NodeCtx, PluginLoadError,
@@ -209,6 +209,7 @@ pub struct ChainHandle {
     current: Arc<ArcSwap<Chain>>,
     node: Arc<NodeCtx>,
     opts: PluginOptions,
+    control: mpsc::UnboundedSender<ControlEvent>,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -220,12 +221,19 @@ impl std::fmt::Debug for ChainHandle {
 
 impl ChainHandle {
     /// A handle on the chain cell `current`, loading new plug-ins for
-    /// `node` with `opts`.
-    pub fn new(current: Arc<ArcSwap<Chain>>, node: Arc<NodeCtx>, opts: PluginOptions) -> Self {
+    /// `node` with `opts`; changes are applied by the control loop that
+    /// reads `control`.
+    pub fn new(
+        current: Arc<ArcSwap<Chain>>,
+        node: Arc<NodeCtx>,
+        opts: PluginOptions,
+        control: mpsc::UnboundedSender<ControlEvent>,
+    ) -> Self {
         Self {
             current,
             node,
             opts,
+            control,
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -377,8 +385,7 @@ impl ChainHandle {
             removed,
             reply,
         };
-        self.node
-            .control
+        self.control
             .send(ControlEvent::Apply(Box::new(change)))
             .map_err(|_| SwapError::Stopped)?;
         let handed = answer.await.map_err(|_| SwapError::Stopped)??;

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::shoal::cluster::{host, types};
+use crate::member::LeaveReason;
 use crate::member::{Member, MemberId};
-use crate::membership::{LeaveReason, MemberEvent, MemberTable};
+use crate::membership::MemberTable;
 use crate::metrics::Metrics;
 use crate::wire::SendOptions;
 
@@ -31,12 +31,10 @@ pub const TCP_FAIL_DETECT: [u8; 64] = [
 /// (the import returns id 0 and logs).
 const MAX_OUTSTANDING: usize = 4096;
 
-/// Work for the node's control loop, which runs every membership, heartbeat,
-/// probe-result and timer call on the plug-ins' control instances, in order.
+/// What a plug-in's asynchronous host imports report back: handed to the
+/// node's control loop, which calls the plug-in's control instance.
 #[derive(Debug)]
-pub enum ControlEvent {
-    /// A membership event from below the chain.
-    Member(MemberEvent),
+pub enum HostEvent {
     /// A probe a plug-in started has finished.
     ProbeResult {
         /// The plug-in that asked.
@@ -55,11 +53,26 @@ pub enum ControlEvent {
         /// The timer's id.
         id: u64,
     },
-    /// The channel heartbeat.
-    Heartbeat,
-    /// A change of the chain on the running node (live swap), applied in
-    /// order with the other control events.
-    Apply(Box<super::swap::ChainChange>),
+}
+
+/// Where host events go (the node's control loop).
+pub struct Reporter(Box<dyn Fn(HostEvent) + Send + Sync>);
+
+impl Reporter {
+    /// Reports through `f`.
+    pub fn new(f: impl Fn(HostEvent) + Send + Sync + 'static) -> Self {
+        Self(Box::new(f))
+    }
+
+    fn report(&self, ev: HostEvent) {
+        (self.0)(ev)
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
 }
 
 /// Node-wide facts and channels every plug-in store can reach.
@@ -74,7 +87,7 @@ pub struct NodeCtx {
     /// Node metrics (the deferred-queue gauge lives there).
     pub metrics: Arc<Metrics>,
     /// Where probes and timers report back.
-    pub control: mpsc::UnboundedSender<ControlEvent>,
+    pub control: Reporter,
     next_id: AtomicU64,
     next_generation: AtomicU64,
     started: Instant,
@@ -86,7 +99,7 @@ impl NodeCtx {
         local: Member,
         local_address: Bytes,
         metrics: Arc<Metrics>,
-        control: mpsc::UnboundedSender<ControlEvent>,
+        control: Reporter,
     ) -> Self {
         Self {
             local,
@@ -346,7 +359,7 @@ impl HostState {
     fn spawn_reporting<F, Fut>(&mut self, what: &str, work: F) -> u64
     where
         F: FnOnce(Arc<NodeCtx>, Arc<PluginShared>, u64) -> Fut,
-        Fut: std::future::Future<Output = ControlEvent> + Send + 'static,
+        Fut: std::future::Future<Output = HostEvent> + Send + 'static,
     {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return 0;
@@ -361,7 +374,7 @@ impl HostState {
         rt.spawn(async move {
             let ev = fut.await;
             plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
-            let _ = node.control.send(ev);
+            node.control.report(ev);
         });
         id
     }
@@ -528,7 +541,7 @@ impl host::Host for HostState {
         self.spawn_reporting("a probe", move |node, plugin, id| async move {
             let alive = probe_member(member.id.addr(), &options, &node.local_address).await;
             tracing::debug!(plugin = %plugin.name, member = %member.id, alive, "probe finished");
-            ControlEvent::ProbeResult {
+            HostEvent::ProbeResult {
                 plugin,
                 id,
                 target: member,
@@ -540,7 +553,7 @@ impl host::Host for HostState {
     fn set_timer(&mut self, delay_ms: u32) -> u64 {
         self.spawn_reporting("a timer", move |_node, plugin, id| async move {
             tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
-            ControlEvent::Timer { plugin, id }
+            HostEvent::Timer { plugin, id }
         })
     }
 
