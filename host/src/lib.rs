@@ -18,6 +18,7 @@
 //! * [`Config`] — the TOML configuration.
 
 pub mod api;
+pub mod chain;
 mod channel;
 pub mod clock;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The WebAssembly machinery every plug-in world shares: the one wasmtime
 //! engine and its compile cache ([`engine`]), the one `bindgen!` site
-//! ([`bindings`]), what a plug-in's store holds and the host imports
-//! ([`host`]), the non-blocking WASI subset ([`wasi`]) and the generic
+//! (`bindings`), what a plug-in's store holds and the host imports
+//! ([`host`]), the non-blocking WASI subset (`wasi`) and the generic
 //! instance pool with limits, deadlines and recreate-on-failure ([`pool`]).
 //! Nothing here knows about chains or sessions.
 

@@ -25,11 +25,12 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    BUILTINS, Chain, ControlEvent, Interceptor, InterceptorSpec, NodeCtx, PluginLoadError,
-    PluginOptions, PluginSource, content_hash,
-};
+use super::{Chain, ControlEvent};
 use crate::member::{Member, MemberEvent};
+use crate::plugins::{
+    BUILTINS, Interceptor, InterceptorSpec, NodeCtx, PluginLoadError, PluginOptions, PluginSource,
+    content_hash,
+};
 
 /// Why a change of the chain was refused. The running chain is unchanged.
 #[derive(Debug, thiserror::Error)]

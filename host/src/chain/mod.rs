@@ -1,0 +1,453 @@
+//! The interceptor chain: an onion of plug-ins between the channel and the
+//! transport, run message by message or batch by batch ([`Chain`]), the
+//! control plane that runs membership, heartbeat, probe and timer events
+//! through it ([`ControlEvent`], `control.rs`), its metrics (`metrics.rs`)
+//! and the node's handle that changes it while it runs ([`ChainHandle`],
+//! `handle.rs`).
+//!
+//! # Order (an onion)
+//!
+//! Interceptors are listed top (nearest the application) to bottom (nearest
+//! the network). A message being sent visits them in list order; a received
+//! message, membership events and events a plug-in raises travel up, in
+//! reverse list order. A plug-in's `defer` on send hands the message to the
+//! host's bounded queue, and a worker continues with the plug-ins below it.
+
+mod control;
+mod handle;
+mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+pub use control::ControlEvent;
+pub use handle::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChange, SwapError};
+
+use crate::member::{Member, MemberId};
+use crate::plugins::{
+    FailureKind, FailureMode, Interceptor, InterceptorSpec, NodeCtx, PluginLoadError, PluginOptions,
+};
+use crate::wasm::bindings::shoal::cluster::types as wit;
+use crate::wasm::host::{id_to_wit, member_to_wit};
+use crate::wire::SendOptions;
+
+/// A message on its way down the chain.
+#[derive(Debug, Clone)]
+pub struct OutMsg {
+    /// Option bits.
+    pub options: SendOptions,
+    /// Sender's wall clock.
+    pub timestamp: i64,
+    /// Body.
+    pub body: Bytes,
+    /// Destinations.
+    pub dests: Arc<[MemberId]>,
+}
+
+/// A message on its way up the chain.
+#[derive(Debug, Clone)]
+pub struct InMsg {
+    /// Option bits.
+    pub options: SendOptions,
+    /// Sender's wall clock.
+    pub timestamp: i64,
+    /// Who sent it.
+    pub sender: Member,
+    /// Message id.
+    pub unique_id: Bytes,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Where a message stands after passing (part of) the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// It passed every interceptor.
+    Continue,
+    /// An interceptor dropped it.
+    Dropped {
+        /// Which.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// An interceptor deferred it; continue at `resume` (for send: the index
+    /// of the next interceptor down; for receive: the number of interceptors
+    /// still to pass above, counting down).
+    Deferred {
+        /// Where to resume.
+        resume: usize,
+    },
+}
+
+/// The ordered interceptors of a node. Replaced as a whole (never edited in
+/// place), so a chain can be swapped atomically while messages flow.
+#[derive(Debug, Default)]
+pub struct Chain {
+    interceptors: Vec<Arc<Interceptor>>,
+}
+
+impl Chain {
+    /// A chain of already loaded interceptors, top first.
+    pub fn new(interceptors: Vec<Arc<Interceptor>>) -> Self {
+        Self { interceptors }
+    }
+
+    /// Loads every spec, top first.
+    pub async fn load(
+        specs: Vec<InterceptorSpec>,
+        opts: &PluginOptions,
+        node: Arc<NodeCtx>,
+    ) -> Result<Self, PluginLoadError> {
+        let mut v = Vec::new();
+        for s in specs {
+            v.push(Arc::new(Interceptor::load(s, opts, node.clone()).await?));
+        }
+        Ok(Self::new(v))
+    }
+
+    /// Whether there is no interceptor.
+    pub fn is_empty(&self) -> bool {
+        self.interceptors.is_empty()
+    }
+
+    /// Number of interceptors.
+    pub fn len(&self) -> usize {
+        self.interceptors.len()
+    }
+
+    /// The interceptors, top first.
+    pub fn interceptors(&self) -> &[Arc<Interceptor>] {
+        &self.interceptors
+    }
+
+    /// The chain's fingerprint, top first (advertised in the member packet).
+    pub fn fingerprint(&self) -> Vec<crate::wire::fingerprint::ChainEntry> {
+        self.interceptors.iter().map(|i| i.fingerprint()).collect()
+    }
+
+    fn failed(&self, ic: &Interceptor, kind: FailureKind) -> Option<Flow> {
+        match ic.spec.failure_mode {
+            FailureMode::FailOpen => None,
+            FailureMode::FailClosed => Some(Flow::Dropped {
+                plugin: ic.spec.name.clone(),
+                reason: format!("interceptor failed ({}) and is fail-closed", kind.label()),
+            }),
+        }
+    }
+
+    /// Passes `msg` down from interceptor `start`.
+    pub async fn send_from(&self, start: usize, msg: &mut OutMsg) -> Flow {
+        let mut flows = [Flow::Continue];
+        self.send_batch(start, std::slice::from_mut(msg), &mut flows)
+            .await;
+        let [f] = flows;
+        f
+    }
+
+    /// Passes `msg` up through the `above` interceptors nearest the network
+    /// … up to the top (`above` = [`Chain::len`] for a fresh message).
+    pub async fn receive_from(&self, above: usize, msg: &mut InMsg) -> Flow {
+        let mut flows = [Flow::Continue];
+        self.receive_batch(above, std::slice::from_mut(msg), &mut flows)
+            .await;
+        let [f] = flows;
+        f
+    }
+
+    /// Applies one plug-in's verdict (or failure) to one message.
+    fn apply_one<M: BodyOwner>(
+        &self,
+        ic: &Interceptor,
+        result: Result<wit::Verdict, FailureKind>,
+        msg: &mut M,
+        flow: &mut Flow,
+        deferred: &Flow,
+    ) {
+        match result {
+            Err(kind) => {
+                if let Some(f) = self.failed(ic, kind) {
+                    *flow = f;
+                }
+            }
+            Ok(wit::Verdict::Pass) => {}
+            Ok(wit::Verdict::PassModified(m)) => {
+                if let Some(o) = m.options {
+                    msg.set_options(SendOptions(o));
+                }
+                if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
+                    msg.set_body(Bytes::from(b));
+                }
+            }
+            Ok(wit::Verdict::Drop(reason)) => {
+                ic.shared.drops.fetch_add(1, Ordering::Relaxed);
+                *flow = Flow::Dropped {
+                    plugin: ic.spec.name.clone(),
+                    reason,
+                };
+            }
+            Ok(wit::Verdict::Defer) => {
+                ic.shared.defers.fetch_add(1, Ordering::Relaxed);
+                *flow = deferred.clone();
+            }
+        }
+    }
+
+    /// Applies one plug-in's verdicts (or failure) to the messages `live`.
+    fn apply<M: BodyOwner>(
+        &self,
+        ic: &Interceptor,
+        result: Result<Vec<wit::Verdict>, FailureKind>,
+        live: &[usize],
+        msgs: &mut [M],
+        flows: &mut [Flow],
+        deferred: &Flow,
+    ) {
+        match result {
+            Ok(verdicts) => {
+                for (&j, v) in live.iter().zip(verdicts) {
+                    self.apply_one(ic, Ok(v), &mut msgs[j], &mut flows[j], deferred);
+                }
+            }
+            Err(kind) => {
+                if let Some(f) = self.failed(ic, kind) {
+                    for &j in live {
+                        flows[j] = f.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passes a batch down from interceptor `start`. `flows[j]` must start as
+    /// [`Flow::Continue`]; a message stops at the first drop or defer. A
+    /// plug-in is called once per batch, with the messages its filter admits;
+    /// a batch of one takes the flat per-message hook.
+    pub async fn send_batch(&self, start: usize, msgs: &mut [OutMsg], flows: &mut [Flow]) {
+        if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
+            self.send_one(start, msg, flow);
+            return;
+        }
+        // Destination sets, shared by messages with the same destinations.
+        let mut sets: Vec<Vec<wit::MemberId>> = Vec::new();
+        let mut set_of: Vec<u32> = Vec::new();
+        let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
+        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
+            if !ic.caps.send {
+                continue;
+            }
+            live.clear();
+            let mut any = false;
+            let mut pending = 0u64;
+            let deferred = Flow::Deferred { resume: i + 1 };
+            for (j, m) in msgs.iter().enumerate() {
+                if flows[j] == Flow::Continue {
+                    any = true;
+                    if !ic.caps.sees(m.options, m.body.len()) {
+                        continue;
+                    }
+                    if ic.defers_at_once(m.options, m.body.len(), pending) {
+                        pending += m.body.len() as u64;
+                        ic.shared.defers.fetch_add(1, Ordering::Relaxed);
+                        flows[j] = deferred.clone();
+                    } else {
+                        live.push(j);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+            if live.is_empty() {
+                continue;
+            }
+            if set_of.is_empty() {
+                let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
+                for m in msgs.iter() {
+                    let idx = match seen
+                        .iter()
+                        .position(|d| Arc::ptr_eq(d, &m.dests) || d[..] == m.dests[..])
+                    {
+                        Some(k) => k,
+                        None => {
+                            seen.push(&m.dests);
+                            sets.push(m.dests.iter().map(|d| wit_id(&d.unique_id)).collect());
+                            seen.len() - 1
+                        }
+                    };
+                    set_of.push(idx as u32);
+                }
+            }
+            let batch = batch_meta(
+                ic,
+                live.iter().map(|&j| {
+                    let m = &msgs[j];
+                    (m.options, m.timestamp, &m.body)
+                }),
+            );
+            let dests: Vec<u32> = live.iter().map(|&j| set_of[j]).collect();
+            let r = ic.on_send_many(&batch, &dests, &sets);
+            self.apply(ic, r, &live, msgs, flows, &deferred);
+        }
+    }
+
+    fn send_one(&self, start: usize, msg: &mut OutMsg, flow: &mut Flow) {
+        let mut dests: Option<Vec<wit::MemberId>> = None;
+        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
+            if *flow != Flow::Continue {
+                return;
+            }
+            if !ic.caps.send || !ic.caps.sees(msg.options, msg.body.len()) {
+                continue;
+            }
+            let r = if ic.defers_at_once(msg.options, msg.body.len(), 0) {
+                Ok(wit::Verdict::Defer)
+            } else {
+                let d = dests.get_or_insert_with(|| {
+                    msg.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
+                });
+                let m = meta(msg.options, msg.timestamp, msg.body.len());
+                ic.on_send_one(m, d, ic.caps.body(&msg.body))
+            };
+            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i + 1 });
+        }
+    }
+
+    /// Passes a batch up through the `above` interceptors nearest the
+    /// network. `flows[j]` must start as [`Flow::Continue`].
+    pub async fn receive_batch(&self, above: usize, msgs: &mut [InMsg], flows: &mut [Flow]) {
+        if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
+            self.receive_one(above, msg, flow);
+            return;
+        }
+        let mut senders: Vec<wit::Member> = Vec::new();
+        let mut sender_of: Vec<u32> = Vec::new();
+        let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
+        for i in (0..above.min(self.interceptors.len())).rev() {
+            let ic = &self.interceptors[i];
+            if !ic.caps.receive {
+                continue;
+            }
+            live.clear();
+            let mut any = false;
+            for (j, m) in msgs.iter().enumerate() {
+                if flows[j] == Flow::Continue {
+                    any = true;
+                    if ic.caps.sees(m.options, m.body.len()) {
+                        live.push(j);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+            if live.is_empty() {
+                continue;
+            }
+            if sender_of.is_empty() {
+                let mut seen: Vec<MemberId> = Vec::new();
+                for m in msgs.iter() {
+                    let idx = match seen.iter().position(|s| *s == m.sender.id) {
+                        Some(k) => k,
+                        None => {
+                            seen.push(m.sender.id);
+                            senders.push(member_to_wit(&m.sender));
+                            seen.len() - 1
+                        }
+                    };
+                    sender_of.push(idx as u32);
+                }
+            }
+            let batch = batch_meta(
+                ic,
+                live.iter().map(|&j| {
+                    let m = &msgs[j];
+                    (m.options, m.timestamp, &m.body)
+                }),
+            );
+            let from: Vec<u32> = live.iter().map(|&j| sender_of[j]).collect();
+            let r = ic.on_receive_many(&batch, &from, &senders);
+            self.apply(ic, r, &live, msgs, flows, &Flow::Deferred { resume: i });
+        }
+    }
+
+    fn receive_one(&self, above: usize, msg: &mut InMsg, flow: &mut Flow) {
+        let mut sender: Option<wit::Member> = None;
+        for i in (0..above.min(self.interceptors.len())).rev() {
+            let ic = &self.interceptors[i];
+            if *flow != Flow::Continue {
+                return;
+            }
+            if !ic.caps.receive || !ic.caps.sees(msg.options, msg.body.len()) {
+                continue;
+            }
+            let s = sender.get_or_insert_with(|| member_to_wit(&msg.sender));
+            let m = meta(msg.options, msg.timestamp, msg.body.len());
+            let r = ic.on_receive_one(m, s, ic.caps.body(&msg.body));
+            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i });
+        }
+    }
+}
+
+/// The columns of a batch for `ic`: bodies only for a plug-in that reads them.
+fn batch_meta<'a>(
+    ic: &Interceptor,
+    msgs: impl ExactSizeIterator<Item = (SendOptions, i64, &'a Bytes)>,
+) -> wit::BatchMeta {
+    let n = msgs.len();
+    let reads = ic.caps.body_limit > 0;
+    let mut b = wit::BatchMeta {
+        options: Vec::with_capacity(n),
+        timestamps: Vec::with_capacity(n),
+        sizes: Vec::with_capacity(n),
+        bodies: Vec::with_capacity(if reads { n } else { 0 }),
+    };
+    for (options, timestamp, body) in msgs {
+        b.options.push(options.0);
+        b.timestamps.push(timestamp);
+        b.sizes.push(body.len() as u32);
+        if reads {
+            b.bodies.push(ic.caps.body(body).map(<[u8]>::to_vec));
+        }
+    }
+    b
+}
+
+fn meta(options: SendOptions, timestamp: i64, size: usize) -> wit::MessageMeta {
+    wit::MessageMeta {
+        options: options.0,
+        timestamp,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+    }
+}
+
+fn wit_id(id: &[u8; 16]) -> wit::MemberId {
+    let (hi, lo) = id_to_wit(id);
+    wit::MemberId { hi, lo }
+}
+
+/// Messages whose options and body a plug-in may change.
+trait BodyOwner {
+    fn set_options(&mut self, o: SendOptions);
+    fn set_body(&mut self, b: Bytes);
+}
+
+impl BodyOwner for OutMsg {
+    fn set_options(&mut self, o: SendOptions) {
+        self.options = o;
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
+    }
+}
+
+impl BodyOwner for InMsg {
+    fn set_options(&mut self, o: SendOptions) {
+        self.options = o;
+    }
+    fn set_body(&mut self, b: Bytes) {
+        self.body = b;
+    }
+}
