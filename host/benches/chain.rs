@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use shoal::chain::{Chain, InMsg, OutMsg};
 use shoal::config::MembershipKind;
-use shoal::plugins::{Chain, InMsg, NodeCtx, OutMsg, PluginOptions};
+use shoal::plugins::{NodeCtx, PluginOptions};
 use shoal::{Config, ListenerError, Member, MemberId, Node, ReceivedMessage, SendOptions};
 
 fn member(port: u16) -> Member {
@@ -63,7 +64,7 @@ async fn default_chain(instances: usize) -> Arc<Chain> {
 /// defers asynchronous ones) continues below it at once, as a queue worker
 /// would (which passes batches instead).
 async fn per_message(chain: &Chain, size: usize, n: u32, opts: SendOptions) -> (f64, f64) {
-    use shoal::plugins::Flow;
+    use shoal::chain::Flow;
     let body = Bytes::from(vec![7u8; size]);
     let dests: Arc<[MemberId]> = vec![member(2).id].into();
     let opts = SendOptions::BYTE_MESSAGE | opts;
@@ -97,7 +98,7 @@ async fn per_message(chain: &Chain, size: usize, n: u32, opts: SendOptions) -> (
 
 /// ns per message through `chain` in batches of 64, over `n` batches.
 async fn per_message_batched(chain: &Chain, size: usize, n: u32) -> (f64, f64) {
-    use shoal::plugins::Flow;
+    use shoal::chain::Flow;
     let body = Bytes::from(vec![7u8; size]);
     let dests: Arc<[MemberId]> = vec![member(2).id].into();
     let opts = SendOptions::BYTE_MESSAGE | SendOptions::USE_ACK;

@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::chain::{ChainHandle, SwapError};
 use crate::channel::Channel;
 use crate::member::{Member, MemberId};
 use crate::metrics::Metrics;
-use crate::plugins::{ChainHandle, SwapError};
 use crate::wire::SendOptions;
 
 /// Largest body `POST /api/send` accepts.

@@ -16,11 +16,11 @@ use bytes::Bytes;
 
 use arc_swap::ArcSwap;
 
+use crate::chain::{Chain, Flow, InMsg, OutMsg};
 use crate::dispatch::{Dispatcher, EnqueueError, Enqueued, Job};
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent, MemberTable};
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, Flow, InMsg, OutMsg};
 use crate::transport::receiver::{DeliveryError, MessageHandler};
 use crate::transport::sender::{SendError, Sender};
 use crate::wire::{ChannelData, FrameEncoder, MemberPacket, SendOptions};
@@ -364,7 +364,7 @@ impl Channel {
     /// The cell holding the chain (shared with the node's [`ChainHandle`],
     /// which replaces its value while messages flow).
     ///
-    /// [`ChainHandle`]: crate::plugins::ChainHandle
+    /// [`ChainHandle`]: crate::chain::ChainHandle
     pub(crate) fn chain_cell(&self) -> &ArcSwap<Chain> {
         &self.inner.chain
     }

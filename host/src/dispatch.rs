@@ -23,10 +23,10 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::chain::{Chain, Flow, OutMsg};
 use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, Flow, OutMsg};
 use crate::transport::sender::Sender;
 use crate::wire::{Frame, FrameEncoder};
 

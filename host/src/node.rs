@@ -11,15 +11,14 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use crate::api::ApiServer;
+use crate::chain::{Chain, ChainHandle, ControlEvent};
 use crate::channel::Channel;
 use crate::config::{Config, MembershipKind};
 use crate::dispatch::Dispatcher;
 use crate::member::{Member, MemberId};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::plugins::{
-    Chain, ChainHandle, ControlEvent, InterceptorSpec, NodeCtx, PluginOptions, Reporter,
-};
+use crate::plugins::{InterceptorSpec, NodeCtx, PluginOptions, Reporter};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
 use crate::wire::fingerprint::{self, ChainEntry, FingerprintError};
@@ -303,7 +302,7 @@ impl Node {
     pub async fn reload_plugins(
         &self,
         cfg: &Config,
-    ) -> Result<crate::plugins::ChangeReport, crate::plugins::SwapError> {
+    ) -> Result<crate::chain::ChangeReport, crate::chain::SwapError> {
         self.plugins
             .apply_specs(InterceptorSpec::list_from(cfg))
             .await

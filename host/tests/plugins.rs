@@ -191,7 +191,7 @@ async fn message_filter_picks_what_a_guest_sees() {
     assert_eq!(b, vec![b"longA".to_vec(), b"xS".to_vec(), b"yAS".to_vec()]);
 
     // a batch: only the admitted messages are passed, the rest untouched
-    use shoal::plugins::{Flow, InMsg, OutMsg};
+    use shoal::chain::{Flow, InMsg, OutMsg};
     let dests: Arc<[shoal::MemberId]> = vec![nodes[1].id()].into();
     let out = |body: &'static [u8], o: SendOptions| OutMsg {
         options: o | SendOptions::BYTE_MESSAGE,

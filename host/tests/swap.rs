@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use shoal::chain::{ChangeKind, SwapError};
 use shoal::config::InterceptorConfig;
-use shoal::plugins::{ChangeKind, SwapError};
 use shoal::{Node, SendOptions};
 
 const SYNC: SendOptions = SendOptions(SendOptions::USE_ACK.0 | SendOptions::SYNCHRONIZED_ACK.0);

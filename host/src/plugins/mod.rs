@@ -32,10 +32,6 @@ use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceAny};
 
-pub use crate::chain::{
-    Chain, ChainChange, ChainHandle, ChangeKind, ChangeReport, ControlEvent, Flow, InMsg, OutMsg,
-    PluginChange, SwapError,
-};
 pub use crate::wasm::engine::{content_hash, default_cache_dir, engine};
 pub use crate::wasm::host::{
     FailureKind, HostEvent, NodeCtx, PluginShared, Raised, Reporter, TCP_FAIL_DETECT,
@@ -119,7 +115,7 @@ pub struct InterceptorSpec {
 
 impl InterceptorSpec {
     /// The interceptor chain `cfg` asks for, top first.
-    pub fn list_from(cfg: &crate::Config) -> Vec<Self> {
+    pub fn list_from(cfg: &crate::config::Config) -> Vec<Self> {
         if cfg.interceptors.is_empty() {
             if !cfg.plugins.default_chain {
                 return Vec::new();

@@ -23,7 +23,7 @@ pub(crate) const MAX_PACKET_LEN: usize = 65_535;
 /// One member's self-description, as multicast in heartbeats and embedded in
 /// every channel message.
 ///
-/// Identity (see [`crate::MemberId`]) is host bytes + port + `unique_id`; the
+/// Identity (see `MemberId`) is host bytes + port + `unique_id`; the
 /// other fields are attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberPacket {
