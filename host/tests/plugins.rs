@@ -603,3 +603,16 @@ async fn compiled_components_are_cached_on_disk() {
     assert!(std::fs::read(&file).expect("rewritten").len() > 1000);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Host imports that can fail say so: a timer longer than an hour is
+/// refused with an error the plug-in sees (testkit then passes the event it
+/// would have held), so the pair converges at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_timer_is_an_error_the_plugin_sees() {
+    let hold = |ms: &str| vec![testkit("hold", false, &[("mode", "hold"), ("hold_ms", ms)])];
+    // pair() waits until each node sees the other: with an accepted 2-hour
+    // timer A would hold B's arrival and this would time out.
+    let nodes = pair([hold("7200000"), Vec::new()], |_| {}).await;
+    assert_eq!(nodes[0].members().len(), 1);
+    shutdown(nodes).await;
+}

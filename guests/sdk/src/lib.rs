@@ -376,9 +376,20 @@ pub mod host {
     pub struct Counter(u32);
 
     impl Counter {
-        /// Registers (or finds) the counter `name`.
+        /// Registers (or finds) the counter `name`; an error when the
+        /// plug-in already has 256.
+        pub fn try_register(name: &str, help: &str) -> Result<Self, String> {
+            h::register_counter(name, help).map(Self)
+        }
+
+        /// Registers (or finds) the counter `name`. If the host refuses
+        /// (256 counters already), logs a warning and returns a counter
+        /// that counts nothing.
         pub fn register(name: &str, help: &str) -> Self {
-            Self(h::register_counter(name, help))
+            Self::try_register(name, help).unwrap_or_else(|e| {
+                warn(&e);
+                Self(u32::MAX)
+            })
         }
 
         /// Adds `delta`; returns the node-wide total.
@@ -407,13 +418,15 @@ pub mod host {
         h::queued_bytes()
     }
 
-    /// Starts a TCP liveness probe; the answer comes to `on_probe_result`.
-    pub fn probe(target: &Member, options: ProbeOptions) -> u64 {
+    /// Starts a TCP liveness probe; the answer comes to `on_probe_result`
+    /// with the returned id. An error means no answer will come.
+    pub fn probe(target: &Member, options: ProbeOptions) -> Result<u64, String> {
         h::probe(target, options)
     }
 
-    /// Asks for `on_timer` after `delay_ms`.
-    pub fn set_timer(delay_ms: u32) -> u64 {
+    /// Asks for `on_timer` after `delay_ms` (at most an hour); returns the
+    /// timer's id. An error means no timer was set.
+    pub fn set_timer(delay_ms: u32) -> Result<u64, String> {
         h::set_timer(delay_ms)
     }
 

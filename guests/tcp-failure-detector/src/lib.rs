@@ -67,9 +67,26 @@ impl Detector {
         if self.in_flight.contains_key(&k) {
             return; // one probe per member at a time
         }
-        let id = host::probe(m, self.probe);
-        self.pending.insert(id, purpose);
-        self.in_flight.insert(k, id);
+        match host::probe(m, self.probe) {
+            Ok(id) => {
+                self.pending.insert(id, purpose);
+                self.in_flight.insert(k, id);
+            }
+            Err(e) => {
+                // Not probed now: the heartbeat tries again, as for a suspect.
+                host::warn(&format!("{}: {e}; retrying at the next heartbeat", Self::name(m)));
+                match purpose {
+                    Purpose::Add => {
+                        self.add_suspects.insert(k, m.clone());
+                    }
+                    Purpose::Remove | Purpose::RecheckSuspect => {
+                        self.remove_suspects
+                            .entry(k)
+                            .or_insert_with(|| (m.clone(), host::monotonic_ms()));
+                    }
+                }
+            }
+        }
     }
 
     fn name(m: &Member) -> String {

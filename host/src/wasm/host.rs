@@ -28,8 +28,12 @@ pub const TCP_FAIL_DETECT: [u8; 64] = [
 ];
 
 /// Most probes and timers one plug-in may have outstanding; more are refused
-/// (the import returns id 0 and logs).
+/// (the import returns an error and the host logs).
 const MAX_OUTSTANDING: usize = 4096;
+/// Most counters one plug-in may register.
+const MAX_COUNTERS: usize = 256;
+/// Longest timer a plug-in may set, ms (an hour).
+const MAX_TIMER_MS: u32 = 3_600_000;
 
 /// What a plug-in's asynchronous host imports report back: handed to the
 /// node's control loop, which calls the plug-in's control instance.
@@ -354,18 +358,20 @@ impl HostState {
     }
 
     /// Runs `work` on the runtime and hands the event it returns to the
-    /// control loop; returns the work's id (0 if refused: too many
+    /// control loop; returns the work's id, or why it was refused (too many
     /// outstanding, or no runtime).
-    fn spawn_reporting<F, Fut>(&mut self, what: &str, work: F) -> u64
+    fn spawn_reporting<F, Fut>(&mut self, what: &str, work: F) -> Result<u64, String>
     where
         F: FnOnce(Arc<NodeCtx>, Arc<PluginShared>, u64) -> Fut,
         Fut: std::future::Future<Output = HostEvent> + Send + 'static,
     {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return 0;
+            return Err(format!("{what} refused: no runtime"));
         };
         if !self.reserve_outstanding(what) {
-            return 0;
+            return Err(format!(
+                "{what} refused: {MAX_OUTSTANDING} probes and timers already outstanding"
+            ));
         }
         let id = self.node.next_id();
         let node = self.node.clone();
@@ -376,7 +382,7 @@ impl HostState {
             plugin.outstanding.fetch_sub(1, Ordering::Relaxed);
             node.control.report(ev);
         });
-        id
+        Ok(id)
     }
 
     fn reserve_outstanding(&self, what: &str) -> bool {
@@ -478,7 +484,7 @@ impl host::Host for HostState {
         }
     }
 
-    fn register_counter(&mut self, name: String, help: String) -> u32 {
+    fn register_counter(&mut self, name: String, help: String) -> Result<u32, String> {
         let name = sanitize(&name);
         let mut all = self
             .plugin
@@ -486,18 +492,19 @@ impl host::Host for HostState {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(i) = all.iter().position(|c| c.name == name) {
-            return i as u32;
+            return Ok(i as u32);
         }
-        if all.len() >= 256 {
-            tracing::warn!(plugin = %self.plugin.name, "too many counters; {name} not registered");
-            return u32::MAX;
+        if all.len() >= MAX_COUNTERS {
+            return Err(format!(
+                "counter {name} not registered: a plug-in has at most {MAX_COUNTERS}"
+            ));
         }
         all.push(Arc::new(GuestCounter {
             name,
             help: help.chars().filter(|c| *c != '\n').take(200).collect(),
             value: AtomicU64::new(0),
         }));
-        (all.len() - 1) as u32
+        Ok((all.len() - 1) as u32)
     }
 
     fn counter_add(&mut self, counter: u32, delta: u64) -> u64 {
@@ -533,10 +540,16 @@ impl host::Host for HostState {
             .max(0) as u64
     }
 
-    fn probe(&mut self, target: types::Member, options: types::ProbeOptions) -> u64 {
+    fn probe(
+        &mut self,
+        target: types::Member,
+        options: types::ProbeOptions,
+    ) -> Result<u64, String> {
         let Some(member) = member_from_wit(&target) else {
-            tracing::warn!(plugin = %self.plugin.name, host = %target.host, "probe of a member with an unparsable host");
-            return 0;
+            return Err(format!(
+                "cannot probe {:?}: the host is not an IP address",
+                target.host
+            ));
         };
         self.spawn_reporting("a probe", move |node, plugin, id| async move {
             let alive = probe_member(member.id.addr(), &options, &node.local_address).await;
@@ -550,7 +563,12 @@ impl host::Host for HostState {
         })
     }
 
-    fn set_timer(&mut self, delay_ms: u32) -> u64 {
+    fn set_timer(&mut self, delay_ms: u32) -> Result<u64, String> {
+        if delay_ms > MAX_TIMER_MS {
+            return Err(format!(
+                "timer of {delay_ms} ms refused: at most {MAX_TIMER_MS} ms"
+            ));
+        }
         self.spawn_reporting("a timer", move |_node, plugin, id| async move {
             tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
             HostEvent::Timer { plugin, id }
