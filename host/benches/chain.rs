@@ -153,12 +153,13 @@ async fn throughput(with_chain: bool, size: usize, budget: Duration) -> (f64, u6
         let mut c = Config::default();
         c.membership.kind = MembershipKind::Static;
         c.membership.members = members.clone();
-        c.receiver.address = "127.0.0.1".into();
+        c.receiver.address =
+            shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
         c.receiver.port = p;
         c.receiver.auto_bind = 1;
-        c.api.listen = String::new();
+        c.api.listen = shoal::config::ApiListen::Off;
         c.plugins.default_chain = with_chain;
-        c.plugins.cache_dir = "off".into();
+        c.plugins.cache_dir = shoal::config::CacheDir::Off;
         nodes.push(Node::start(c).await.expect("node"));
     }
     let t = Instant::now();

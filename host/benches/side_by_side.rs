@@ -106,9 +106,10 @@ mod peer {
         cfg.membership.bind = Some("127.0.0.1".parse().expect("ip"));
         cfg.membership.frequency_ms = FREQUENCY_MS;
         cfg.membership.drop_time_ms = DROP_TIME_MS;
-        cfg.receiver.address = "127.0.0.1".into();
+        cfg.receiver.address =
+            shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
         cfg.receiver.port = get("port").parse().expect("port");
-        cfg.api.listen = String::new();
+        cfg.api.listen = shoal::config::ApiListen::Off;
         // As `shoal run`: a default multi-threaded runtime.
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let received = Arc::new(AtomicU64::new(0));

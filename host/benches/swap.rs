@@ -37,13 +37,14 @@ fn configs(cache: &str) -> Vec<Config> {
         .map(|(i, p)| {
             let mut c = Config::default();
             c.node.name = format!("b{i}");
-            c.receiver.address = "127.0.0.1".into();
+            c.receiver.address =
+                shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
             c.receiver.port = *p;
             c.receiver.auto_bind = 1;
-            c.api.listen = String::new();
+            c.api.listen = shoal::config::ApiListen::Off;
             c.membership.kind = MembershipKind::Static;
             c.membership.members = members.clone();
-            c.plugins.cache_dir = cache.into();
+            c.plugins.cache_dir = shoal::config::CacheDir::from(cache.to_owned());
             c
         })
         .collect()

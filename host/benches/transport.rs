@@ -190,10 +190,10 @@ fn node_config(name: &str, port: u16, members: &[String], setup: Setup) -> Confi
     cfg.node.name = name.into();
     cfg.membership.kind = MembershipKind::Static;
     cfg.membership.members = members.to_vec();
-    cfg.receiver.address = "127.0.0.1".into();
+    cfg.receiver.address = shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
     cfg.receiver.port = port;
     cfg.receiver.auto_bind = 1;
-    cfg.api.listen = String::new();
+    cfg.api.listen = shoal::config::ApiListen::Off;
     cfg.plugins.default_chain = setup == Setup::DefaultChain;
     cfg
 }

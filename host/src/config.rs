@@ -103,9 +103,10 @@ pub struct PluginsConfig {
     pub memory_limit_mb: u64,
     /// Instances per interceptor serving messages; 0 = one per CPU.
     pub instances: usize,
-    /// Compiled-component cache directory; `""` = `$XDG_CACHE_HOME/shoal/components`
-    /// (or `~/.cache/…`), `"off"` = no cache.
-    pub cache_dir: String,
+    /// Compiled-component cache directory: `""` (default) =
+    /// `$XDG_CACHE_HOME/shoal/components` (or `~/.cache/…`), `"off"` = no
+    /// cache, else a path.
+    pub cache_dir: CacheDir,
     /// Channel heartbeat period (interceptors' `heartbeat` hook). Tribes: 5000 ms.
     pub heartbeat_ms: u64,
 }
@@ -117,7 +118,7 @@ impl Default for PluginsConfig {
             call_deadline_ms: 20,
             memory_limit_mb: 64,
             instances: 0,
-            cache_dir: String::new(),
+            cache_dir: CacheDir::Default,
             heartbeat_ms: 5000,
         }
     }
@@ -227,7 +228,7 @@ impl MembershipConfig {
 pub struct ReceiverConfig {
     /// Address to listen on and advertise: an IP, or `"auto"` (Tomcat's default)
     /// for the address of the interface that routes to the multicast group.
-    pub address: String,
+    pub address: ReceiverAddress,
     /// First port to try. Tomcat: 4000. `0` lets the OS choose.
     pub port: u16,
     /// How many consecutive ports to try (Tomcat's autoBind): 4000..4099 by default.
@@ -249,7 +250,7 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
-            address: "auto".into(),
+            address: ReceiverAddress::Auto,
             port: 4000,
             auto_bind: 100,
             max_connections: 1024,
@@ -327,22 +328,102 @@ impl Default for DispatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Listen address of the HTTP admin API; `""` disables it. Default 127.0.0.1:8080.
-    pub listen: String,
+    /// Listen address of the HTTP admin API; `""` or `"off"` disables it.
+    /// Default 127.0.0.1:8080.
+    pub listen: ApiListen,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: ApiListen::At(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))),
         }
     }
 }
 
 impl ApiConfig {
-    /// The listen address, if the API is enabled. Call after [`Config::validate`].
+    /// The listen address, if the API is enabled.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
+        match self.listen {
+            ApiListen::At(a) => Some(a),
+            ApiListen::Off => None,
+        }
+    }
+}
+
+/// `receiver.address`: an IP address, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ReceiverAddress {
+    /// The address of the interface that routes to the multicast group (or
+    /// `membership.bind`).
+    #[default]
+    Auto,
+    /// This address.
+    Ip(IpAddr),
+}
+
+impl TryFrom<String> for ReceiverAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        s.parse()
+            .map(Self::Ip)
+            .map_err(|_| format!("{s:?} is neither an IP address nor \"auto\""))
+    }
+}
+
+impl From<IpAddr> for ReceiverAddress {
+    fn from(ip: IpAddr) -> Self {
+        Self::Ip(ip)
+    }
+}
+
+/// `api.listen`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ApiListen {
+    /// No admin API (`""` or `"off"`).
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+impl TryFrom<String> for ApiListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s == "off" {
+            return Ok(Self::Off);
+        }
+        s.parse()
+            .map(Self::At)
+            .map_err(|_| format!("{s:?} is not an address like \"127.0.0.1:8080\" (or \"off\")"))
+    }
+}
+
+/// `plugins.cache_dir`: where compiled components are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(from = "String")]
+pub enum CacheDir {
+    /// `""`: `$SHOAL_CACHE_DIR`, `$XDG_CACHE_HOME/shoal/components` or
+    /// `~/.cache/shoal/components`.
+    #[default]
+    Default,
+    /// `"off"`: compile at every start.
+    Off,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+impl From<String> for CacheDir {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "" => Self::Default,
+            "off" => Self::Off,
+            _ => Self::Dir(PathBuf::from(s)),
+        }
     }
 }
 
@@ -495,12 +576,6 @@ impl Config {
             ));
         }
         let r = &self.receiver;
-        if r.address != "auto" && r.address.parse::<IpAddr>().is_err() {
-            return Err(bad(
-                "receiver.address",
-                format!("{:?} is neither an IP address nor \"auto\"", r.address),
-            ));
-        }
         if r.auto_bind == 0 {
             return Err(bad("receiver.auto_bind", "must be at least 1".into()));
         }
@@ -552,15 +627,6 @@ impl Config {
             return Err(bad(
                 "dispatch.max_queue_size",
                 "must be between 1 and 17179869184".into(),
-            ));
-        }
-        if !self.api.listen.is_empty() && self.api.listen.parse::<SocketAddr>().is_err() {
-            return Err(bad(
-                "api.listen",
-                format!(
-                    "{:?} is not an address like \"127.0.0.1:8080\"",
-                    self.api.listen
-                ),
             ));
         }
         let p = &self.plugins;

@@ -71,7 +71,7 @@ pub struct Node {
 /// Resolves `receiver.address`: an IP, or "auto" for the address of the
 /// interface that routes to the membership group (a route lookup; nothing is sent).
 fn resolve_address(cfg: &Config) -> IpAddr {
-    if let Ok(ip) = cfg.receiver.address.parse::<IpAddr>() {
+    if let crate::config::ReceiverAddress::Ip(ip) = cfg.receiver.address {
         return ip;
     }
     if let Some(bind) = cfg.membership.bind {

@@ -24,7 +24,10 @@ async fn pair(
         // An empty list means no chain here (not the default chain).
         c.plugins.default_chain = false;
         c.interceptors = chain;
-        c.plugins.cache_dir = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+        c.plugins.cache_dir = shoal::config::CacheDir::from(format!(
+            "{}/component-cache",
+            env!("CARGO_TARGET_TMPDIR")
+        ));
         tweak(&mut c);
         nodes.push(Node::start(c).await.expect("node starts"));
     }
@@ -494,7 +497,7 @@ async fn bad_plugins_are_refused_at_start_naming_the_file() {
         let mut c = base_config("bad", 0);
         c.membership.kind = shoal::config::MembershipKind::Static;
         c.membership.members = vec!["127.0.0.1:1".into()];
-        c.plugins.cache_dir = "off".into();
+        c.plugins.cache_dir = shoal::config::CacheDir::Off;
         c.interceptors = vec![ic.clone()];
         let err = Node::start(c).await.expect_err("refused");
         let msg = err.to_string();
@@ -562,7 +565,7 @@ async fn compiled_components_are_cached_on_disk() {
         c.membership.kind = shoal::config::MembershipKind::Static;
         c.membership.members = vec!["127.0.0.1:1".into()];
         c.interceptors = vec![interceptor("throughput", None, false, &[])];
-        c.plugins.cache_dir = dir.display().to_string();
+        c.plugins.cache_dir = shoal::config::CacheDir::Dir(dir.to_path_buf());
         Node::start(c)
     };
     let node = start(&dir).await.expect("start");

@@ -203,7 +203,8 @@ async fn tcp_failure_detector_keeps_a_paused_member_and_drops_a_dead_one() {
     let mut cfg = base_config("a", free_port());
     cfg.membership.port = group_port;
     cfg.membership.bind = Some("127.0.0.1".parse().expect("ip"));
-    cfg.plugins.cache_dir = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+    cfg.plugins.cache_dir =
+        shoal::config::CacheDir::from(format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR")));
     let a = shoal::Node::start(cfg).await.expect("a starts"); // default chain
     let apis: Vec<SocketAddr> = (0..2)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))

@@ -26,8 +26,11 @@ async fn pair(chain: Vec<InterceptorConfig>) -> Vec<Node> {
     let mut nodes = Vec::new();
     for mut c in static_configs(2) {
         c.interceptors = chain.clone();
-        c.api.listen = "127.0.0.1:0".into();
-        c.plugins.cache_dir = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+        c.api.listen = shoal::config::ApiListen::At(([127, 0, 0, 1], 0).into());
+        c.plugins.cache_dir = shoal::config::CacheDir::from(format!(
+            "{}/component-cache",
+            env!("CARGO_TARGET_TMPDIR")
+        ));
         nodes.push(Node::start(c).await.expect("node starts"));
     }
     for n in &nodes {
@@ -373,7 +376,7 @@ async fn swapped_failure_detector_drops_a_killed_member_and_keeps_a_live_one() {
         c.membership.drop_time_ms = 1200;
     }
     let mut a_cfg = cfgs[0].clone();
-    a_cfg.api.listen = "127.0.0.1:0".into();
+    a_cfg.api.listen = shoal::config::ApiListen::At(([127, 0, 0, 1], 0).into());
     let a = Node::start(a_cfg).await.expect("A starts");
     let mut procs = Vec::new();
     for name in ["b", "c"] {

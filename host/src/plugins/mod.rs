@@ -77,6 +77,7 @@ pub const BUILTINS: [(&str, &[u8]); crate::config::BUILTIN_NAMES.len()] = [
 /// recommended set).
 pub const DEFAULT_CHAIN: [&str; 3] = ["tcp-failure-detector", "message-dispatch", "throughput"];
 
+use crate::config::CacheDir;
 pub use crate::config::FailureMode;
 
 /// Where an interceptor's code comes from.
@@ -187,10 +188,10 @@ impl PluginOptions {
         if p.instances > 0 {
             o.instances = p.instances;
         }
-        o.cache_dir = match p.cache_dir.as_str() {
-            "" => Some(default_cache_dir()),
-            "off" => None,
-            d => Some(PathBuf::from(d)),
+        o.cache_dir = match &p.cache_dir {
+            CacheDir::Default => Some(default_cache_dir()),
+            CacheDir::Off => None,
+            CacheDir::Dir(d) => Some(d.clone()),
         };
         o
     }

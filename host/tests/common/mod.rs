@@ -27,10 +27,10 @@ pub fn base_config(name: &str, port: u16) -> Config {
     let mut c = Config::default();
     c.node.name = name.into();
     c.node.domain = "test".into();
-    c.receiver.address = "127.0.0.1".into();
+    c.receiver.address = shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
     c.receiver.port = port;
     c.receiver.auto_bind = 1;
-    c.api.listen = String::new();
+    c.api.listen = shoal::config::ApiListen::Off;
     c
 }
 
