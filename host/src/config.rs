@@ -534,159 +534,248 @@ impl Config {
     }
 
     fn validate_in(&self, file: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| ConfigError::Invalid {
-            file: file.to_owned(),
+        let sections = [
+            self.node.validate(),
+            self.membership.validate(),
+            self.receiver.validate(),
+            self.sender.validate(),
+            self.dispatch.validate(),
+            self.plugins.validate(),
+            validate_interceptors(&self.interceptors),
+        ];
+        for r in sections {
+            r.map_err(|Invalid { key, reason }| ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A bad value: its key and why.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    reason: String,
+}
+
+impl Invalid {
+    fn new(key: &str, reason: String) -> Self {
+        Self {
             key: key.to_owned(),
             reason,
-        };
-        let m = &self.membership;
-        if !m.address.is_multicast() {
-            return Err(bad(
-                "membership.address",
-                format!("{} is not a multicast address", m.address),
+        }
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.domain.chars().any(|c| c as u32 > 0xff) {
+            return Err(Invalid::new(
+                "node.domain",
+                "must be ISO-8859-1 text".into(),
             ));
         }
-        if m.frequency_ms == 0 || m.frequency_ms > 60_000 {
-            return Err(bad(
+        Ok(())
+    }
+}
+
+impl MembershipConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !self.address.is_multicast() {
+            return Err(Invalid::new(
+                "membership.address",
+                format!("{} is not a multicast address", self.address),
+            ));
+        }
+        if self.frequency_ms == 0 || self.frequency_ms > 60_000 {
+            return Err(Invalid::new(
                 "membership.frequency_ms",
                 "must be between 1 and 60000".into(),
             ));
         }
-        if m.drop_time_ms <= m.frequency_ms {
-            return Err(bad(
+        if self.drop_time_ms <= self.frequency_ms {
+            return Err(Invalid::new(
                 "membership.drop_time_ms",
-                format!("must be greater than frequency_ms ({})", m.frequency_ms),
+                format!("must be greater than frequency_ms ({})", self.frequency_ms),
             ));
         }
-        if matches!(m.ttl, Some(t) if t > 255) {
-            return Err(bad("membership.ttl", "must be between 0 and 255".into()));
+        if matches!(self.ttl, Some(t) if t > 255) {
+            return Err(Invalid::new(
+                "membership.ttl",
+                "must be between 0 and 255".into(),
+            ));
         }
-        for (i, s) in m.members.iter().enumerate() {
+        for (i, s) in self.members.iter().enumerate() {
             if s.parse::<SocketAddr>().is_err() {
-                return Err(bad(
+                return Err(Invalid::new(
                     &format!("membership.members[{i}]"),
                     format!("{s:?} is not an address like \"127.0.0.1:4001\""),
                 ));
             }
         }
-        if m.kind == MembershipKind::Static && m.members.is_empty() {
-            return Err(bad(
+        if self.kind == MembershipKind::Static && self.members.is_empty() {
+            return Err(Invalid::new(
                 "membership.members",
                 "kind = \"static\" needs at least one member".into(),
             ));
         }
-        let r = &self.receiver;
-        if r.auto_bind == 0 {
-            return Err(bad("receiver.auto_bind", "must be at least 1".into()));
+        Ok(())
+    }
+}
+
+impl ReceiverConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.auto_bind == 0 {
+            return Err(Invalid::new(
+                "receiver.auto_bind",
+                "must be at least 1".into(),
+            ));
         }
-        if r.max_connections == 0 {
-            return Err(bad("receiver.max_connections", "must be at least 1".into()));
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return Err(Invalid::new(
+                "receiver.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
         }
-        if !(1024..=1 << 30).contains(&r.max_frame_bytes) {
-            return Err(bad(
+        if !(1024..=1 << 30).contains(&self.max_frame_bytes) {
+            return Err(Invalid::new(
                 "receiver.max_frame_bytes",
                 "must be between 1024 and 1073741824".into(),
             ));
         }
-        if r.stall_timeout_ms == 0 {
-            return Err(bad(
+        if self.stall_timeout_ms == 0 {
+            return Err(Invalid::new(
                 "receiver.stall_timeout_ms",
                 "must be at least 1".into(),
             ));
         }
-        if r.busy_poll_us > MAX_BUSY_POLL_US {
-            return Err(bad(
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(Invalid::new(
                 "receiver.busy_poll_us",
                 format!("must be at most {MAX_BUSY_POLL_US} (µs; 0 turns polling off)"),
             ));
         }
-        let s = &self.sender;
-        if s.busy_poll_us > MAX_BUSY_POLL_US {
-            return Err(bad(
+        Ok(())
+    }
+}
+
+impl SenderConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(Invalid::new(
                 "sender.busy_poll_us",
                 format!("must be at most {MAX_BUSY_POLL_US} (µs; 0 turns polling off)"),
             ));
         }
-        if s.timeout_ms == 0 {
-            return Err(bad("sender.timeout_ms", "must be at least 1".into()));
+        if self.timeout_ms == 0 {
+            return Err(Invalid::new(
+                "sender.timeout_ms",
+                "must be at least 1".into(),
+            ));
         }
-        if s.pool_size == 0 || s.pool_size > 1024 {
-            return Err(bad("sender.pool_size", "must be between 1 and 1024".into()));
+        if self.pool_size == 0 || self.pool_size > 1024 {
+            return Err(Invalid::new(
+                "sender.pool_size",
+                "must be between 1 and 1024".into(),
+            ));
         }
-        if s.max_retry_attempts > 100 {
-            return Err(bad(
+        if self.max_retry_attempts > 100 {
+            return Err(Invalid::new(
                 "sender.max_retry_attempts",
                 "must be at most 100".into(),
             ));
         }
-        let d = &self.dispatch;
-        if d.workers == 0 || d.workers > 256 {
-            return Err(bad("dispatch.workers", "must be between 1 and 256".into()));
+        Ok(())
+    }
+}
+
+impl DispatchConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err(Invalid::new(
+                "dispatch.workers",
+                "must be between 1 and 256".into(),
+            ));
         }
-        if d.max_queue_size == 0 || d.max_queue_size > 1 << 34 {
-            return Err(bad(
+        if self.max_queue_size == 0 || self.max_queue_size > 1 << 34 {
+            return Err(Invalid::new(
                 "dispatch.max_queue_size",
                 "must be between 1 and 17179869184".into(),
             ));
         }
-        let p = &self.plugins;
-        if p.call_deadline_ms == 0 || p.call_deadline_ms > 10_000 {
-            return Err(bad(
+        Ok(())
+    }
+}
+
+impl PluginsConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.call_deadline_ms == 0 || self.call_deadline_ms > 10_000 {
+            return Err(Invalid::new(
                 "plugins.call_deadline_ms",
                 "must be between 1 and 10000".into(),
             ));
         }
-        if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
-            return Err(bad(
+        if self.memory_limit_mb == 0 || self.memory_limit_mb > 4096 {
+            return Err(Invalid::new(
                 "plugins.memory_limit_mb",
                 "must be between 1 and 4096".into(),
             ));
         }
-        if p.instances > 256 {
-            return Err(bad("plugins.instances", "must be at most 256".into()));
+        if self.instances > 256 {
+            return Err(Invalid::new(
+                "plugins.instances",
+                "must be at most 256".into(),
+            ));
         }
-        if p.heartbeat_ms < 100 {
-            return Err(bad("plugins.heartbeat_ms", "must be at least 100".into()));
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, ic) in self.interceptors.iter().enumerate() {
-            let key = |k: &str| format!("interceptor[{i}].{k}");
-            if ic.name.trim().is_empty()
-                || ic.name.len() > 64
-                || ic.name.contains(['"', '\\', '\n'])
-            {
-                return Err(bad(
-                    &key("name"),
-                    "must be 1 to 64 characters without quotes".into(),
-                ));
-            }
-            if !names.insert(ic.name.as_str()) {
-                return Err(bad(&key("name"), format!("{:?} is used twice", ic.name)));
-            }
-            if ic.wasm.is_none() && !BUILTIN_NAMES.contains(&ic.name.as_str()) {
-                return Err(bad(
-                    &key("wasm"),
-                    format!(
-                        "missing: {:?} is not a built-in interceptor ({})",
-                        ic.name,
-                        BUILTIN_NAMES.join(", ")
-                    ),
-                ));
-            }
-            for (k, v) in &ic.settings {
-                if matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
-                    return Err(bad(
-                        &key(&format!("settings.{k}")),
-                        "must be a string, number or boolean".into(),
-                    ));
-                }
-            }
-        }
-        if self.node.domain.chars().any(|c| c as u32 > 0xff) {
-            return Err(bad("node.domain", "must be ISO-8859-1 text".into()));
+        if !(100..=3_600_000).contains(&self.heartbeat_ms) {
+            return Err(Invalid::new(
+                "plugins.heartbeat_ms",
+                "must be between 100 and 3600000".into(),
+            ));
         }
         Ok(())
     }
+}
+
+fn validate_interceptors(interceptors: &[InterceptorConfig]) -> Result<(), Invalid> {
+    let mut names = std::collections::HashSet::new();
+    for (i, ic) in interceptors.iter().enumerate() {
+        let key = |k: &str| format!("interceptor[{i}].{k}");
+        if ic.name.trim().is_empty() || ic.name.len() > 64 || ic.name.contains(['"', '\\', '\n']) {
+            return Err(Invalid::new(
+                &key("name"),
+                "must be 1 to 64 characters without quotes".into(),
+            ));
+        }
+        if !names.insert(ic.name.as_str()) {
+            return Err(Invalid::new(
+                &key("name"),
+                format!("{:?} is used twice", ic.name),
+            ));
+        }
+        if ic.wasm.is_none() && !BUILTIN_NAMES.contains(&ic.name.as_str()) {
+            return Err(Invalid::new(
+                &key("wasm"),
+                format!(
+                    "missing: {:?} is not a built-in interceptor ({})",
+                    ic.name,
+                    BUILTIN_NAMES.join(", ")
+                ),
+            ));
+        }
+        for (k, v) in &ic.settings {
+            if matches!(v, toml::Value::Array(_) | toml::Value::Table(_)) {
+                return Err(Invalid::new(
+                    &key(&format!("settings.{k}")),
+                    "must be a string, number or boolean".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -737,6 +826,26 @@ mod tests {
             c.api.listen_addr(),
             Some("127.0.0.1:8081".parse().expect("addr"))
         );
+    }
+
+    #[test]
+    fn upper_bounds_that_would_panic_are_refused() {
+        for (text, want) in [
+            (
+                "[plugins]\nheartbeat_ms = 4000000\n",
+                "plugins.heartbeat_ms",
+            ),
+            (
+                "[receiver]\nmax_connections = 100000\n",
+                "receiver.max_connections",
+            ),
+        ] {
+            let e = parse(text).expect_err("refused");
+            assert!(
+                matches!(&e, ConfigError::Invalid { key, .. } if key == want),
+                "{e}"
+            );
+        }
     }
 
     #[test]
