@@ -645,3 +645,41 @@ fn peers_see_the_chain_fingerprint_and_warn_once_about_a_wire_mismatch() {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The example rate limiter hands its buckets over: a sender that used up
+/// its burst stays limited after a swap, and the counters carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_rate_limiter_keeps_its_buckets_across_a_swap() {
+    let chain = vec![interceptor(
+        "rate-limit",
+        Some(&guest("custom_interceptor")),
+        false,
+        &[("messages_per_second", "0.01"), ("burst", "5")],
+    )];
+    let nodes = pair(chain).await;
+    let got = collector(&nodes[1]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    for _ in 0..10 {
+        a.channel().send(&[b.id()], b"x", SYNC).await.expect("sent");
+    }
+    assert_eq!(got.lock().expect("lock").len(), 5, "the burst passes");
+    let (status, answer) = put_plugin(
+        b.api_addr().expect("API"),
+        "rate-limit",
+        &guest("custom_interceptor"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["plugins"][0]["state_handed_over"], true, "{answer}");
+    for _ in 0..3 {
+        a.channel().send(&[b.id()], b"y", SYNC).await.expect("sent");
+    }
+    assert_eq!(
+        got.lock().expect("lock").len(),
+        5,
+        "the bucket is still empty after the swap"
+    );
+    assert_eq!(plugin_counter(b, "rate-limit", "rate_limited"), 8);
+    assert_eq!(plugin_counter(b, "rate-limit", "rate_passed"), 5);
+    shutdown(nodes).await;
+}

@@ -6,11 +6,17 @@
 //! filtered). Never reads bodies.
 //!
 //! Settings: `messages_per_second` (default 1000), `burst` (default: the rate).
+//!
+//! Live swap: the buckets (and the counters' totals) go to the next version
+//! (`export_state` / `take_over`), so replacing the plug-in on a running node
+//! neither refills every sender's bucket nor resets the counts.
 
 use std::collections::HashMap;
 
 use shoal_guest_sdk::host::{self, Counter};
 use shoal_guest_sdk::*;
+
+const STATE_V1: u8 = 1;
 
 struct Bucket {
     tokens: f64,
@@ -78,6 +84,50 @@ impl Interceptor for RateLimit {
     fn member_disappeared(&mut self, m: &Member, _reason: LeaveReason) -> MemberVerdict {
         self.buckets.remove(&(m.id.hi, m.id.lo));
         MemberVerdict::Pass
+    }
+
+    /// Version 1: a version byte; the counters' totals; then per bucket the
+    /// sender's id (two u64), its tokens (f64) and its last refill (u64),
+    /// all little-endian.
+    fn export_state(&mut self) -> Option<Vec<u8>> {
+        let mut v = vec![STATE_V1];
+        v.extend_from_slice(&self.limited.get().to_le_bytes());
+        v.extend_from_slice(&self.passed.get().to_le_bytes());
+        for ((hi, lo), b) in &self.buckets {
+            v.extend_from_slice(&hi.to_le_bytes());
+            v.extend_from_slice(&lo.to_le_bytes());
+            v.extend_from_slice(&b.tokens.to_le_bytes());
+            v.extend_from_slice(&b.last_ms.to_le_bytes());
+        }
+        Some(v)
+    }
+
+    fn take_over(&mut self, state: Option<&[u8]>, _members: &[Member]) -> Result<(), String> {
+        let Some(state) = state else {
+            return Ok(()); // a fresh start: full buckets
+        };
+        let Some((&STATE_V1, rest)) = state.split_first() else {
+            host::warn("rate limit: unknown state version from the old version; starting with full buckets");
+            return Ok(());
+        };
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
+        if rest.len() < 16 || (rest.len() - 16) % 32 != 0 {
+            return Err("rate limit: the old version's state is truncated".into());
+        }
+        self.limited.add(word(&rest[..8]));
+        self.passed.add(word(&rest[8..16]));
+        for b in rest[16..].chunks_exact(32) {
+            let tokens = f64::from_le_bytes(b[16..24].try_into().unwrap_or_default());
+            self.buckets.insert(
+                (word(&b[..8]), word(&b[8..16])),
+                Bucket {
+                    // The new version's burst may be smaller.
+                    tokens: tokens.min(self.burst),
+                    last_ms: word(&b[24..32]),
+                },
+            );
+        }
+        Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {
