@@ -232,27 +232,29 @@ pub enum PluginLoadError {
         builtin: String,
     },
     /// The bytes are not a valid WebAssembly component.
-    #[error("interceptor `{name}`: {source_desc} is not a valid WebAssembly component: {message}")]
+    #[error("interceptor `{name}`: {source_desc} is not a valid WebAssembly component: {cause:#}")]
     Invalid {
         /// Interceptor name.
         name: String,
         /// File or built-in.
         source_desc: String,
-        /// The compiler's message.
-        message: String,
+        /// The compiler's error.
+        #[source]
+        cause: wasmtime::Error,
     },
     /// The component does not implement the `shoal:cluster/interceptor` world
     /// (or imports something the host does not provide).
     #[error(
-        "interceptor `{name}`: {source_desc} does not implement the shoal:cluster@0.1.0 interceptor world: {message}"
+        "interceptor `{name}`: {source_desc} does not implement the shoal:cluster@0.1.0 interceptor world: {cause:#}"
     )]
     WrongWorld {
         /// Interceptor name.
         name: String,
         /// File or built-in.
         source_desc: String,
-        /// The linker's message.
-        message: String,
+        /// The linker's error.
+        #[source]
+        cause: wasmtime::Error,
     },
     /// The plug-in's `create` refused its settings, or trapped.
     #[error("interceptor `{name}` ({source_desc}) refused to start: {message}")]
@@ -426,15 +428,15 @@ impl Interceptor {
         let engine = engine();
         let hash = content_hash(bytes);
         let component = engine::load_component(engine, bytes, &hash, opts.cache_dir.as_deref())
-            .map_err(|e| PluginLoadError::Invalid {
+            .map_err(|cause| PluginLoadError::Invalid {
                 name: name.clone(),
                 source_desc: source_desc.clone(),
-                message: format!("{e:#}"),
+                cause,
             })?;
-        let wrong_world = |e: wasmtime::Error| PluginLoadError::WrongWorld {
+        let wrong_world = |cause: wasmtime::Error| PluginLoadError::WrongWorld {
             name: name.clone(),
             source_desc: source_desc.clone(),
-            message: format!("{e:#}"),
+            cause,
         };
         let mut linker: Linker<HostState> = Linker::new(engine);
         wasi::add_to_linker(&mut linker).map_err(wrong_world)?;
