@@ -253,3 +253,67 @@ async fn tcp_failure_detector_keeps_a_paused_member_and_drops_a_dead_one() {
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The epoch ticker sleeps while no guest call runs (an idle node does not
+/// wake every millisecond); a runaway guest call after a long idle spell
+/// still wakes it and is interrupted at its deadline. Separate processes, so
+/// no other test keeps the ticker awake.
+#[test]
+fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
+    let dir = tmpdir("idle-loop");
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let ports = [free_port(), free_port()];
+    let members = format!("[\"127.0.0.1:{}\", \"127.0.0.1:{}\"]", ports[0], ports[1]);
+    let mut procs = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let chain = if i == 0 {
+            format!(
+                "[api]\nlisten = \"{api}\"\n[plugins]\ncache_dir = \"{}/component-cache\"\n\
+                 [[interceptor]]\nname = \"spin\"\nwasm = \"{}\"\nsettings = {{ mode = \"loop\" }}\n",
+                env!("CARGO_TARGET_TMPDIR"),
+                guest("testkit").display()
+            )
+        } else {
+            "[api]\nlisten = \"off\"\n[plugins]\ndefault_chain = false\n".to_owned()
+        };
+        let cfg = dir.join(format!("n{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\nname = \"n{i}\"\n[membership]\nkind = \"static\"\nmembers = {members}\n\
+                 [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 1\n{chain}"
+            ),
+        )
+        .expect("config");
+        procs.push(Some(spawn_shoal(&cfg, &dir.join(format!("n{i}.log")))));
+    }
+    let _procs = Procs(procs);
+    wait_blocking("the nodes to meet", || {
+        member_ids(api).filter(|m| m.len() == 1)
+    });
+    // Idle well past the ticker's linger (100 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    // The send goes through the looping plug-in (fail-open): it must be
+    // interrupted for the send to happen and the answer to come back.
+    let mut r = ureq::post(format!("http://{api}/api/send?options=2&to=all"))
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .send("x")
+        .expect("the node answers");
+    let answer: Value = r.body_mut().read_json().expect("JSON");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let mut m = ureq::get(format!("http://{api}/metrics"))
+        .call()
+        .expect("metrics");
+    let text = m.body_mut().read_to_string().expect("text");
+    let timeouts: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("shoal_plugin_failures_total{plugin=\"spin\",kind=\"timeout\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the timeout counter");
+    assert!(timeouts >= 1, "{text}");
+}

@@ -467,6 +467,7 @@ impl Interceptor {
             source_desc: source_desc.clone(),
             message,
         })?;
+        let running = crate::wasm::engine::GuestCall::enter();
         let caps = slot
             .instance
             .bindings
@@ -478,6 +479,7 @@ impl Interceptor {
                 source_desc: source_desc.clone(),
                 message: format!("capabilities() failed: {e:#}"),
             })?;
+        drop(running);
         let caps_host = Caps::from_wit(&caps);
         pool.set_single(caps_host.single);
         pool.put_control(slot);

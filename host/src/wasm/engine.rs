@@ -5,6 +5,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -14,9 +15,68 @@ use wasmtime::{Config, Engine};
 /// Epoch granularity: deadlines are counted in ticks of this length.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// The ticker stops after this many ticks with no guest call in flight.
+const LINGER_TICKS: u32 = 100;
+
+/// Guest calls in flight, counted per thread (each thread mostly alone on
+/// its cache line, so entering a call costs no contention); see
+/// [`GuestCall`].
+static IN_FLIGHT: [Padded; IN_FLIGHT_SLOTS] =
+    [const { Padded(AtomicUsize::new(0)) }; IN_FLIGHT_SLOTS];
+const IN_FLIGHT_SLOTS: usize = 64;
+/// The epoch thread is parked (or about to park).
+static PARKED: AtomicBool = AtomicBool::new(false);
+/// The epoch thread, to wake it.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+#[repr(align(64))]
+struct Padded(AtomicUsize);
+
+std::thread_local! {
+    static MY_SLOT: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % IN_FLIGHT_SLOTS
+    };
+}
+
+fn any_in_flight() -> bool {
+    IN_FLIGHT.iter().any(|c| c.0.load(Ordering::SeqCst) > 0)
+}
+
+/// Marks a guest call (or an instantiation, which runs guest code) in
+/// flight for as long as it lives: the epoch advances only while one is, so
+/// an idle node does not wake up every millisecond, and a runaway guest is
+/// still interrupted at its deadline.
+#[derive(Debug)]
+pub struct GuestCall(usize);
+
+impl GuestCall {
+    /// Enters a guest call; wakes the epoch thread if it sleeps.
+    pub fn enter() -> Self {
+        let slot = MY_SLOT.with(|s| *s);
+        // SeqCst with the ticker's store-then-check: either the ticker sees
+        // this call and does not park, or this sees PARKED and wakes it.
+        IN_FLIGHT[slot].0.fetch_add(1, Ordering::SeqCst);
+        if PARKED.load(Ordering::SeqCst)
+            && let Some(t) = TICKER.get()
+        {
+            t.unpark();
+        }
+        Self(slot)
+    }
+}
+
+impl Drop for GuestCall {
+    fn drop(&mut self) {
+        IN_FLIGHT[self.0].0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The process-wide engine, with epoch interruption on and the
 /// component-model async runtime off (2–3× cheaper calls, wasmtime-notes.md).
-/// A background thread advances the epoch every [`EPOCH_TICK`].
+/// A background thread advances the epoch every [`EPOCH_TICK`] while guest
+/// calls are in flight ([`GuestCall`]), and sleeps [`LINGER_TICKS`] ticks
+/// after the last one ends.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
@@ -27,16 +87,32 @@ pub fn engine() -> &'static Engine {
         let engine = Engine::new(&cfg)
             .unwrap_or_else(|e| panic!("wasmtime engine configuration is invalid: {e}"));
         let weak = engine.weak();
-        std::thread::Builder::new()
+        let ticker = std::thread::Builder::new()
             .name("shoal-epoch".into())
             .spawn(move || {
+                let mut idle = 0u32;
                 while let Some(e) = weak.upgrade() {
                     e.increment_epoch();
                     drop(e);
                     std::thread::sleep(EPOCH_TICK);
+                    if any_in_flight() {
+                        idle = 0;
+                        continue;
+                    }
+                    idle += 1;
+                    if idle >= LINGER_TICKS {
+                        PARKED.store(true, Ordering::SeqCst);
+                        if !any_in_flight() {
+                            // Woken by the next GuestCall (or spuriously).
+                            std::thread::park();
+                        }
+                        PARKED.store(false, Ordering::SeqCst);
+                        idle = 0;
+                    }
                 }
             })
             .unwrap_or_else(|e| panic!("cannot start the epoch thread: {e}"));
+        let _ = TICKER.set(ticker.thread().clone());
         engine
     })
 }

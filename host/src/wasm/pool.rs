@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::engine::{EPOCH_TICK, engine};
+use super::engine::{EPOCH_TICK, GuestCall, engine};
 use super::host::{FailureKind, HostState, MemoryCap, NodeCtx, PluginShared, Raised};
 
 /// How a world's plug-in is made in a fresh store.
@@ -133,7 +133,10 @@ impl<F: Instantiate> InstancePool<F> {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.control_ticks);
-        let instance = self.factory.instantiate(&mut store)?;
+        let instance = {
+            let _running = GuestCall::enter();
+            self.factory.instantiate(&mut store)?
+        };
         self.shared
             .instantiations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -225,7 +228,11 @@ impl<F: Instantiate> InstancePool<F> {
         let Some(slot) = g.as_mut() else {
             return Err(FailureKind::Trap);
         };
-        match call(slot) {
+        let result = {
+            let _running = GuestCall::enter();
+            call(slot)
+        };
+        match result {
             Ok(v) => Ok((v, std::mem::take(&mut slot.store.data_mut().outbox))),
             Err(e) => {
                 let memory = slot.store.data_mut().limits.take_hit();
