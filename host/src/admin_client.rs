@@ -14,6 +14,21 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// The status and JSON body of an admin API answer, or what went wrong.
+fn answer(
+    api: &str,
+    url: &str,
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> anyhow::Result<(ureq::http::StatusCode, serde_json::Value)> {
+    let mut resp = resp.with_context(|| format!("talking to the node's admin API at {api}"))?;
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("reading the answer of {url} (HTTP {status})"))?;
+    Ok((status, body))
+}
+
 fn error_of(body: &serde_json::Value) -> String {
     body.get("error")
         .and_then(|e| e.as_str())
@@ -25,16 +40,11 @@ fn error_of(body: &serde_json::Value) -> String {
 pub fn swap(api: &str, name: &str, file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let url = format!("http://{api}/api/plugins/{name}");
-    let mut resp = agent(Duration::from_secs(60))
+    let resp = agent(Duration::from_secs(60))
         .put(&url)
         .header("content-type", "application/wasm")
-        .send(&bytes[..])
-        .with_context(|| format!("talking to the node's admin API at {api}"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("reading the answer of {url} (HTTP {status})"))?;
+        .send(&bytes[..]);
+    let (status, body) = answer(api, &url, resp)?;
     if !status.is_success() {
         bail!(
             "the node refused the swap (HTTP {}): {}; the old version keeps running",
@@ -79,15 +89,8 @@ pub fn swap(api: &str, name: &str, file: &Path) -> anyhow::Result<()> {
 /// once members advertise it).
 pub fn members(api: &str) -> anyhow::Result<()> {
     let url = format!("http://{api}/api/members");
-    let mut resp = agent(Duration::from_secs(5))
-        .get(&url)
-        .call()
-        .with_context(|| format!("talking to the node's admin API at {api}"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("reading the answer of {url} (HTTP {status})"))?;
+    let resp = agent(Duration::from_secs(5)).get(&url).call();
+    let (status, body) = answer(api, &url, resp)?;
     if !status.is_success() {
         bail!("HTTP {}: {}", status.as_u16(), error_of(&body));
     }

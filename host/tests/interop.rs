@@ -431,13 +431,7 @@ impl ShoalProcess {
     }
 
     fn get(&self, path: &str) -> Option<Value> {
-        let mut r = ureq::get(format!("http://{}{path}", self.api))
-            .config()
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .call()
-            .ok()?;
-        r.body_mut().read_json().ok()
+        get_json(self.api, path)
     }
 
     /// The node's id from its admin API, once it is up; panics with the

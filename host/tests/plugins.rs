@@ -14,32 +14,6 @@ use shoal::{ChannelSendError, Node, ReceivedMessage, SendOptions, StartError};
 
 const SYNC: SendOptions = SendOptions(SendOptions::USE_ACK.0 | SendOptions::SYNCHRONIZED_ACK.0);
 
-/// Two static-list nodes, each with `chain` (per node), converged.
-async fn pair(
-    chains: [Vec<InterceptorConfig>; 2],
-    tweak: impl Fn(&mut shoal::Config),
-) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for (mut c, chain) in static_configs(2).into_iter().zip(chains) {
-        // An empty list means no chain here (not the default chain).
-        c.plugins.default_chain = false;
-        c.interceptors = chain;
-        c.plugins.cache_dir = shoal::config::CacheDir::from(format!(
-            "{}/component-cache",
-            env!("CARGO_TARGET_TMPDIR")
-        ));
-        tweak(&mut c);
-        nodes.push(Node::start(c).await.expect("node starts"));
-    }
-    for n in &nodes {
-        wait_for("the pair to converge", || async {
-            (n.members().len() == 1).then_some(())
-        })
-        .await;
-    }
-    nodes
-}
-
 fn bodies(got: &Arc<Mutex<Vec<ReceivedMessage>>>) -> Vec<Vec<u8>> {
     got.lock()
         .expect("lock")

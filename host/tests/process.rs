@@ -34,13 +34,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 fn get(api: SocketAddr, path: &str) -> Option<Value> {
-    let mut r = ureq::get(format!("http://{api}{path}"))
-        .config()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .call()
-        .ok()?;
-    r.body_mut().read_json().ok()
+    get_json(api, path)
 }
 
 fn member_ids(api: SocketAddr) -> Option<Vec<String>> {

@@ -22,24 +22,13 @@ const SYNC: SendOptions = SendOptions(SendOptions::USE_ACK.0 | SendOptions::SYNC
 
 /// Two static-list nodes with `chain` each (empty: the default chain), admin
 /// API on an ephemeral port, converged.
-async fn pair(chain: Vec<InterceptorConfig>) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for mut c in static_configs(2) {
-        c.interceptors = chain.clone();
+async fn api_pair(chain: Vec<InterceptorConfig>) -> Vec<Node> {
+    let default_chain = chain.is_empty();
+    pair([chain.clone(), chain], |c| {
+        c.plugins.default_chain = default_chain;
         c.api.listen = shoal::config::ApiListen::At(([127, 0, 0, 1], 0).into());
-        c.plugins.cache_dir = shoal::config::CacheDir::from(format!(
-            "{}/component-cache",
-            env!("CARGO_TARGET_TMPDIR")
-        ));
-        nodes.push(Node::start(c).await.expect("node starts"));
-    }
-    for n in &nodes {
-        wait_for("the pair to converge", || async {
-            (n.members().len() == 1).then_some(())
-        })
-        .await;
-    }
-    nodes
+    })
+    .await
 }
 
 async fn shutdown(nodes: Vec<Node>) {
@@ -97,7 +86,7 @@ fn hash(node: &Node, name: &str) -> String {
 /// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swap_under_traffic_loses_duplicates_and_reorders_nothing() {
-    let nodes = pair(Vec::new()).await; // the default chain
+    let nodes = api_pair(Vec::new()).await; // the default chain
     let got = collector(&nodes[1]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let to = [b.id()];
@@ -211,7 +200,7 @@ async fn refused_swaps_keep_the_old_version_serving() {
         interceptor("throughput", None, false, &[]),
         interceptor("t", Some(&guest("testkit")), false, &[("mode", "pass")]),
     ];
-    let nodes = pair(chain).await;
+    let nodes = api_pair(chain).await;
     let got = collector(&nodes[1]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let api = a.api_addr().expect("API");
@@ -285,7 +274,7 @@ async fn refused_swaps_keep_the_old_version_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_counters_survive_a_swap() {
     let chain = vec![interceptor("throughput", None, false, &[])];
-    let nodes = pair(chain).await;
+    let nodes = api_pair(chain).await;
     let got = collector(&nodes[1]);
     let (a, b) = (&nodes[0], &nodes[1]);
     for _ in 0..40 {
@@ -521,16 +510,6 @@ fn sighup_applies_only_the_difference() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn get_json(api: SocketAddr, path: &str) -> Option<Value> {
-    let mut r = ureq::get(format!("http://{api}{path}"))
-        .config()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .call()
-        .ok()?;
-    r.body_mut().read_json().ok()
-}
-
 fn metric(api: SocketAddr, name: &str) -> Option<u64> {
     let mut r = ureq::get(format!("http://{api}/metrics"))
         .config()
@@ -656,7 +635,7 @@ async fn the_example_rate_limiter_keeps_its_buckets_across_a_swap() {
         false,
         &[("messages_per_second", "0.01"), ("burst", "5")],
     )];
-    let nodes = pair(chain).await;
+    let nodes = api_pair(chain).await;
     let got = collector(&nodes[1]);
     let (a, b) = (&nodes[0], &nodes[1]);
     for _ in 0..10 {

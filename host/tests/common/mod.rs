@@ -41,6 +41,9 @@ pub fn multicast_configs(n: usize) -> Vec<Config> {
     (0..n)
         .map(|i| {
             let mut c = base_config(&format!("n{i}"), free_port());
+            // Found by multicast, so the port need not be exact: if another
+            // test took it meanwhile, the next free one will do.
+            c.receiver.auto_bind = 50;
             c.membership.kind = MembershipKind::Multicast;
             c.membership.port = group_port;
             c.membership.bind = Some("127.0.0.1".parse().expect("ip"));
@@ -181,4 +184,42 @@ pub fn spawn_shoal(cfg: &std::path::Path, log: &std::path::Path) -> std::process
         .stderr(out)
         .spawn()
         .expect("spawn shoal")
+}
+
+/// `GET http://{api}{path}` as JSON, or `None` (not up, not JSON, 2 s timeout).
+pub fn get_json(api: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let mut r = ureq::get(format!("http://{api}{path}"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .call()
+        .ok()?;
+    r.body_mut().read_json().ok()
+}
+
+/// Two static-list nodes, each with its chain (an empty list means no chain
+/// at all, not the default chain), compile cache in the target dir, `tweak`
+/// applied last; returns once each sees the other.
+pub async fn pair(
+    chains: [Vec<shoal::config::InterceptorConfig>; 2],
+    tweak: impl Fn(&mut Config),
+) -> Vec<shoal::Node> {
+    let mut nodes = Vec::new();
+    for (mut c, chain) in static_configs(2).into_iter().zip(chains) {
+        c.plugins.default_chain = false;
+        c.interceptors = chain;
+        c.plugins.cache_dir = shoal::config::CacheDir::from(format!(
+            "{}/component-cache",
+            env!("CARGO_TARGET_TMPDIR")
+        ));
+        tweak(&mut c);
+        nodes.push(shoal::Node::start(c).await.expect("node starts"));
+    }
+    for n in &nodes {
+        wait_for("the pair to converge", || async {
+            (n.members().len() == 1).then_some(())
+        })
+        .await;
+    }
+    nodes
 }
