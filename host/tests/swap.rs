@@ -662,3 +662,40 @@ async fn the_example_rate_limiter_keeps_its_buckets_across_a_swap() {
     assert_eq!(plugin_counter(b, "rate-limit", "rate_passed"), 5);
     shutdown(nodes).await;
 }
+
+/// Two swaps of different plug-ins at once: both take effect (neither is
+/// built from a chain the other has already replaced, which would put the
+/// other plug-in's old code back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_swaps_of_two_plugins_both_stick() {
+    let nodes = api_pair(Vec::new()).await; // the default chain
+    let a = &nodes[0];
+    let api = a.api_addr().expect("API");
+    let testkit = guest("testkit");
+    let want = shoal::plugins::content_hash(&std::fs::read(&testkit).expect("testkit"));
+    for round in 0..6 {
+        // Each round swaps both to testkit or both back to their own code.
+        let (tp, fd) = if round % 2 == 0 {
+            (testkit.clone(), testkit.clone())
+        } else {
+            (guest("throughput"), guest("tcp_failure_detector"))
+        };
+        let (t, f) = tokio::join!(
+            put_plugin(api, "throughput", &tp),
+            put_plugin(api, "tcp-failure-detector", &fd),
+        );
+        assert_eq!((t.0, f.0), (200, 200), "{t:?} {f:?}");
+        let is_testkit = |name: &str| hash(a, name) == want;
+        assert_eq!(
+            is_testkit("throughput"),
+            round % 2 == 0,
+            "throughput, round {round}"
+        );
+        assert_eq!(
+            is_testkit("tcp-failure-detector"),
+            round % 2 == 0,
+            "tcp-failure-detector, round {round}"
+        );
+    }
+    shutdown(nodes).await;
+}

@@ -3,8 +3,6 @@
 //! chain's control instances one at a time, in order, by the node's control
 //! loop.
 
-use std::sync::atomic::Ordering;
-
 use super::{Chain, handle::ChainChange};
 use crate::member::MemberEvent;
 use crate::plugins::{FailureMode, HostEvent, PluginShared, Raised};
@@ -138,7 +136,7 @@ impl Chain {
         let i = self.index_of(&plugin.name)?;
         let ic = &self.interceptors[i];
         if ic.shared.generation == plugin.generation
-            || (plugin.generation < ic.shared.generation && ic.took_state.load(Ordering::Relaxed))
+            || (plugin.generation < ic.shared.generation && plugin.generation >= ic.lineage())
         {
             return Some(i);
         }

@@ -166,7 +166,7 @@ impl ChainChange {
         for (old, new) in &self.replaced {
             let state = old.export_state();
             handed.push(state.is_some());
-            if let Err(message) = new.take_over(state, members) {
+            if let Err(message) = new.take_over(state, members, Some(old)) {
                 let _ = self.reply.send(Err(SwapError::TakeOver {
                     name: new.name().to_owned(),
                     message,
@@ -175,7 +175,7 @@ impl ChainChange {
             }
         }
         for new in &self.added {
-            if let Err(message) = new.take_over(None, members) {
+            if let Err(message) = new.take_over(None, members, None) {
                 let _ = self.reply.send(Err(SwapError::TakeOver {
                     name: new.name().to_owned(),
                     message,
@@ -195,7 +195,12 @@ impl ChainChange {
             }
         }
         for (pos, old) in &self.removed {
-            let above = (*pos).min(self.chain.len());
+            // From just above the nearest plug-in that was below it and is
+            // kept (it already saw the event), else from the bottom.
+            let above = self.base.interceptors()[pos + 1..]
+                .iter()
+                .find_map(|below| self.chain.index_of(below.name()))
+                .unwrap_or(self.chain.len());
             work.extend(old.held_events().into_iter().map(|e| (above, e)));
         }
         let up = self.chain.run_up(work).await;
@@ -247,6 +252,9 @@ impl ChainHandle {
     /// Replaces the interceptor `name` with the component `bytes` (same
     /// settings and failure mode).
     pub async fn swap(&self, name: &str, bytes: Vec<u8>) -> Result<ChangeReport, SwapError> {
+        // The list is built from the chain as it is under the lock, so two
+        // swaps at once never undo each other.
+        let _one_at_a_time = self.serial.lock().await;
         let chain = self.current();
         let Some(old) = chain.interceptors().iter().find(|i| i.name() == name) else {
             return Err(SwapError::UnknownPlugin {
@@ -277,16 +285,17 @@ impl ChainHandle {
         &self,
         specs: Vec<InterceptorSpec>,
     ) -> Result<ChangeReport, SwapError> {
+        let _one_at_a_time = self.serial.lock().await;
         self.change(specs, None).await
     }
 
     /// `force`: a plug-in to load anew even if its code looks unchanged.
+    /// The caller holds `serial`.
     async fn change(
         &self,
         specs: Vec<InterceptorSpec>,
         force: Option<&str>,
     ) -> Result<ChangeReport, SwapError> {
-        let _one_at_a_time = self.serial.lock().await;
         let started = Instant::now();
         let base = self.current();
         for (i, s) in specs.iter().enumerate() {

@@ -24,7 +24,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -360,9 +360,10 @@ pub struct Interceptor {
     /// yet (by raising an event about that member, or by a later event about
     /// it): offered again to a version that replaces it.
     pub(crate) held: Mutex<Vec<MemberEvent>>,
-    /// Whether this version received its predecessor's state at a swap (then
-    /// the predecessor's late probe and timer results reach it too).
-    pub(crate) took_state: AtomicBool,
+    /// The oldest generation whose state flows into this version (its own
+    /// when it started fresh): late probe and timer results of generations
+    /// from there on reach it.
+    pub(crate) lineage: AtomicU64,
     /// The version it declares.
     pub(crate) version: String,
 }
@@ -491,7 +492,7 @@ impl Interceptor {
             node,
             pool,
             held: Mutex::new(Vec::new()),
-            took_state: AtomicBool::new(false),
+            lineage: AtomicU64::new(0),
             spec,
         };
         tracing::info!(
@@ -546,6 +547,14 @@ impl Interceptor {
         }
     }
 
+    /// The oldest generation whose state this version carries.
+    pub(crate) fn lineage(&self) -> u64 {
+        match self.lineage.load(Ordering::Relaxed) {
+            0 => self.generation(),
+            g => g,
+        }
+    }
+
     /// Which load of this name this is (see [`PluginShared::generation`]).
     pub fn generation(&self) -> u64 {
         self.shared.generation
@@ -572,12 +581,17 @@ impl Interceptor {
     /// Live swap, new side: hands `state` and the current members to the
     /// control instance. Raised events are ignored (a plug-in has nothing to
     /// raise about members it is told are there).
+    /// `from`: the version whose state this is.
     pub(crate) fn take_over(
         &self,
         state: Option<Vec<u8>>,
         members: &[Member],
+        from: Option<&Interceptor>,
     ) -> Result<(), String> {
-        let has_state = state.is_some();
+        let lineage = match (&state, from) {
+            (Some(_), Some(old)) => old.lineage(),
+            _ => self.generation(),
+        };
         let members: Vec<wit::Member> = members.iter().map(member_to_wit).collect();
         let r = self.pool.control(|s| {
             let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
@@ -585,7 +599,7 @@ impl Interceptor {
         });
         match r {
             Ok((Ok(()), _)) => {
-                self.took_state.store(has_state, Ordering::Relaxed);
+                self.lineage.store(lineage, Ordering::Relaxed);
                 Ok(())
             }
             Ok((Err(msg), _)) => Err(msg),

@@ -153,7 +153,10 @@ impl<F: Instantiate> InstancePool<F> {
         &self,
         call: impl FnOnce(&mut Slot<F::Instance>) -> wasmtime::Result<R>,
     ) -> Result<(R, Vec<Raised>), FailureKind> {
-        let g = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self
+            .control
+            .lock()
+            .unwrap_or_else(|p| discard(p.into_inner()));
         self.run(self.ready(g, true)?, call)
     }
 
@@ -166,7 +169,10 @@ impl<F: Instantiate> InstancePool<F> {
         call: impl FnOnce(&mut Slot<F::Instance>) -> wasmtime::Result<R>,
     ) -> Result<(R, Vec<Raised>), FailureKind> {
         if self.single {
-            let g = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            let g = self
+                .control
+                .lock()
+                .unwrap_or_else(|p| discard(p.into_inner()));
             return self.run(self.ready(g, false)?, call);
         }
         let n = self.workers.len();
@@ -175,12 +181,14 @@ impl<F: Instantiate> InstancePool<F> {
             match self.workers[(own + k) % n].try_lock() {
                 Ok(g) => return self.run(self.ready(g, false)?, call),
                 Err(TryLockError::Poisoned(p)) => {
-                    return self.run(self.ready(p.into_inner(), false)?, call);
+                    return self.run(self.ready(discard(p.into_inner()), false)?, call);
                 }
                 Err(TryLockError::WouldBlock) => {}
             }
         }
-        let g = self.workers[own].lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.workers[own]
+            .lock()
+            .unwrap_or_else(|p| discard(p.into_inner()));
         self.run(self.ready(g, false)?, call)
     }
 
@@ -198,7 +206,7 @@ impl<F: Instantiate> InstancePool<F> {
         mut g: MutexGuard<'a, Option<Slot<F::Instance>>>,
         control: bool,
     ) -> Result<MutexGuard<'a, Option<Slot<F::Instance>>>, FailureKind> {
-        let deadline = if control && !self.single {
+        let deadline = if control {
             self.control_ticks
         } else {
             self.call_ticks
@@ -254,6 +262,13 @@ impl<F: Instantiate> InstancePool<F> {
             );
         }
     }
+}
+
+/// A slot whose lock was poisoned (a panic during a call): its store may be
+/// inconsistent, so the instance is dropped and made anew.
+fn discard<I>(mut g: MutexGuard<'_, Option<Slot<I>>>) -> MutexGuard<'_, Option<Slot<I>>> {
+    *g = None;
+    g
 }
 
 /// The kind of a failed call: `memory` when the instance's cap refused a

@@ -80,21 +80,32 @@ fn cut(s: &str) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
-/// Encodes a fingerprint (at most [`MAX_ENTRIES`] entries; texts cut to
-/// [`MAX_TEXT`] bytes).
+/// Largest encoded fingerprint, bytes (it must fit in a member payload).
+pub const MAX_ENCODED: usize = 4096;
+
+/// Encodes a fingerprint: at most [`MAX_ENTRIES`] entries and
+/// [`MAX_ENCODED`] bytes (the entries that do not fit are left out; the
+/// count says how many are there); texts cut to [`MAX_TEXT`] bytes.
 pub fn encode(entries: &[ChainEntry]) -> Vec<u8> {
-    let entries = &entries[..entries.len().min(MAX_ENTRIES)];
-    let mut out = Vec::with_capacity(8 + entries.len() * 48);
+    let mut out = Vec::with_capacity(8 + entries.len().min(MAX_ENTRIES) * 48);
     out.extend_from_slice(PAYLOAD_MAGIC);
-    out.extend_from_slice(&[KIND_CHAIN, CHAIN_FORMAT, entries.len() as u8]);
-    for e in entries {
-        for text in [cut(&e.name), cut(&e.version)] {
+    out.extend_from_slice(&[KIND_CHAIN, CHAIN_FORMAT, 0]);
+    let mut count = 0u8;
+    for e in entries.iter().take(MAX_ENTRIES) {
+        let (name, version) = (cut(&e.name), cut(&e.version));
+        let len = 2 + name.len() + version.len() + HASH_PREFIX + 1;
+        if out.len() + len > MAX_ENCODED {
+            break;
+        }
+        for text in [name, version] {
             out.push(text.len() as u8);
             out.extend_from_slice(text);
         }
         out.extend_from_slice(&e.sha256_prefix);
         out.push(u8::from(e.changes_wire));
+        count += 1;
     }
+    out[PAYLOAD_MAGIC.len() + 2] = count;
     out
 }
 
@@ -223,6 +234,22 @@ mod tests {
         let mut long = good.clone();
         long.push(0);
         assert!(matches!(decode(&long), Err(FingerprintError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_long_chain_is_cut_to_fit_a_payload() {
+        let e = |i: usize| ChainEntry {
+            name: format!("{i}-{}", "n".repeat(60)),
+            version: "v".repeat(64),
+            sha256_prefix: [1; 8],
+            changes_wire: false,
+        };
+        let chain: Vec<ChainEntry> = (0..64).map(e).collect();
+        let bytes = encode(&chain);
+        assert!(bytes.len() <= MAX_ENCODED, "{}", bytes.len());
+        let d = decode(&bytes).expect("decodes");
+        assert!(d.len() < 64 && !d.is_empty());
+        assert_eq!(d[..], chain[..d.len()]);
     }
 
     #[test]
