@@ -212,7 +212,16 @@ impl Node {
                         watch.check(&ch.chain().fingerprint(), &peer);
                         continue;
                     }
-                    _ = tick.tick() => ControlEvent::Heartbeat,
+                    _ = tick.tick() => {
+                        // Also catches payload changes the bounded change
+                        // queue dropped (the table has every latest payload).
+                        let peers = crate::membership::lock(&table).members();
+                        let local = ch.chain().fingerprint();
+                        for p in &peers {
+                            watch.check(&local, p);
+                        }
+                        ControlEvent::Heartbeat
+                    }
                 };
                 let up = match ev {
                     ControlEvent::Apply(change) => {
