@@ -27,7 +27,7 @@ use crate::chain::{Chain, Flow, OutMsg};
 use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
-use crate::transport::sender::Sender;
+use crate::transport::sender::{LaneTicket, SendError, Sender};
 use crate::wire::{Frame, FrameEncoder};
 
 /// Most messages one worker takes from the queue at a time.
@@ -178,6 +178,9 @@ impl Dispatcher {
     }
 }
 
+/// One write: destinations, frames, ACKs expected, messages.
+type Group<'a> = (&'a Arc<[MemberId]>, Vec<Bytes>, usize, usize);
+
 /// The queue's receiving end, shared by the workers, with the turn of the
 /// batch taken last: batches are sent in the order they were taken.
 struct Queue {
@@ -250,11 +253,8 @@ async fn worker(
             permits.clear();
         }
         drop(jobs);
-        if let Some(turn) = my_turn {
-            // An error means the previous worker ended (aborted): go on.
-            let _ = turn.await;
-        }
         // Group consecutive messages with the same destinations into one write.
+        let mut groups: Vec<Group<'_>> = Vec::new();
         let mut start = 0;
         while start < ready.len() {
             let mut end = start + 1;
@@ -267,20 +267,50 @@ async fn worker(
                 .flat_map(|j| j.1.parts().iter().cloned())
                 .collect();
             let acks = group.iter().filter(|j| j.2).count();
-            let sent = if ordered {
-                sender.send_ordered(&group[0].0, &frames, acks).await
-            } else {
-                sender.send(&group[0].0, &frames, acks).await
-            };
-            if let Err(e) = sent {
-                Metrics::inc(&metrics.async_send_failures_total);
-                tracing::warn!(error = %e, messages = group.len(), "asynchronous send failed");
-            }
+            groups.push((&group[0].0, frames, acks, group.len()));
             start = end;
         }
-        if let Some(done) = done {
-            let _ = done.send(());
+        let failed = |e: SendError, messages: usize| {
+            Metrics::inc(&metrics.async_send_failures_total);
+            tracing::warn!(error = %e, messages, "asynchronous send failed");
+        };
+        if ordered {
+            if let Some(turn) = my_turn {
+                // An error means the previous worker ended (aborted): go on.
+                let _ = turn.await;
+            }
+            // Take each member's place in its ordered lane, in queue order,
+            // then hand the turn on: the next batch queues behind this one
+            // per member, and a member that does not answer delays only its
+            // own sends.
+            let tickets: Vec<Vec<LaneTicket>> = groups
+                .iter()
+                .map(|g| g.0.iter().map(|m| sender.queue_on_lane(*m)).collect())
+                .collect();
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            let sends = groups
+                .iter()
+                .zip(tickets)
+                .map(|(g, t)| sender.send_with_tickets(t, &g.1, g.2));
+            for (r, g) in futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .zip(&groups)
+            {
+                if let Err(e) = r {
+                    failed(e, g.3);
+                }
+            }
+        } else {
+            for g in &groups {
+                if let Err(e) = sender.send(g.0, &g.1, g.2).await {
+                    failed(e, g.3);
+                }
+            }
         }
+        drop(groups);
         ready.clear();
     }
 }

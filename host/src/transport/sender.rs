@@ -7,9 +7,12 @@
 //! [`SendError`] when it fails — as Tribes' faulty-member list.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -85,6 +88,29 @@ fn describe(f: &[FaultyMember]) -> String {
         .join("; ")
 }
 
+/// A member's ordered lane, held.
+type LaneGuard = tokio::sync::OwnedMutexGuard<Option<Conn>>;
+
+/// A place in the queue of a member's ordered lane (see
+/// [`Sender::queue_on_lane`]).
+pub struct LaneTicket {
+    member: MemberId,
+    state: TicketState,
+}
+
+enum TicketState {
+    Ready(LaneGuard),
+    Waiting(Pin<Box<dyn Future<Output = LaneGuard> + Send>>),
+}
+
+impl std::fmt::Debug for LaneTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneTicket")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
@@ -94,9 +120,10 @@ struct Conn {
 struct Pool {
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
-    /// The connection of ordered sends ([`Sender::send_ordered`]): one at a
-    /// time, always on this connection, so the peer reads them in order.
-    ordered: tokio::sync::Mutex<Option<Conn>>,
+    /// The connection of ordered sends ([`Sender::queue_on_lane`]): one at
+    /// a time, in the order their tickets were taken (tokio's mutex is
+    /// FIFO), always on this connection, so the peer reads them in order.
+    ordered: Arc<tokio::sync::Mutex<Option<Conn>>>,
 }
 
 /// Pooled connections to every member, shared by all senders of a node.
@@ -142,20 +169,57 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
     ) -> Result<(), SendError> {
-        self.send_on(dests, frames, acks, false).await
+        self.send_on(dests, frames, acks).await
     }
 
-    /// Like [`Sender::send`], but every ordered send to a member goes over one
-    /// connection of its own, one send at a time: the member reads them in
-    /// the order of the calls (the deferred queue's sends). Other sends may
-    /// overtake them.
-    pub async fn send_ordered(
+    /// Takes a place, now, in the queue of `member`'s ordered lane: one
+    /// connection per member that ordered sends use one at a time, in the
+    /// order their tickets were taken. Sending with the ticket later
+    /// ([`Sender::send_with_tickets`]) waits only for the earlier tickets of
+    /// the same member, so a member that does not answer delays no other.
+    pub fn queue_on_lane(&self, member: MemberId) -> LaneTicket {
+        let lane = self.pool(member.addr()).ordered.clone();
+        let mut wait: Pin<Box<dyn Future<Output = LaneGuard> + Send>> = Box::pin(lane.lock_owned());
+        // The first poll puts the ticket in the mutex's queue; a later
+        // poll, with a real waker, takes the lane when its turn comes.
+        let mut cx = Context::from_waker(Waker::noop());
+        let state = match wait.as_mut().poll(&mut cx) {
+            Poll::Ready(guard) => TicketState::Ready(guard),
+            Poll::Pending => TicketState::Waiting(wait),
+        };
+        LaneTicket { member, state }
+    }
+
+    /// Sends `frames` to each ticket's member over its ordered lane, all
+    /// members at once; like [`Sender::send`] otherwise.
+    pub async fn send_with_tickets(
         &self,
-        dests: &[MemberId],
+        tickets: Vec<LaneTicket>,
         frames: &[Bytes],
         acks: usize,
     ) -> Result<(), SendError> {
-        self.send_on(dests, frames, acks, true).await
+        let faulty = futures_util::future::join_all(tickets.into_iter().map(|t| async move {
+            let member = t.member;
+            let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
+            let guard = match t.state {
+                TicketState::Ready(g) => g,
+                TicketState::Waiting(wait) => match tokio::time::timeout(max_wait, wait).await {
+                    Ok(g) => g,
+                    Err(_) => {
+                        return Err(FaultyMember {
+                            member,
+                            error: PeerError::PoolExhausted(max_wait),
+                        });
+                    }
+                },
+            };
+            self.send_one(member, frames, acks, Some(guard)).await
+        }))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        self.outcome(faulty)
     }
 
     async fn send_on(
@@ -163,25 +227,27 @@ impl Sender {
         dests: &[MemberId],
         frames: &[Bytes],
         acks: usize,
-        ordered: bool,
     ) -> Result<(), SendError> {
         let faulty: Vec<FaultyMember> = match dests {
             [] => Vec::new(),
             [one] => self
-                .send_one(*one, frames, acks, ordered)
+                .send_one(*one, frames, acks, None)
                 .await
                 .err()
                 .into_iter()
                 .collect(),
             many => futures_util::future::join_all(
-                many.iter()
-                    .map(|d| self.send_one(*d, frames, acks, ordered)),
+                many.iter().map(|d| self.send_one(*d, frames, acks, None)),
             )
             .await
             .into_iter()
             .filter_map(Result::err)
             .collect(),
         };
+        self.outcome(faulty)
+    }
+
+    fn outcome(&self, faulty: Vec<FaultyMember>) -> Result<(), SendError> {
         if faulty.is_empty() {
             Ok(())
         } else {
@@ -195,7 +261,7 @@ impl Sender {
         member: MemberId,
         frames: &[Bytes],
         acks: usize,
-        ordered: bool,
+        lane: Option<LaneGuard>,
     ) -> Result<(), FaultyMember> {
         let fail = |error| FaultyMember { member, error };
         let addr = member.addr();
@@ -203,14 +269,9 @@ impl Sender {
         let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
         // Ordered sends hold their lane for the whole exchange; the others
         // take a permit of the pool.
-        let mut lane = None;
+        let mut lane = lane;
         let mut permit = None;
-        if ordered {
-            match tokio::time::timeout(max_wait, pool.ordered.lock()).await {
-                Ok(g) => lane = Some(g),
-                Err(_) => return Err(fail(PeerError::PoolExhausted(max_wait))),
-            }
-        } else {
+        if lane.is_none() {
             match tokio::time::timeout(max_wait, pool.permits.clone().acquire_owned()).await {
                 Ok(Ok(p)) => permit = Some(p),
                 Ok(Err(_)) => return Err(fail(PeerError::ShuttingDown)),
@@ -355,7 +416,7 @@ impl Sender {
             .or_insert_with(|| {
                 Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
-                    ordered: tokio::sync::Mutex::new(None),
+                    ordered: Arc::new(tokio::sync::Mutex::new(None)),
                     permits: Arc::new(Semaphore::new(self.cfg.pool_size)),
                 })
             })
