@@ -19,7 +19,9 @@
 //!
 //! Environment: `SHOAL_BENCH_CHAIN` = `off` | `on` | `both` (default) picks the
 //! setups; `SHOAL_BENCH_SENDERS` (default 2) sets the throughput senders;
-//! `RUST_LOG` (default `warn`) shows the library's log on stderr.
+//! `SHOAL_BENCH_ORDERED=off` sends queued messages in parallel
+//! (`dispatch.ordered = false`); `RUST_LOG` (default `warn`) shows the
+//! library's log on stderr.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -195,6 +197,8 @@ fn node_config(name: &str, port: u16, members: &[String], setup: Setup) -> Confi
     cfg.receiver.auto_bind = 1;
     cfg.api.listen = shoal::config::ApiListen::Off;
     cfg.plugins.default_chain = setup == Setup::DefaultChain;
+    // `SHOAL_BENCH_ORDERED=off`: queued sends in parallel (dispatch.ordered = false).
+    cfg.dispatch.ordered = std::env::var("SHOAL_BENCH_ORDERED").as_deref() != Ok("off");
     cfg
 }
 

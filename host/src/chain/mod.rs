@@ -226,30 +226,40 @@ impl Chain {
     /// plug-in is called once per batch, with the messages its filter admits;
     /// a batch of one takes the flat per-message hook.
     pub async fn send_batch(&self, start: usize, msgs: &mut [OutMsg], flows: &mut [Flow]) {
+        self.run(start, msgs, flows);
+    }
+
+    /// Passes a batch up through the `above` interceptors nearest the
+    /// network. `flows[j]` must start as [`Flow::Continue`].
+    pub async fn receive_batch(&self, above: usize, msgs: &mut [InMsg], flows: &mut [Flow]) {
+        self.run(above, msgs, flows);
+    }
+
+    /// The one runner of both directions ([`Way`] says what differs).
+    fn run<M: Way>(&self, from: usize, msgs: &mut [M], flows: &mut [Flow]) {
         if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
-            self.send_one(start, msg, flow);
+            self.run_one(from, msg, flow);
             return;
         }
-        // Destination sets, shared by messages with the same destinations.
-        let mut sets: Vec<Vec<wit::MemberId>> = Vec::new();
-        let mut set_of: Vec<u32> = Vec::new();
+        let mut parties: Option<M::Parties> = None;
         let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
-        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
-            if !ic.caps.send {
+        for (i, resume) in M::positions(self.interceptors.len(), from) {
+            let ic = &self.interceptors[i];
+            if !M::hooked(ic) {
                 continue;
             }
             live.clear();
             let mut any = false;
             let mut pending = 0u64;
-            let deferred = Flow::Deferred { resume: i + 1 };
+            let deferred = Flow::Deferred { resume };
             for (j, m) in msgs.iter().enumerate() {
                 if flows[j] == Flow::Continue {
                     any = true;
-                    if !ic.caps.sees(m.options, m.body.len()) {
+                    if !ic.caps.sees(m.options(), m.body().len()) {
                         continue;
                     }
-                    if ic.defers_at_once(m.options, m.body.len(), pending) {
-                        pending += m.body.len() as u64;
+                    if M::defers_at_once(ic, m, pending) {
+                        pending += m.body().len() as u64;
                         ic.shared.defers.fetch_add(1, Ordering::Relaxed);
                         flows[j] = deferred.clone();
                     } else {
@@ -263,130 +273,36 @@ impl Chain {
             if live.is_empty() {
                 continue;
             }
-            if set_of.is_empty() {
-                let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
-                for m in msgs.iter() {
-                    let idx = match seen
-                        .iter()
-                        .position(|d| Arc::ptr_eq(d, &m.dests) || d[..] == m.dests[..])
-                    {
-                        Some(k) => k,
-                        None => {
-                            seen.push(&m.dests);
-                            sets.push(m.dests.iter().map(|d| wit_id(&d.unique_id)).collect());
-                            seen.len() - 1
-                        }
-                    };
-                    set_of.push(idx as u32);
-                }
-            }
             let batch = batch_meta(
                 ic,
                 live.iter().map(|&j| {
                     let m = &msgs[j];
-                    (m.options, m.timestamp, &m.body)
+                    (m.options(), m.timestamp(), m.body())
                 }),
             );
-            let dests: Vec<u32> = live.iter().map(|&j| set_of[j]).collect();
-            let r = ic.on_send_many(&batch, &dests, &sets);
+            let parties = parties.get_or_insert_with(|| M::parties(msgs));
+            let r = M::call_many(ic, &batch, &live, parties);
             self.apply(ic, r, &live, msgs, flows, &deferred);
         }
     }
 
-    fn send_one(&self, start: usize, msg: &mut OutMsg, flow: &mut Flow) {
-        let mut dests: Option<Vec<wit::MemberId>> = None;
-        for (i, ic) in self.interceptors.iter().enumerate().skip(start) {
+    fn run_one<M: Way>(&self, from: usize, msg: &mut M, flow: &mut Flow) {
+        let mut party: Option<M::Party> = None;
+        for (i, resume) in M::positions(self.interceptors.len(), from) {
+            let ic = &self.interceptors[i];
             if *flow != Flow::Continue {
                 return;
             }
-            if !ic.caps.send || !ic.caps.sees(msg.options, msg.body.len()) {
+            if !M::hooked(ic) || !ic.caps.sees(msg.options(), msg.body().len()) {
                 continue;
             }
-            let r = if ic.defers_at_once(msg.options, msg.body.len(), 0) {
+            let r = if M::defers_at_once(ic, msg, 0) {
                 Ok(wit::Verdict::Defer)
             } else {
-                let d = dests.get_or_insert_with(|| {
-                    msg.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
-                });
-                let m = meta(msg.options, msg.timestamp, msg.body.len());
-                ic.on_send_one(m, d, ic.caps.body(&msg.body))
+                let p = party.get_or_insert_with(|| msg.party());
+                M::call_one(ic, msg, p)
             };
-            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i + 1 });
-        }
-    }
-
-    /// Passes a batch up through the `above` interceptors nearest the
-    /// network. `flows[j]` must start as [`Flow::Continue`].
-    pub async fn receive_batch(&self, above: usize, msgs: &mut [InMsg], flows: &mut [Flow]) {
-        if let ([msg], [flow]) = (&mut *msgs, &mut *flows) {
-            self.receive_one(above, msg, flow);
-            return;
-        }
-        let mut senders: Vec<wit::Member> = Vec::new();
-        let mut sender_of: Vec<u32> = Vec::new();
-        let mut live: Vec<usize> = Vec::with_capacity(msgs.len());
-        for i in (0..above.min(self.interceptors.len())).rev() {
-            let ic = &self.interceptors[i];
-            if !ic.caps.receive {
-                continue;
-            }
-            live.clear();
-            let mut any = false;
-            for (j, m) in msgs.iter().enumerate() {
-                if flows[j] == Flow::Continue {
-                    any = true;
-                    if ic.caps.sees(m.options, m.body.len()) {
-                        live.push(j);
-                    }
-                }
-            }
-            if !any {
-                return;
-            }
-            if live.is_empty() {
-                continue;
-            }
-            if sender_of.is_empty() {
-                let mut seen: Vec<MemberId> = Vec::new();
-                for m in msgs.iter() {
-                    let idx = match seen.iter().position(|s| *s == m.sender.id) {
-                        Some(k) => k,
-                        None => {
-                            seen.push(m.sender.id);
-                            senders.push(member_to_wit(&m.sender));
-                            seen.len() - 1
-                        }
-                    };
-                    sender_of.push(idx as u32);
-                }
-            }
-            let batch = batch_meta(
-                ic,
-                live.iter().map(|&j| {
-                    let m = &msgs[j];
-                    (m.options, m.timestamp, &m.body)
-                }),
-            );
-            let from: Vec<u32> = live.iter().map(|&j| sender_of[j]).collect();
-            let r = ic.on_receive_many(&batch, &from, &senders);
-            self.apply(ic, r, &live, msgs, flows, &Flow::Deferred { resume: i });
-        }
-    }
-
-    fn receive_one(&self, above: usize, msg: &mut InMsg, flow: &mut Flow) {
-        let mut sender: Option<wit::Member> = None;
-        for i in (0..above.min(self.interceptors.len())).rev() {
-            let ic = &self.interceptors[i];
-            if *flow != Flow::Continue {
-                return;
-            }
-            if !ic.caps.receive || !ic.caps.sees(msg.options, msg.body.len()) {
-                continue;
-            }
-            let s = sender.get_or_insert_with(|| member_to_wit(&msg.sender));
-            let m = meta(msg.options, msg.timestamp, msg.body.len());
-            let r = ic.on_receive_one(m, s, ic.caps.body(&msg.body));
-            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume: i });
+            self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume });
         }
     }
 }
@@ -430,11 +346,195 @@ fn wit_id(id: &[u8; 16]) -> wit::MemberId {
 
 /// Messages whose options and body a plug-in may change.
 trait BodyOwner {
+    fn options(&self) -> SendOptions;
+    fn timestamp(&self) -> i64;
+    fn body(&self) -> &Bytes;
     fn set_options(&mut self, o: SendOptions);
     fn set_body(&mut self, b: Bytes);
 }
 
+/// What differs between the chain's two directions: which interceptors a
+/// message visits and in which order, which hook is called, with whom (the
+/// destinations down, the sender up), and whether the host may defer it.
+trait Way: BodyOwner + Sized {
+    /// Whom one message concerns, as the flat hook takes it.
+    type Party;
+    /// Whom a batch concerns, interned, as the batch hook takes it.
+    type Parties;
+    /// `(interceptor, where a deferred message resumes)` in visiting order,
+    /// starting at `from` (down: an index; up: how many remain above).
+    fn positions(len: usize, from: usize) -> Positions;
+    /// Whether the interceptor has this direction's hook.
+    fn hooked(ic: &Interceptor) -> bool;
+    /// Whether the interceptor's defer rule covers the message.
+    fn defers_at_once(ic: &Interceptor, m: &Self, pending: u64) -> bool;
+    fn party(&self) -> Self::Party;
+    fn parties(msgs: &[Self]) -> Self::Parties;
+    fn call_one(
+        ic: &Interceptor,
+        m: &Self,
+        party: &Self::Party,
+    ) -> Result<wit::Verdict, FailureKind>;
+    fn call_many(
+        ic: &Interceptor,
+        batch: &wit::BatchMeta,
+        live: &[usize],
+        parties: &Self::Parties,
+    ) -> Result<Vec<wit::Verdict>, FailureKind>;
+}
+
+/// Interceptor positions in visiting order: up from `next` to `end`
+/// (down the chain), or from `next - 1` down to 0 (up the chain).
+struct Positions {
+    next: usize,
+    end: usize,
+    down: bool,
+}
+
+impl Iterator for Positions {
+    type Item = (usize, usize);
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.down {
+            (self.next < self.end).then(|| {
+                self.next += 1;
+                (self.next - 1, self.next)
+            })
+        } else {
+            (self.next > 0).then(|| {
+                self.next -= 1;
+                (self.next, self.next)
+            })
+        }
+    }
+}
+
+impl Way for OutMsg {
+    type Party = Vec<wit::MemberId>;
+    /// Destination sets, and each message's set.
+    type Parties = (Vec<Vec<wit::MemberId>>, Vec<u32>);
+
+    fn positions(len: usize, from: usize) -> Positions {
+        Positions {
+            next: from,
+            end: len,
+            down: true,
+        }
+    }
+    fn hooked(ic: &Interceptor) -> bool {
+        ic.caps.send
+    }
+    fn defers_at_once(ic: &Interceptor, m: &Self, pending: u64) -> bool {
+        ic.defers_at_once(m.options, m.body.len(), pending)
+    }
+    fn party(&self) -> Self::Party {
+        self.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
+    }
+    fn parties(msgs: &[Self]) -> Self::Parties {
+        let mut sets = Vec::new();
+        let mut set_of = Vec::with_capacity(msgs.len());
+        let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
+        for m in msgs {
+            let idx = match seen
+                .iter()
+                .position(|d| Arc::ptr_eq(d, &m.dests) || d[..] == m.dests[..])
+            {
+                Some(k) => k,
+                None => {
+                    seen.push(&m.dests);
+                    sets.push(m.party());
+                    seen.len() - 1
+                }
+            };
+            set_of.push(idx as u32);
+        }
+        (sets, set_of)
+    }
+    fn call_one(
+        ic: &Interceptor,
+        m: &Self,
+        party: &Self::Party,
+    ) -> Result<wit::Verdict, FailureKind> {
+        let meta = meta(m.options, m.timestamp, m.body.len());
+        ic.on_send_one(meta, party, ic.caps.body(&m.body))
+    }
+    fn call_many(
+        ic: &Interceptor,
+        batch: &wit::BatchMeta,
+        live: &[usize],
+        (sets, set_of): &Self::Parties,
+    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        let dests: Vec<u32> = live.iter().map(|&j| set_of[j]).collect();
+        ic.on_send_many(batch, &dests, sets)
+    }
+}
+
+impl Way for InMsg {
+    type Party = wit::Member;
+    /// Senders, and each message's sender.
+    type Parties = (Vec<wit::Member>, Vec<u32>);
+
+    fn positions(len: usize, from: usize) -> Positions {
+        Positions {
+            next: from.min(len),
+            end: 0,
+            down: false,
+        }
+    }
+    fn hooked(ic: &Interceptor) -> bool {
+        ic.caps.receive
+    }
+    fn defers_at_once(_: &Interceptor, _: &Self, _: u64) -> bool {
+        false
+    }
+    fn party(&self) -> Self::Party {
+        member_to_wit(&self.sender)
+    }
+    fn parties(msgs: &[Self]) -> Self::Parties {
+        let mut senders = Vec::new();
+        let mut sender_of = Vec::with_capacity(msgs.len());
+        let mut seen: Vec<MemberId> = Vec::new();
+        for m in msgs {
+            let idx = match seen.iter().position(|s| *s == m.sender.id) {
+                Some(k) => k,
+                None => {
+                    seen.push(m.sender.id);
+                    senders.push(m.party());
+                    seen.len() - 1
+                }
+            };
+            sender_of.push(idx as u32);
+        }
+        (senders, sender_of)
+    }
+    fn call_one(
+        ic: &Interceptor,
+        m: &Self,
+        party: &Self::Party,
+    ) -> Result<wit::Verdict, FailureKind> {
+        let meta = meta(m.options, m.timestamp, m.body.len());
+        ic.on_receive_one(meta, party, ic.caps.body(&m.body))
+    }
+    fn call_many(
+        ic: &Interceptor,
+        batch: &wit::BatchMeta,
+        live: &[usize],
+        (senders, sender_of): &Self::Parties,
+    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        let from: Vec<u32> = live.iter().map(|&j| sender_of[j]).collect();
+        ic.on_receive_many(batch, &from, senders)
+    }
+}
+
 impl BodyOwner for OutMsg {
+    fn options(&self) -> SendOptions {
+        self.options
+    }
+    fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
     fn set_options(&mut self, o: SendOptions) {
         self.options = o;
     }
@@ -444,6 +544,15 @@ impl BodyOwner for OutMsg {
 }
 
 impl BodyOwner for InMsg {
+    fn options(&self) -> SendOptions {
+        self.options
+    }
+    fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
     fn set_options(&mut self, o: SendOptions) {
         self.options = o;
     }
