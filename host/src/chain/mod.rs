@@ -383,6 +383,30 @@ trait Way: BodyOwner + Sized {
     ) -> Result<Vec<wit::Verdict>, FailureKind>;
 }
 
+/// Interns what each message concerns (its destinations, its sender): the
+/// distinct values, and for each message the index of its own. Arcs of
+/// destinations compare by pointer first.
+fn intern<K: PartialEq, M, V>(
+    msgs: impl ExactSizeIterator<Item = (K, M)>,
+    value: impl Fn(M) -> V,
+) -> (Vec<V>, Vec<u32>) {
+    let mut values = Vec::new();
+    let mut index = Vec::with_capacity(msgs.len());
+    let mut seen: Vec<K> = Vec::new();
+    for (k, m) in msgs {
+        let i = match seen.iter().position(|s| *s == k) {
+            Some(i) => i,
+            None => {
+                seen.push(k);
+                values.push(value(m));
+                seen.len() - 1
+            }
+        };
+        index.push(i as u32);
+    }
+    (values, index)
+}
+
 /// Interceptor positions in visiting order: up from `next` to `end`
 /// (down the chain), or from `next - 1` down to 0 (up the chain).
 struct Positions {
@@ -430,24 +454,7 @@ impl Way for OutMsg {
         self.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
     }
     fn parties(msgs: &[Self]) -> Self::Parties {
-        let mut sets = Vec::new();
-        let mut set_of = Vec::with_capacity(msgs.len());
-        let mut seen: Vec<&Arc<[MemberId]>> = Vec::new();
-        for m in msgs {
-            let idx = match seen
-                .iter()
-                .position(|d| Arc::ptr_eq(d, &m.dests) || d[..] == m.dests[..])
-            {
-                Some(k) => k,
-                None => {
-                    seen.push(&m.dests);
-                    sets.push(m.party());
-                    seen.len() - 1
-                }
-            };
-            set_of.push(idx as u32);
-        }
-        (sets, set_of)
+        intern(msgs.iter().map(|m| (&m.dests, m)), |m| m.party())
     }
     fn call_one(
         ic: &Interceptor,
@@ -490,21 +497,7 @@ impl Way for InMsg {
         member_to_wit(&self.sender)
     }
     fn parties(msgs: &[Self]) -> Self::Parties {
-        let mut senders = Vec::new();
-        let mut sender_of = Vec::with_capacity(msgs.len());
-        let mut seen: Vec<MemberId> = Vec::new();
-        for m in msgs {
-            let idx = match seen.iter().position(|s| *s == m.sender.id) {
-                Some(k) => k,
-                None => {
-                    seen.push(m.sender.id);
-                    senders.push(m.party());
-                    seen.len() - 1
-                }
-            };
-            sender_of.push(idx as u32);
-        }
-        (senders, sender_of)
+        intern(msgs.iter().map(|m| (m.sender.id, m)), |m| m.party())
     }
     fn call_one(
         ic: &Interceptor,
