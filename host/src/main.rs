@@ -112,19 +112,42 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-async fn run(mut cfg: shoal::Config, path: Option<&Path>) -> anyhow::Result<()> {
+async fn run(cfg: shoal::Config, path: Option<&Path>) -> anyhow::Result<()> {
+    use std::future::Future;
+    use std::pin::Pin;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let node = shoal::Node::start(cfg.clone()).await?;
+    // A reload runs beside the signals, so SIGTERM stops the node at once
+    // even while a reload compiles (the reload is then abandoned).
+    let mut cfg = Some(cfg);
+    let mut reloading: Option<Pin<Box<dyn Future<Output = shoal::Config> + '_>>> = None;
+    // A SIGHUP during a reload: read the file again once this one is done.
+    let mut again = false;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); break }
             _ = int.recv() => { tracing::info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&node, &mut cfg, path).await,
+            _ = hup.recv() => match cfg.take() {
+                Some(c) => reloading = Some(Box::pin(reload(&node, c, path))),
+                None => {
+                    tracing::info!("SIGHUP: a reload is in progress; reading the file again after it");
+                    again = true;
+                }
+            },
+            c = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                reloading = None;
+                if std::mem::take(&mut again) {
+                    reloading = Some(Box::pin(reload(&node, c, path)));
+                } else {
+                    cfg = Some(c);
+                }
+            }
         }
     }
+    drop(reloading);
     node.shutdown().await;
     Ok(())
 }
@@ -132,17 +155,17 @@ async fn run(mut cfg: shoal::Config, path: Option<&Path>) -> anyhow::Result<()> 
 /// SIGHUP: reads the config file again and applies its interceptor list
 /// (only the difference). A bad file or a plug-in that fails to load leaves
 /// everything as it was.
-async fn reload(node: &shoal::Node, cfg: &mut shoal::Config, path: Option<&Path>) {
+async fn reload(node: &shoal::Node, mut cfg: shoal::Config, path: Option<&Path>) -> shoal::Config {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: the node runs without a config file; nothing to reload");
-        return;
+        return cfg;
     };
     tracing::info!(file = %path.display(), "SIGHUP: reloading the interceptor list");
     let new = match shoal::Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("SIGHUP: config refused, nothing changed: {e}");
-            return;
+            return cfg;
         }
     };
     let restart = cfg.sections_needing_restart(&new);
@@ -174,4 +197,5 @@ async fn reload(node: &shoal::Node, cfg: &mut shoal::Config, path: Option<&Path>
             tracing::error!("SIGHUP: interceptor change refused, the chain is unchanged: {e}")
         }
     }
+    cfg
 }
