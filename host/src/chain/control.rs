@@ -5,8 +5,7 @@
 
 use super::{Chain, handle::ChainChange};
 use crate::member::MemberEvent;
-use crate::plugins::{FailureMode, HostEvent, PluginShared, Raised};
-use crate::wasm::bindings::shoal::cluster::types as wit;
+use crate::plugins::{FailureMode, HostEvent, MemberVerdict, PluginShared, Raised};
 
 /// Work for the node's control loop, which runs every membership, heartbeat,
 /// probe-result and timer call on the plug-ins' control instances, and every
@@ -109,16 +108,16 @@ impl Chain {
             let r = ic.member_event(&ev);
             match r {
                 Ok((verdict, raised)) => {
-                    ic.note_event(&ev, matches!(verdict, wit::MemberVerdict::Hold));
+                    ic.note_event(&ev, matches!(verdict, MemberVerdict::Hold));
                     ic.note_raised(&raised);
                     push_raised(work, i, raised);
                     match verdict {
-                        wit::MemberVerdict::Pass => {}
-                        wit::MemberVerdict::Drop(reason) => {
+                        MemberVerdict::Pass => {}
+                        MemberVerdict::Drop(reason) => {
                             tracing::debug!(plugin = %ic.spec.name, %reason, "membership event filtered");
                             return None;
                         }
-                        wit::MemberVerdict::Hold => return None,
+                        MemberVerdict::Hold => return None,
                     }
                 }
                 Err(_) if ic.spec.failure_mode == FailureMode::FailClosed => return None,

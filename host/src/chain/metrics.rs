@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use super::Chain;
 use crate::plugins::{FailureKind, PluginShared};
-use crate::wasm::host;
 
 impl Chain {
     /// Appends this chain's metrics (Prometheus text) to `out`.
@@ -76,7 +75,7 @@ impl Chain {
                 );
             }
             for (name, value, counter, help) in ic.guest_stats().await {
-                let name = host::sanitize(&name);
+                let name = crate::plugins::metric_name(&name);
                 let kind = if counter { "counter" } else { "gauge" };
                 let help: String = help.chars().filter(|c| *c != '\n').collect();
                 let _ = writeln!(

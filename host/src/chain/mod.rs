@@ -27,10 +27,9 @@ pub use handle::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChang
 
 use crate::member::{Member, MemberId};
 use crate::plugins::{
-    FailureKind, FailureMode, Interceptor, InterceptorSpec, NodeCtx, PluginLoadError, PluginOptions,
+    Batch, DestSets, Dests, FailureKind, FailureMode, Interceptor, InterceptorSpec, NodeCtx,
+    PluginLoadError, PluginOptions, Sender, Senders, Verdict,
 };
-use crate::wasm::bindings::shoal::cluster::types as wit;
-use crate::wasm::host::{id_to_wit, member_to_wit};
 use crate::wire::SendOptions;
 
 /// A message on its way down the chain.
@@ -161,7 +160,7 @@ impl Chain {
     fn apply_one<M: BodyOwner>(
         &self,
         ic: &Interceptor,
-        result: Result<wit::Verdict, FailureKind>,
+        result: Result<Verdict, FailureKind>,
         msg: &mut M,
         flow: &mut Flow,
         deferred: &Flow,
@@ -172,23 +171,23 @@ impl Chain {
                     *flow = f;
                 }
             }
-            Ok(wit::Verdict::Pass) => {}
-            Ok(wit::Verdict::PassModified(m)) => {
-                if let Some(o) = m.options {
-                    msg.set_options(SendOptions(o));
+            Ok(Verdict::Pass) => {}
+            Ok(Verdict::Modify { options, body }) => {
+                if let Some(o) = options {
+                    msg.set_options(o);
                 }
-                if let (Some(b), true) = (m.body, ic.caps.body_limit > 0) {
-                    msg.set_body(Bytes::from(b));
+                if let (Some(b), true) = (body, ic.caps.body_limit > 0) {
+                    msg.set_body(b);
                 }
             }
-            Ok(wit::Verdict::Drop(reason)) => {
+            Ok(Verdict::Drop(reason)) => {
                 ic.shared.drops.fetch_add(1, Ordering::Relaxed);
                 *flow = Flow::Dropped {
                     plugin: ic.spec.name.clone(),
                     reason,
                 };
             }
-            Ok(wit::Verdict::Defer) => {
+            Ok(Verdict::Defer) => {
                 ic.shared.defers.fetch_add(1, Ordering::Relaxed);
                 *flow = deferred.clone();
             }
@@ -199,7 +198,7 @@ impl Chain {
     fn apply<M: BodyOwner>(
         &self,
         ic: &Interceptor,
-        result: Result<Vec<wit::Verdict>, FailureKind>,
+        result: Result<Vec<Verdict>, FailureKind>,
         live: &[usize],
         msgs: &mut [M],
         flows: &mut [Flow],
@@ -273,13 +272,10 @@ impl Chain {
             if live.is_empty() {
                 continue;
             }
-            let batch = batch_meta(
-                ic,
-                live.iter().map(|&j| {
-                    let m = &msgs[j];
-                    (m.options(), m.timestamp(), m.body())
-                }),
-            );
+            let batch = ic.batch(live.iter().map(|&j| {
+                let m = &msgs[j];
+                (m.options(), m.timestamp(), m.body())
+            }));
             let parties = parties.get_or_insert_with(|| M::parties(msgs));
             let r = M::call_many(ic, &batch, &live, parties);
             self.apply(ic, r, &live, msgs, flows, &deferred);
@@ -297,7 +293,7 @@ impl Chain {
                 continue;
             }
             let r = if M::defers_at_once(ic, msg, 0) {
-                Ok(wit::Verdict::Defer)
+                Ok(Verdict::Defer)
             } else {
                 let p = party.get_or_insert_with(|| msg.party());
                 M::call_one(ic, msg, p)
@@ -305,43 +301,6 @@ impl Chain {
             self.apply_one(ic, r, msg, flow, &Flow::Deferred { resume });
         }
     }
-}
-
-/// The columns of a batch for `ic`: bodies only for a plug-in that reads them.
-fn batch_meta<'a>(
-    ic: &Interceptor,
-    msgs: impl ExactSizeIterator<Item = (SendOptions, i64, &'a Bytes)>,
-) -> wit::BatchMeta {
-    let n = msgs.len();
-    let reads = ic.caps.body_limit > 0;
-    let mut b = wit::BatchMeta {
-        options: Vec::with_capacity(n),
-        timestamps: Vec::with_capacity(n),
-        sizes: Vec::with_capacity(n),
-        bodies: Vec::with_capacity(if reads { n } else { 0 }),
-    };
-    for (options, timestamp, body) in msgs {
-        b.options.push(options.0);
-        b.timestamps.push(timestamp);
-        b.sizes.push(body.len() as u32);
-        if reads {
-            b.bodies.push(ic.caps.body(body).map(<[u8]>::to_vec));
-        }
-    }
-    b
-}
-
-fn meta(options: SendOptions, timestamp: i64, size: usize) -> wit::MessageMeta {
-    wit::MessageMeta {
-        options: options.0,
-        timestamp,
-        size: u32::try_from(size).unwrap_or(u32::MAX),
-    }
-}
-
-fn wit_id(id: &[u8; 16]) -> wit::MemberId {
-    let (hi, lo) = id_to_wit(id);
-    wit::MemberId { hi, lo }
 }
 
 /// Messages whose options and body a plug-in may change.
@@ -370,17 +329,13 @@ trait Way: BodyOwner + Sized {
     fn defers_at_once(ic: &Interceptor, m: &Self, pending: u64) -> bool;
     fn party(&self) -> Self::Party;
     fn parties(msgs: &[Self]) -> Self::Parties;
-    fn call_one(
-        ic: &Interceptor,
-        m: &Self,
-        party: &Self::Party,
-    ) -> Result<wit::Verdict, FailureKind>;
+    fn call_one(ic: &Interceptor, m: &Self, party: &Self::Party) -> Result<Verdict, FailureKind>;
     fn call_many(
         ic: &Interceptor,
-        batch: &wit::BatchMeta,
+        batch: &Batch,
         live: &[usize],
         parties: &Self::Parties,
-    ) -> Result<Vec<wit::Verdict>, FailureKind>;
+    ) -> Result<Vec<Verdict>, FailureKind>;
 }
 
 /// Interns what each message concerns (its destinations, its sender): the
@@ -433,9 +388,9 @@ impl Iterator for Positions {
 }
 
 impl Way for OutMsg {
-    type Party = Vec<wit::MemberId>;
+    type Party = Dests;
     /// Destination sets, and each message's set.
-    type Parties = (Vec<Vec<wit::MemberId>>, Vec<u32>);
+    type Parties = (DestSets, Vec<u32>);
 
     fn positions(len: usize, from: usize) -> Positions {
         Positions {
@@ -451,34 +406,30 @@ impl Way for OutMsg {
         ic.defers_at_once(m.options, m.body.len(), pending)
     }
     fn party(&self) -> Self::Party {
-        self.dests.iter().map(|d| wit_id(&d.unique_id)).collect()
+        Dests::new(&self.dests)
     }
     fn parties(msgs: &[Self]) -> Self::Parties {
-        intern(msgs.iter().map(|m| (&m.dests, m)), |m| m.party())
+        let (sets, set_of) = intern(msgs.iter().map(|m| (&m.dests, m)), |m| m.party());
+        (sets.into_iter().collect(), set_of)
     }
-    fn call_one(
-        ic: &Interceptor,
-        m: &Self,
-        party: &Self::Party,
-    ) -> Result<wit::Verdict, FailureKind> {
-        let meta = meta(m.options, m.timestamp, m.body.len());
-        ic.on_send_one(meta, party, ic.caps.body(&m.body))
+    fn call_one(ic: &Interceptor, m: &Self, party: &Self::Party) -> Result<Verdict, FailureKind> {
+        ic.on_send_one(m.options, m.timestamp, &m.body, party)
     }
     fn call_many(
         ic: &Interceptor,
-        batch: &wit::BatchMeta,
+        batch: &Batch,
         live: &[usize],
         (sets, set_of): &Self::Parties,
-    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+    ) -> Result<Vec<Verdict>, FailureKind> {
         let dests: Vec<u32> = live.iter().map(|&j| set_of[j]).collect();
         ic.on_send_many(batch, &dests, sets)
     }
 }
 
 impl Way for InMsg {
-    type Party = wit::Member;
+    type Party = Sender;
     /// Senders, and each message's sender.
-    type Parties = (Vec<wit::Member>, Vec<u32>);
+    type Parties = (Senders, Vec<u32>);
 
     fn positions(len: usize, from: usize) -> Positions {
         Positions {
@@ -494,25 +445,21 @@ impl Way for InMsg {
         false
     }
     fn party(&self) -> Self::Party {
-        member_to_wit(&self.sender)
+        Sender::new(&self.sender)
     }
     fn parties(msgs: &[Self]) -> Self::Parties {
-        intern(msgs.iter().map(|m| (m.sender.id, m)), |m| m.party())
+        let (senders, sender_of) = intern(msgs.iter().map(|m| (m.sender.id, m)), |m| m.party());
+        (senders.into_iter().collect(), sender_of)
     }
-    fn call_one(
-        ic: &Interceptor,
-        m: &Self,
-        party: &Self::Party,
-    ) -> Result<wit::Verdict, FailureKind> {
-        let meta = meta(m.options, m.timestamp, m.body.len());
-        ic.on_receive_one(meta, party, ic.caps.body(&m.body))
+    fn call_one(ic: &Interceptor, m: &Self, party: &Self::Party) -> Result<Verdict, FailureKind> {
+        ic.on_receive_one(m.options, m.timestamp, &m.body, party)
     }
     fn call_many(
         ic: &Interceptor,
-        batch: &wit::BatchMeta,
+        batch: &Batch,
         live: &[usize],
         (senders, sender_of): &Self::Parties,
-    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+    ) -> Result<Vec<Verdict>, FailureKind> {
         let from: Vec<u32> = live.iter().map(|&j| sender_of[j]).collect();
         ic.on_receive_many(batch, &from, senders)
     }

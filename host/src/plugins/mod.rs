@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceAny};
 
@@ -39,7 +40,7 @@ pub use crate::wasm::host::{
 use crate::wasm::pool::{self, InstancePool, PoolLimits};
 use crate::wasm::{bindings, engine, wasi};
 
-use crate::member::Member;
+use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent};
 use crate::wasm::host::{HostState, member_to_wit};
 use crate::wire::SendOptions;
@@ -674,76 +675,107 @@ impl Interceptor {
         options.0 & bits == bits && queued + pending + size as u64 <= max
     }
 
-    /// One message down: the flat call, cheaper than a one-element list.
+    /// The columns of a batch for this plug-in: bodies only if it reads them.
+    pub(crate) fn batch<'a>(
+        &self,
+        msgs: impl ExactSizeIterator<Item = (SendOptions, i64, &'a Bytes)>,
+    ) -> Batch {
+        let n = msgs.len();
+        let reads = self.caps.body_limit > 0;
+        let mut b = wit::BatchMeta {
+            options: Vec::with_capacity(n),
+            timestamps: Vec::with_capacity(n),
+            sizes: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(if reads { n } else { 0 }),
+        };
+        for (options, timestamp, body) in msgs {
+            b.options.push(options.0);
+            b.timestamps.push(timestamp);
+            b.sizes.push(body.len() as u32);
+            if reads {
+                b.bodies.push(self.caps.body(body).map(<[u8]>::to_vec));
+            }
+        }
+        Batch(b)
+    }
+
+    /// One message down: the flat call.
     pub(crate) fn on_send_one(
         &self,
-        meta: wit::MessageMeta,
-        dests: &[wit::MemberId],
-        body: Option<&[u8]>,
-    ) -> Result<wit::Verdict, FailureKind> {
+        options: SendOptions,
+        timestamp: i64,
+        body: &Bytes,
+        dests: &Dests,
+    ) -> Result<Verdict, FailureKind> {
+        let meta = meta(options, timestamp, body.len());
+        let body = self.caps.body(body);
         self.pool
             .worker(|s| {
                 let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
-                hooks.call_on_send(&mut s.store, s.instance.plugin, meta, dests, body)
+                hooks.call_on_send(&mut s.store, s.instance.plugin, meta, &dests.0, body)
             })
-            .map(|(v, _)| v)
+            .map(|(v, _)| v.into())
     }
 
+    /// Several messages down: message `i` goes to `sets[set_of[i]]`.
     pub(crate) fn on_send_many(
         &self,
-        batch: &wit::BatchMeta,
+        batch: &Batch,
         set_of: &[u32],
-        sets: &[Vec<wit::MemberId>],
-    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        sets: &DestSets,
+    ) -> Result<Vec<Verdict>, FailureKind> {
         let (v, _) = self.pool.worker(|s| {
             let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_send_batch(&mut s.store, s.instance.plugin, batch, set_of, sets)
+            hooks.call_on_send_batch(&mut s.store, s.instance.plugin, &batch.0, set_of, &sets.0)
         })?;
-        self.check_len(v, batch.options.len())
+        self.check_len(v, batch.0.options.len())
     }
 
     /// One message up: the flat call.
     pub(crate) fn on_receive_one(
         &self,
-        meta: wit::MessageMeta,
-        sender: &wit::Member,
-        body: Option<&[u8]>,
-    ) -> Result<wit::Verdict, FailureKind> {
+        options: SendOptions,
+        timestamp: i64,
+        body: &Bytes,
+        sender: &Sender,
+    ) -> Result<Verdict, FailureKind> {
+        let meta = meta(options, timestamp, body.len());
+        let body = self.caps.body(body);
         self.pool
             .worker(|s| {
                 let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
-                hooks.call_on_receive(&mut s.store, s.instance.plugin, meta, sender, body)
+                hooks.call_on_receive(&mut s.store, s.instance.plugin, meta, &sender.0, body)
             })
-            .map(|(v, _)| v)
+            .map(|(v, _)| v.into())
     }
 
+    /// Several messages up: message `i` comes from `senders[sender_of[i]]`.
     pub(crate) fn on_receive_many(
         &self,
-        batch: &wit::BatchMeta,
+        batch: &Batch,
         sender_of: &[u32],
-        senders: &[wit::Member],
-    ) -> Result<Vec<wit::Verdict>, FailureKind> {
+        senders: &Senders,
+    ) -> Result<Vec<Verdict>, FailureKind> {
         let (v, _) = self.pool.worker(|s| {
             let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
-            hooks.call_on_receive_batch(&mut s.store, s.instance.plugin, batch, sender_of, senders)
+            hooks.call_on_receive_batch(
+                &mut s.store,
+                s.instance.plugin,
+                &batch.0,
+                sender_of,
+                &senders.0,
+            )
         })?;
-        self.check_len(v, batch.options.len())
+        self.check_len(v, batch.0.options.len())
     }
 
     /// One verdict per message, or none (all pass); else the plug-in broke
     /// the contract.
-    pub(crate) fn check_len(
-        &self,
-        v: Vec<wit::Verdict>,
-        n: usize,
-    ) -> Result<Vec<wit::Verdict>, FailureKind> {
-        if v.len() == n {
-            return Ok(v);
-        }
-        if v.is_empty() {
-            // The batch hooks' shorthand: every message passes unchanged
-            // (`apply` then has nothing to do).
-            return Ok(v);
+    fn check_len(&self, v: Vec<wit::Verdict>, n: usize) -> Result<Vec<Verdict>, FailureKind> {
+        if v.len() == n || v.is_empty() {
+            // Empty: the batch hooks' shorthand, every message passes
+            // unchanged (`apply` then has nothing to do).
+            return Ok(v.into_iter().map(Verdict::from).collect());
         }
         self.pool.fail(
             FailureKind::Trap,
@@ -755,8 +787,8 @@ impl Interceptor {
     pub(crate) fn member_event(
         &self,
         ev: &MemberEvent,
-    ) -> Result<(wit::MemberVerdict, Vec<Raised>), FailureKind> {
-        self.pool.control(|s| {
+    ) -> Result<(MemberVerdict, Vec<Raised>), FailureKind> {
+        let r = self.pool.control(|s| {
             let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
             match ev {
                 MemberEvent::Added(m) => {
@@ -775,6 +807,14 @@ impl Interceptor {
                     )
                 }
             }
+        });
+        r.map(|(v, raised)| {
+            let v = match v {
+                wit::MemberVerdict::Pass => MemberVerdict::Pass,
+                wit::MemberVerdict::Drop(reason) => MemberVerdict::Drop(reason),
+                wit::MemberVerdict::Hold => MemberVerdict::Hold,
+            };
+            (v, raised)
         })
     }
 
@@ -810,6 +850,113 @@ impl Interceptor {
             })
             .map(|((), raised)| raised)
     }
+}
+
+/// A plug-in's decision about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on unchanged.
+    Pass,
+    /// Pass it on with these options and/or this body.
+    Modify {
+        /// New option bits.
+        options: Option<SendOptions>,
+        /// New body.
+        body: Option<Bytes>,
+    },
+    /// Drop it, for this reason.
+    Drop(String),
+    /// Hand it to the host's queue.
+    Defer,
+}
+
+impl From<wit::Verdict> for Verdict {
+    fn from(v: wit::Verdict) -> Self {
+        match v {
+            wit::Verdict::Pass => Self::Pass,
+            wit::Verdict::PassModified(m) => Self::Modify {
+                options: m.options.map(SendOptions),
+                body: m.body.map(Bytes::from),
+            },
+            wit::Verdict::Drop(reason) => Self::Drop(reason),
+            wit::Verdict::Defer => Self::Defer,
+        }
+    }
+}
+
+/// A plug-in's decision about a membership event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVerdict {
+    /// Pass it up.
+    Pass,
+    /// Drop it, for this reason.
+    Drop(String),
+    /// Keep it back (the plug-in raises it, or not, later).
+    Hold,
+}
+
+/// A batch's columns as a plug-in takes them (built by the interceptor).
+#[derive(Debug)]
+pub struct Batch(wit::BatchMeta);
+
+/// A message's destinations as plug-ins take them.
+#[derive(Debug, Clone)]
+pub struct Dests(Vec<wit::MemberId>);
+
+impl Dests {
+    /// The destinations `ids`.
+    pub fn new(ids: &[MemberId]) -> Self {
+        Self(ids.iter().map(|d| wit_id(&d.unique_id)).collect())
+    }
+}
+
+/// The distinct destination sets of a batch.
+#[derive(Debug)]
+pub struct DestSets(Vec<Vec<wit::MemberId>>);
+
+impl FromIterator<Dests> for DestSets {
+    fn from_iter<I: IntoIterator<Item = Dests>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|d| d.0).collect())
+    }
+}
+
+/// A message's sender as plug-ins take it.
+#[derive(Debug, Clone)]
+pub struct Sender(wit::Member);
+
+impl Sender {
+    /// The sender `m`.
+    pub fn new(m: &Member) -> Self {
+        Self(member_to_wit(m))
+    }
+}
+
+/// The distinct senders of a batch.
+#[derive(Debug)]
+pub struct Senders(Vec<wit::Member>);
+
+impl FromIterator<Sender> for Senders {
+    fn from_iter<I: IntoIterator<Item = Sender>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|s| s.0).collect())
+    }
+}
+
+fn meta(options: SendOptions, timestamp: i64, size: usize) -> wit::MessageMeta {
+    wit::MessageMeta {
+        options: options.0,
+        timestamp,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+    }
+}
+
+fn wit_id(id: &[u8; 16]) -> wit::MemberId {
+    let (hi, lo) = crate::wasm::host::id_to_wit(id);
+    wit::MemberId { hi, lo }
+}
+
+/// A metric name as Prometheus accepts it.
+pub fn metric_name(name: &str) -> String {
+    crate::wasm::host::sanitize(name)
 }
 
 #[cfg(test)]

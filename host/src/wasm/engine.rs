@@ -75,8 +75,8 @@ impl Drop for GuestCall {
 /// The process-wide engine, with epoch interruption on and the
 /// component-model async runtime off (2–3× cheaper calls, wasmtime-notes.md).
 /// A background thread advances the epoch every [`EPOCH_TICK`] while guest
-/// calls are in flight ([`GuestCall`]), and sleeps [`LINGER_TICKS`] ticks
-/// after the last one ends.
+/// calls are in flight ([`GuestCall`]), and sleeps from 100 idle ticks
+/// after the last one ended until the next one starts.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
