@@ -15,15 +15,27 @@
 //!   multi-threaded Tokio runtime as `shoal run` uses, log to stderr at info);
 //!   only the addresses and ports are set.
 //!
-//! Node A sends, node B receives and counts. Measured per side: join time
-//! (process start until each sees the other), RSS of both nodes idle and the
-//! peak while the async 1 KiB tests run, async throughput (100 B, 1 KiB,
-//! 64 KiB; delivered messages / time from the start of sending until the
-//! receiver has them all; median of 3 rounds of 3 s), sync-ACK (options 7) latency with one sender and
-//! throughput with 8 concurrent senders, and the time until A reports B gone
-//! after B is SIGKILLed (dropTime 3000 ms, frequency 500 ms on both).
+//! Node A sends, node B receives and counts. Both clusters run for the
+//! whole measurement, and every figure is taken in rounds that alternate the
+//! sides (and the machine's floor), so a slow spell hits both. Measured per
+//! side: join time (process start until each sees the other), RSS of both
+//! nodes idle and the peak while the async 1 KiB tests run, async throughput
+//! (100 B, 1 KiB, 64 KiB; delivered messages / time from the start of
+//! sending until the receiver has them all; 3 rounds of 3 s), sync-ACK
+//! (options 7) latency with one sender and throughput with 8 concurrent
+//! senders (5 rounds each), and the time until A reports B gone after B is
+//! SIGKILLed (dropTime 3000 ms, frequency 500 ms on both).
+//!
+//! The floor, in the same rounds, from plain std TCP between two processes
+//! (`--floor-peer`): a 1 KiB ping-pong with both sides blocking in `read`,
+//! one side spinning and both spinning, and a write loop (one `write` per
+//! message) at each size. shoal's counters of its busy-polls (hit, missed,
+//! parked without polling) are printed for the sync-ACK rounds. CPU used by
+//! other processes during the run is measured from /proc; a busy machine is
+//! flagged in the output.
+//!
 //! Every loop is bounded; every process is killed when dropped, and a
-//! watchdog kills everything after 6 minutes.
+//! watchdog kills everything after 8 minutes.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -44,9 +56,9 @@ const DROP_TIME_MS: u64 = 3000;
 const ASYNC_MS: u64 = 3000;
 /// Rounds of each async test; the median is reported.
 const ASYNC_ROUNDS: usize = 3;
-/// Warm-up and measuring time of the sync-ACK tests.
-const WARMUP_MS: u64 = 1000;
-const MEASURE_MS: u64 = 3000;
+/// Warm-up and measuring time of each sync-ACK round.
+const WARMUP_MS: u64 = 500;
+const MEASURE_MS: u64 = 1500;
 const SYNC_SENDERS: usize = 8;
 const SIZES: [usize; 3] = [100, 1024, 65536];
 
@@ -54,6 +66,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--shoal-peer") {
         peer::run(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--floor-peer") {
+        floor::serve(args.get(i + 1).map_or("", String::as_str));
         return;
     }
     orchestrate();
@@ -246,6 +262,16 @@ mod peer {
                         &serde_json::json!({"event": "result", "cmd": "syncpar", "n": done,
                         "errors": errors, "elapsed_ms": ms}),
                     );
+                }
+                Some("polls") => {
+                    // What the busy-pollers' waits did (see docs/benchmarks.md).
+                    let m = node.metrics();
+                    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                    emit(&serde_json::json!({"event": "polls",
+                        "sender": [g(&m.sender_polls_hit_total), g(&m.sender_polls_missed_total),
+                                   g(&m.sender_polls_skipped_total)],
+                        "receiver": [g(&m.receiver_polls_hit_total), g(&m.receiver_polls_missed_total),
+                                     g(&m.receiver_polls_skipped_total)]}));
                 }
                 Some("stop") => break,
                 _ => emit(&serde_json::json!({"event": "error", "message": "unknown command"})),
@@ -466,45 +492,405 @@ struct Ctx {
     logs: PathBuf,
 }
 
-/// Compiles TribesBench.java into the target dir (every run: it takes ~1 s).
-fn compile_java(dir: &Path) -> PathBuf {
-    for jar in [TRIBES_JAR, JULI_JAR] {
-        assert!(
-            Path::new(jar).is_file(),
-            "{jar} missing: apt-get install libtomcat10-java (scripts/setup.sh)"
-        );
+// ---------------------------------------------------------------------------
+// The machine's floor: plain std TCP on loopback, no framework
+// ---------------------------------------------------------------------------
+
+mod floor {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A 1 KiB message on the wire: body plus Tribes' frame and ChannelData
+    /// header (shoal's default node, measured).
+    pub const OVERHEAD: usize = 135;
+    /// An ACK frame.
+    pub const ACK: usize = 21;
+
+    /// Child mode `--floor-peer MODE`: prints its port, serves one
+    /// connection and exits at its end.
+    /// * `block` / `spin`: reads a 1 KiB message, answers an ACK, again
+    ///   (blocking reads, or spinning on a non-blocking socket);
+    /// * `sink`: reads everything, then writes the byte count (8 bytes LE).
+    pub fn serve(mode: &str) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        println!("{}", l.local_addr().expect("addr").port());
+        let _ = std::io::stdout().flush();
+        let (mut s, _) = l.accept().expect("accept");
+        let _ = s.set_nodelay(true);
+        match mode {
+            "block" | "spin" => {
+                let spin = mode == "spin";
+                s.set_nonblocking(spin).expect("nonblocking");
+                let mut req = vec![0u8; 1024 + OVERHEAD];
+                let ack = [6u8; ACK];
+                while read_full(&mut s, &mut req, spin) {
+                    if s.write_all(&ack).is_err() {
+                        break;
+                    }
+                }
+            }
+            "sink" => {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n as u64,
+                    }
+                }
+                let _ = s.write_all(&total.to_le_bytes());
+            }
+            _ => panic!("--floor-peer block|spin|sink"),
+        }
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/TribesBench.java");
-    let classes = dir.join("classes");
-    let _ = std::fs::remove_dir_all(&classes);
-    std::fs::create_dir_all(&classes).expect("class dir");
-    javac(&src, &classes);
-    classes
+
+    /// Reads exactly `buf.len()` bytes; false at the end of the stream.
+    fn read_full(s: &mut TcpStream, buf: &mut [u8], spin: bool) -> bool {
+        let mut at = 0;
+        while at < buf.len() {
+            match s.read(&mut buf[at..]) {
+                Ok(0) => return false,
+                Ok(n) => at += n,
+                Err(e) if spin && e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::hint::spin_loop();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// A floor peer process; killed when dropped.
+    struct Peer {
+        child: Child,
+        port: u16,
+    }
+
+    impl Peer {
+        fn spawn(mode: &str) -> Self {
+            let mut child = Command::new(std::env::current_exe().expect("exe"))
+                .args(["--floor-peer", mode])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("floor peer");
+            PIDS.lock().expect("pids").push(child.id());
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("floor peer port");
+            let port = line.trim().parse().expect("floor peer port");
+            Self { child, port }
+        }
+
+        fn connect(&self) -> TcpStream {
+            let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect floor peer");
+            let _ = s.set_nodelay(true);
+            s
+        }
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// 1 KiB request / 21 B answer, one at a time for `ms`: (p50, p99) in µs.
+    /// `server_spins` / `client_spins`: that side spins on a non-blocking
+    /// socket instead of blocking in `read`.
+    pub fn ping_pong(server_spins: bool, client_spins: bool, ms: u64) -> (f64, f64) {
+        let peer = Peer::spawn(if server_spins { "spin" } else { "block" });
+        let mut s = peer.connect();
+        s.set_nonblocking(client_spins).expect("nonblocking");
+        let req = vec![1u8; 1024 + OVERHEAD];
+        let mut ack = [0u8; ACK];
+        let mut samples = Vec::with_capacity(1 << 16);
+        let warm_end = Instant::now() + Duration::from_millis(100);
+        let end = warm_end + Duration::from_millis(ms);
+        while samples.len() < 2_000_000 {
+            let t = Instant::now();
+            if t >= end {
+                break;
+            }
+            if s.write_all(&req).is_err() || !read_full(&mut s, &mut ack, client_spins) {
+                break;
+            }
+            if t >= warm_end {
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        percentiles(&mut samples)
+    }
+
+    /// One `write` per message of `size` B (plus the frame overhead) for
+    /// `ms`, a reader draining the other end: messages per second until the
+    /// reader has them all. `nodelay`: TCP_NODELAY on the writer (each write
+    /// its own segment); off, the kernel coalesces small writes (the
+    /// socket's default, and the higher bar).
+    pub fn write_loop(size: usize, ms: u64, nodelay: bool) -> f64 {
+        let peer = Peer::spawn("sink");
+        let mut s = peer.connect();
+        s.set_nodelay(nodelay).expect("nodelay");
+        let msg = vec![1u8; size + OVERHEAD];
+        let start = Instant::now();
+        let end = start + Duration::from_millis(ms);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            for _ in 0..64 {
+                if s.write_all(&msg).is_err() {
+                    return 0.0;
+                }
+                n += 1;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut total = [0u8; 8];
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        if s.read_exact(&mut total).is_err() || u64::from_le_bytes(total) != n * msg.len() as u64 {
+            return 0.0;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    }
+
+    pub fn percentiles(samples: &mut [u64]) -> (f64, f64) {
+        samples.sort_unstable();
+        let n = samples.len();
+        let at = |i: usize| samples.get(i).map_or(0.0, |&x| x as f64 / 1e3);
+        (at(n / 2), at(((n as f64 * 0.99) as usize).min(n.saturating_sub(1))))
+    }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
+// ---------------------------------------------------------------------------
+// CPU accounting: was the machine quiet while we measured?
+// ---------------------------------------------------------------------------
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn pid_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11..13)
+        .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
 }
 
-#[derive(Debug, Default, Clone)]
-struct Results {
+/// CPU of every kernel thread (ksoftirqd, kworkers: loopback traffic is
+/// partly processed there, so it is the benchmark's own load), in ticks.
+fn kernel_thread_ticks() -> u64 {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let flags: u64 = f.get(6)?.parse().ok()?;
+            (flags & PF_KTHREAD != 0).then(|| {
+                f.get(11..13)
+                    .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+            })
+        })
+        .sum()
+}
+
+/// A measuring window: CPU used by the machine, by the benchmark's own
+/// live processes and by kernel threads between `open` and `foreign`.
+struct CpuWindow {
+    at: Instant,
+    busy: u64,
+    own: u64,
+    kernel: u64,
+}
+
+impl CpuWindow {
+    fn own(pids: &[u32]) -> u64 {
+        pid_ticks(std::process::id()) + pids.iter().map(|p| pid_ticks(*p)).sum::<u64>()
+    }
+
+    fn open(pids: &[u32]) -> Self {
+        Self {
+            at: Instant::now(),
+            busy: machine_busy_ticks(),
+            own: Self::own(pids),
+            kernel: kernel_thread_ticks(),
+        }
+    }
+
+    /// Share of one core used by other processes (and stolen by the
+    /// hypervisor) since `open`: the machine's user, system and steal time
+    /// less the benchmark's processes and kernel threads. Ticks are
+    /// USER_HZ = 100 per second.
+    fn foreign(&self, pids: &[u32]) -> f64 {
+        let busy = machine_busy_ticks().saturating_sub(self.busy) as f64;
+        let own = Self::own(pids).saturating_sub(self.own) as f64;
+        let kernel = kernel_thread_ticks().saturating_sub(self.kernel) as f64;
+        ((busy - own - kernel).max(0.0) / 100.0) / self.at.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+/// Share of a core used by others above which a round is flagged.
+const BUSY_ROUND: f64 = 0.10;
+/// ... and above which, over the whole run, the verdict gets a warning.
+const BUSY_RUN: f64 = 0.05;
+
+// ---------------------------------------------------------------------------
+// The two clusters and their measurements
+// ---------------------------------------------------------------------------
+
+/// Median and spread of a list of figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(v: &[f64]) -> Self {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self::default();
+        }
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// `median (min–max)` with `digits` decimals.
+    fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = digits
+        )
+    }
+}
+
+/// Two node processes of one side, A sending to B.
+struct Cluster {
+    side: Side,
+    a: Proc,
+    b: Proc,
     join_ms: f64,
     rss_idle_kb: [u64; 2],
     rss_load_kb: [u64; 2],
-    /// (msg/s, sent, received, errors) per size.
-    async_rate: Vec<(usize, f64, u64, u64, u64)>,
-    /// (slowest, fastest) round per size.
-    async_spread: Vec<(f64, f64)>,
-    lat_p50_us: f64,
-    lat_p99_us: f64,
-    lat_mean_us: f64,
-    lat_n: u64,
-    syncpar_rate: f64,
-    sync_errors: u64,
-    detect_ms: f64,
+}
+
+impl Cluster {
+    fn start(side: Side, ctx: &Ctx, mcast_port: u16) -> Self {
+        let tag = side.name().to_lowercase();
+        eprintln!(
+            "== {}: starting two nodes (multicast port {mcast_port})",
+            side.name()
+        );
+        let mut a = Proc::spawn(side, &format!("{tag}-a"), free_port(), mcast_port, ctx);
+        let mut b = Proc::spawn(side, &format!("{tag}-b"), free_port(), mcast_port, ctx);
+        let join_to = Duration::from_secs(60);
+        let (ta, _) = a.wait(0, join_to, "member_added", |v| v["event"] == "member_added");
+        let (tb, _) = b.wait(0, join_to, "member_added", |v| v["event"] == "member_added");
+        a.wait(0, join_to, "started", |v| v["event"] == "started");
+        b.wait(0, join_to, "started", |v| v["event"] == "started");
+        let join_ms = (ta - a.spawned).max(tb - b.spawned).as_secs_f64() * 1e3;
+        eprintln!("   joined in {join_ms:.0} ms");
+        Self {
+            side,
+            a,
+            b,
+            join_ms,
+            rss_idle_kb: [0; 2],
+            rss_load_kb: [0; 2],
+        }
+    }
+
+    fn pids(&self) -> [u32; 2] {
+        [self.a.pid, self.b.pid]
+    }
+
+    /// One async round (see [`async_test`]); tracks the peak RSS at 1 KiB.
+    fn async_round(&mut self, size: usize) -> (f64, u64, u64, u64) {
+        let (rate, sent, received, errors, peaks) =
+            async_test(&mut self.a, &mut self.b, size, size == 1024);
+        for (i, p) in peaks.iter().enumerate() {
+            self.rss_load_kb[i] = self.rss_load_kb[i].max(*p);
+        }
+        eprintln!(
+            "   {:6} async {size} B: {rate:.0} msg/s (sent {sent}, received {received}, errors {errors})",
+            self.side.name()
+        );
+        (rate, sent, received, errors)
+    }
+
+    /// One sync-ACK latency round: (p50, p99, sends, errors).
+    fn latency_round(&mut self) -> (f64, f64, u64, u64) {
+        let (_, v) = self.a.request(
+            &format!("latency 1024 {WARMUP_MS} {MEASURE_MS}"),
+            Duration::from_secs(60),
+            "result",
+        );
+        let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        let n = v["n"].as_u64().unwrap_or(0);
+        eprintln!(
+            "   {:6} sync-ACK 1 KiB: p50 {:.1} µs, p99 {:.1} µs ({n} sends)",
+            self.side.name(),
+            f("p50_us"),
+            f("p99_us")
+        );
+        (f("p50_us"), f("p99_us"), n, v["errors"].as_u64().unwrap_or(0))
+    }
+
+    /// One round of SYNC_SENDERS concurrent sync-ACK senders: (msg/s, errors).
+    fn syncpar_round(&mut self) -> (f64, u64) {
+        let (_, v) = self.a.request(
+            &format!("syncpar {SYNC_SENDERS} 1024 {WARMUP_MS} {MEASURE_MS}"),
+            Duration::from_secs(60),
+            "result",
+        );
+        let rate = v["n"].as_f64().unwrap_or(0.0) / (MEASURE_MS as f64 / 1e3);
+        eprintln!(
+            "   {:6} sync-ACK x{SYNC_SENDERS}: {rate:.0} msg/s",
+            self.side.name()
+        );
+        (rate, v["errors"].as_u64().unwrap_or(0))
+    }
+
+    /// shoal only: the busy-poll counters of A's sender and B's receiver
+    /// ([hit, missed, skipped] each).
+    fn polls(&mut self) -> [[u64; 3]; 2] {
+        let get = |p: &mut Proc, key: &str| -> [u64; 3] {
+            let (_, v) = p.request("polls", Duration::from_secs(10), "polls");
+            let n = |i: usize| v[key][i].as_u64().unwrap_or(0);
+            [n(0), n(1), n(2)]
+        };
+        [get(&mut self.a, "sender"), get(&mut self.b, "receiver")]
+    }
+
+    /// SIGKILLs B; ms until A reports it gone.
+    fn kill_b(&mut self) -> f64 {
+        eprintln!("   SIGKILL {}", self.b.name);
+        let m = self.a.mark();
+        let t0 = Instant::now();
+        self.b.kill();
+        let (t, _) = self
+            .a
+            .wait(m, Duration::from_secs(30), "member_disappeared", |v| {
+                v["event"] == "member_disappeared"
+            });
+        let ms = (t - t0).as_secs_f64() * 1e3;
+        eprintln!("   detected after {ms:.0} ms");
+        self.a.stop();
+        ms
+    }
 }
 
 /// Runs one async test: A sends for ASYNC_MS, then waits (bounded) until B
@@ -571,127 +957,156 @@ fn async_test(
     (rate, sent, received, errors, peaks)
 }
 
-fn run_side(side: Side, ctx: &Ctx, mcast_port: u16) -> Results {
-    let mut r = Results::default();
-    let tag = side.name().to_lowercase();
-    eprintln!(
-        "== {}: starting two nodes (multicast port {mcast_port})",
-        side.name()
-    );
-    let mut a = Proc::spawn(side, &format!("{tag}-a"), free_port(), mcast_port, ctx);
-    let mut b = Proc::spawn(side, &format!("{tag}-b"), free_port(), mcast_port, ctx);
-    let join_to = Duration::from_secs(60);
-    let (ta, _) = a.wait(0, join_to, "member_added", |v| v["event"] == "member_added");
-    let (tb, _) = b.wait(0, join_to, "member_added", |v| v["event"] == "member_added");
-    a.wait(0, join_to, "started", |v| v["event"] == "started");
-    b.wait(0, join_to, "started", |v| v["event"] == "started");
-    r.join_ms = (ta - a.spawned).max(tb - b.spawned).as_secs_f64() * 1e3;
-    eprintln!("   joined in {:.0} ms; idle 3 s", r.join_ms);
-    std::thread::sleep(Duration::from_secs(3));
-    r.rss_idle_kb = [a.rss_kb(), b.rss_kb()];
+/// Every figure of one run, per side as [Tomcat, shoal].
+#[derive(Debug, Default)]
+struct Figures {
+    /// msg/s per size and round.
+    async_rate: Vec<[Vec<f64>; 2]>,
+    /// (accepted, delivered, refused) per size, summed over rounds.
+    async_counts: Vec<[(u64, u64, u64); 2]>,
+    /// Plain write loop, msg/s per size and round (default socket, and
+    /// with TCP_NODELAY).
+    floor_write: Vec<Vec<f64>>,
+    floor_write_nodelay: Vec<Vec<f64>>,
+    lat_p50: [Vec<f64>; 2],
+    lat_p99: [Vec<f64>; 2],
+    lat_sends: [u64; 2],
+    syncpar: [Vec<f64>; 2],
+    sync_errors: [u64; 2],
+    /// Ping-pong floors (p50, p99) per round: both blocking, client
+    /// spinning, both spinning.
+    floor_pp: [Vec<(f64, f64)>; 3],
+    /// shoal's poll counters over the latency rounds and over the
+    /// 8-sender rounds: [sender, receiver] × [hit, missed, skipped].
+    polls_latency: [[u64; 3]; 2],
+    polls_syncpar: [[u64; 3]; 2],
+    /// Foreign CPU (share of a core) per latency round, and over the run.
+    busy_rounds: Vec<f64>,
+    busy_run: f64,
+    detect_ms: [f64; 2],
+}
 
-    eprintln!("   warm-up: async 1 KiB, 1 s");
-    {
-        let (_, base) = b.count();
-        let (_, v) = a.request("async 1024 1000", Duration::from_secs(70), "result");
+fn add_polls(acc: &mut [[u64; 3]; 2], before: [[u64; 3]; 2], after: [[u64; 3]; 2]) {
+    for s in 0..2 {
+        for k in 0..3 {
+            acc[s][k] += after[s][k].saturating_sub(before[s][k]);
+        }
+    }
+}
+
+/// The two sides in the order of round `i` (they alternate, so neither
+/// always goes first).
+fn order(i: usize) -> [usize; 2] {
+    if i.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
+fn measure(clusters: &mut [Cluster; 2]) -> Figures {
+    let mut f = Figures::default();
+    let pids: Vec<u32> = clusters.iter().flat_map(Cluster::pids).collect();
+    let run = CpuWindow::open(&pids);
+
+    eprintln!("== warm-up: async 1 KiB, 1 s each");
+    for c in clusters.iter_mut() {
+        let (_, base) = c.b.count();
+        let (_, v) = c
+            .a
+            .request("async 1024 1000", Duration::from_secs(70), "result");
         let sent = v["sent"].as_u64().unwrap_or(0);
         let t = Instant::now();
-        while b.count().1 < base + sent && t.elapsed() < Duration::from_secs(30) {
+        while c.b.count().1 < base + sent && t.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
     for size in SIZES {
-        let mut rates = Vec::new();
-        let (mut sent, mut received, mut errors) = (0, 0, 0);
-        for _ in 0..ASYNC_ROUNDS {
-            let (rate, s, rc, e, peaks) = async_test(&mut a, &mut b, size, size == 1024);
-            eprintln!("   async {size} B: {rate:.0} msg/s (sent {s}, received {rc}, errors {e})");
-            if size == 1024 {
-                r.rss_load_kb = [
-                    r.rss_load_kb[0].max(peaks[0]),
-                    r.rss_load_kb[1].max(peaks[1]),
-                ];
+        eprintln!("== async {size} B: {ASYNC_ROUNDS} alternating rounds, with the write-loop floor");
+        let mut rates = [Vec::new(), Vec::new()];
+        let mut counts = [(0, 0, 0); 2];
+        let (mut floor, mut floor_nodelay) = (Vec::new(), Vec::new());
+        for round in 0..ASYNC_ROUNDS {
+            let w = floor::write_loop(size, FLOOR_MS, false);
+            let nd = floor::write_loop(size, FLOOR_MS / 2, true);
+            eprintln!("   floor  write loop {size} B: {w:.0} msg/s ({nd:.0} with TCP_NODELAY)");
+            floor.push(w);
+            floor_nodelay.push(nd);
+            for s in order(round) {
+                let (rate, sent, received, errors) = clusters[s].async_round(size);
+                rates[s].push(rate);
+                counts[s].0 += sent;
+                counts[s].1 += received;
+                counts[s].2 += errors;
             }
-            rates.push(rate);
-            (sent, received, errors) = (sent + s, received + rc, errors + e);
         }
-        rates.sort_by(f64::total_cmp);
-        r.async_spread.push((rates[0], rates[rates.len() - 1]));
-        r.async_rate
-            .push((size, rates[rates.len() / 2], sent, received, errors));
+        f.async_rate.push(rates);
+        f.async_counts.push(counts);
+        f.floor_write.push(floor);
+        f.floor_write_nodelay.push(floor_nodelay);
     }
-    let (_, v) = a.request(
-        &format!("latency 1024 {WARMUP_MS} {MEASURE_MS}"),
-        Duration::from_secs(60),
-        "result",
-    );
-    r.lat_p50_us = v["p50_us"].as_f64().unwrap_or(0.0);
-    r.lat_p99_us = v["p99_us"].as_f64().unwrap_or(0.0);
-    r.lat_mean_us = v["mean_us"].as_f64().unwrap_or(0.0);
-    r.lat_n = v["n"].as_u64().unwrap_or(0);
-    r.sync_errors = v["errors"].as_u64().unwrap_or(0);
-    eprintln!("   sync-ACK latency: {v}");
-    let (_, v) = a.request(
-        &format!("syncpar {SYNC_SENDERS} 1024 {WARMUP_MS} {MEASURE_MS}"),
-        Duration::from_secs(60),
-        "result",
-    );
-    r.syncpar_rate = v["n"].as_f64().unwrap_or(0.0) / (MEASURE_MS as f64 / 1e3);
-    r.sync_errors += v["errors"].as_u64().unwrap_or(0);
-    eprintln!("   sync-ACK x{SYNC_SENDERS}: {v}");
 
-    eprintln!("   SIGKILL {}", b.name);
-    let m = a.mark();
-    let t0 = Instant::now();
-    b.kill();
-    let (t, _) = a.wait(m, Duration::from_secs(30), "member_disappeared", |v| {
-        v["event"] == "member_disappeared"
-    });
-    r.detect_ms = (t - t0).as_secs_f64() * 1e3;
-    eprintln!("   detected after {:.0} ms", r.detect_ms);
-    a.stop();
-    r
+    eprintln!("== sync-ACK: {LATENCY_ROUNDS} alternating rounds, with the ping-pong floors");
+    for round in 0..LATENCY_ROUNDS {
+        let w = CpuWindow::open(&pids);
+        for (i, (server, client)) in [(false, false), (false, true), (true, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let (p50, p99) = floor::ping_pong(server, client, FLOOR_MS / 2);
+            f.floor_pp[i].push((p50, p99));
+        }
+        eprintln!(
+            "   floor  ping-pong p50: blocking {:.1} µs, one side spinning {:.1} µs, both spinning {:.1} µs",
+            f.floor_pp[0][round].0, f.floor_pp[1][round].0, f.floor_pp[2][round].0
+        );
+        for s in order(round) {
+            let before = (s == 1).then(|| clusters[1].polls());
+            let (p50, p99, n, errors) = clusters[s].latency_round();
+            if let Some(before) = before {
+                let after = clusters[1].polls();
+                add_polls(&mut f.polls_latency, before, after);
+            }
+            f.lat_p50[s].push(p50);
+            f.lat_p99[s].push(p99);
+            f.lat_sends[s] += n;
+            f.sync_errors[s] += errors;
+        }
+        for s in order(round + 1) {
+            let before = (s == 1).then(|| clusters[1].polls());
+            let (rate, errors) = clusters[s].syncpar_round();
+            if let Some(before) = before {
+                let after = clusters[1].polls();
+                add_polls(&mut f.polls_syncpar, before, after);
+            }
+            f.syncpar[s].push(rate);
+            f.sync_errors[s] += errors;
+        }
+        let busy = w.foreign(&pids);
+        if busy > BUSY_ROUND {
+            eprintln!(
+                "   ⚠ round {} was disturbed: {:.0}% of a core went to other processes",
+                round + 1,
+                busy * 100.0
+            );
+        }
+        f.busy_rounds.push(busy);
+    }
+    f.busy_run = run.foreign(&pids);
+    f
 }
 
-/// Busy clock ticks of the whole machine: everything in /proc/stat but idle
-/// and iowait.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let f: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
-}
-
-/// Clock ticks used by this process and its waited-for children (every node
-/// process is waited for when it ends).
-fn own_tree_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" closing the command name start at field 3 (state);
-    // utime, stime, cutime, cstime are fields 14..=17.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11..15)
-        .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-}
-
-fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
+/// Rounds of each sync-ACK test (latency and 8 senders), alternating sides.
+const LATENCY_ROUNDS: usize = 5;
+/// Time of each write-loop floor (the ping-pong floors take half of it).
+const FLOOR_MS: u64 = 1000;
 
 fn orchestrate() {
     let started = Instant::now();
     std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(360));
-        eprintln!("side_by_side: watchdog: 6 minutes exceeded, killing every node");
+        std::thread::sleep(Duration::from_secs(480));
+        eprintln!("side_by_side: watchdog: 8 minutes exceeded, killing every process");
         for pid in PIDS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             if let Ok(p) = i32::try_from(*pid) {
                 let _ = nix::sys::signal::kill(
@@ -734,58 +1149,118 @@ fn orchestrate() {
         format!("{java}, JVM options `{}`", java_opts.trim())
     };
     let load_before = load_avg();
-    let (busy0, own0) = (machine_busy_ticks(), own_tree_ticks());
-    let measuring = Instant::now();
     // Own multicast ports, away from the default 45564 and from the tests'.
     let base = 46000 + (std::process::id() % 500) as u16 * 2;
-    let tomcat = run_side(Side::Tomcat, &ctx, base);
-    let shoal = run_side(Side::Shoal, &ctx, base + 1);
+    // Both clusters run for the whole measurement, so every figure is taken
+    // in alternating rounds under the same conditions.
+    let mut clusters = [
+        Cluster::start(Side::Tomcat, &ctx, base),
+        Cluster::start(Side::Shoal, &ctx, base + 1),
+    ];
+    eprintln!("== idle 3 s");
+    std::thread::sleep(Duration::from_secs(3));
+    for c in clusters.iter_mut() {
+        c.rss_idle_kb = [c.a.rss_kb(), c.b.rss_kb()];
+    }
+    let mut f = measure(&mut clusters);
+    eprintln!("== crash detection");
+    for (i, c) in clusters.iter_mut().enumerate() {
+        f.detect_ms[i] = c.kill_b();
+    }
     let load_after = load_avg();
-    let wall = measuring.elapsed().as_secs_f64();
-    // Ticks are USER_HZ = 100 per second on Linux.
-    let busy = machine_busy_ticks().saturating_sub(busy0) as f64 / 100.0;
-    let own = own_tree_ticks().saturating_sub(own0) as f64 / 100.0;
-    let foreign = (busy - own).max(0.0);
+    report(&clusters, &f, &ctx, &cpu, &java, &load_before, &load_after, started);
+}
 
+#[allow(clippy::too_many_arguments)]
+fn report(
+    clusters: &[Cluster; 2],
+    f: &Figures,
+    ctx: &Ctx,
+    cpu: &str,
+    java: &str,
+    load_before: &str,
+    load_after: &str,
+    started: Instant,
+) {
+    let [tomcat, shoal] = clusters;
     println!("\n## Side by side: Tomcat Tribes <-> Tomcat Tribes vs shoal <-> shoal\n");
     println!(
         "machine: {} cores, {cpu}; {java}; load average before {load_before}, after {load_after}; run took {:.0} s\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     );
+    let rounds: Vec<String> = f
+        .busy_rounds
+        .iter()
+        .map(|b| format!("{:.0}%", b * 100.0))
+        .collect();
     println!(
-        "CPU during the measurements ({wall:.0} s): machine busy {busy:.1} CPU-s, of which the \
-         benchmark's processes {own:.1} CPU-s; the rest, {foreign:.1} CPU-s ({:.0}% of one core), is \
-         other processes, kernel threads and interrupts (loopback traffic included)\n",
-        foreign / wall * 100.0
+        "CPU used by other processes (or stolen by the hypervisor) while measuring: {:.1}% of \
+         one core over the run; per sync-ACK round {}\n",
+        f.busy_run * 100.0,
+        rounds.join(", ")
     );
-    println!("| metric | Tomcat | shoal | shoal/Tomcat | target | met |");
-    println!("|---|---:|---:|---:|---|---|");
-    let row = |name: &str, t: String, s: String, ratio: f64, target: Option<(&str, bool)>| {
-        let (tg, met) = match target {
-            Some((tg, ok)) => (tg.to_owned(), if ok { "yes" } else { "**no**" }.to_owned()),
-            None => ("—".to_owned(), "—".to_owned()),
+    let busy = f.busy_run > BUSY_RUN || f.busy_rounds.iter().any(|b| *b > BUSY_ROUND);
+    if busy {
+        println!(
+            "**⚠ The machine was busy** (over {:.0}% of a core for the run, or {:.0}% in a round): \
+             the figures below may not hold; run again on a quiet machine.\n",
+            BUSY_RUN * 100.0,
+            BUSY_ROUND * 100.0
+        );
+    }
+    println!(
+        "Medians of the rounds, with the spread (slowest–fastest) in brackets; {ASYNC_ROUNDS} \
+         rounds per async size, {LATENCY_ROUNDS} per sync-ACK test; the two sides and the floor \
+         alternate in each round. Floor: the same exchange with plain std TCP on loopback \
+         (see docs/benchmarks.md).\n"
+    );
+    println!("| metric | Tomcat | shoal | shoal/Tomcat | floor | shoal/floor | target | met |");
+    println!("|---|---:|---:|---:|---:|---:|---|---|");
+    let mut all_met = true;
+    let mut row = |name: &str,
+                   t: String,
+                   s: String,
+                   ratio: f64,
+                   floor: Option<(String, f64)>,
+                   targets: &[(&str, bool)]| {
+        let (fl, fr) = floor.map_or(("—".to_owned(), "—".to_owned()), |(v, r)| {
+            (v, format!("{r:.2}"))
+        });
+        let tg = if targets.is_empty() {
+            "—".to_owned()
+        } else {
+            targets.iter().map(|t| t.0).collect::<Vec<_>>().join("; ")
         };
-        println!("| {name} | {t} | {s} | {ratio:.2}× | {tg} | {met} |");
+        let met = if targets.is_empty() {
+            "—".to_owned()
+        } else if targets.iter().all(|t| t.1) {
+            "yes".to_owned()
+        } else {
+            all_met = false;
+            "**no**".to_owned()
+        };
+        println!("| {name} | {t} | {s} | {ratio:.2}× | {fl} | {fr} | {tg} | {met} |");
     };
     for (i, size) in SIZES.iter().enumerate() {
-        let (_, tr, ..) = tomcat.async_rate[i];
-        let (_, sr, ..) = shoal.async_rate[i];
+        let [t, s] = [Stat::of(&f.async_rate[i][0]), Stat::of(&f.async_rate[i][1])];
+        let fl = Stat::of(&f.floor_write[i]);
         let label = match size {
             100 => "100 B",
             1024 => "1 KiB",
             _ => "64 KiB",
         };
-        let ratio = sr / tr;
-        let target = match size {
-            1024 => Some((">= 3×", ratio >= 3.0)),
-            65536 => Some((">= 2×", ratio >= 2.0)),
-            _ => None,
+        let ratio = s.median / t.median;
+        let targets: Vec<(&str, bool)> = match size {
+            1024 => vec![
+                (">= 6× Tomcat", ratio >= 6.0),
+                (">= floor", s.median >= fl.median),
+            ],
+            65536 => vec![(">= 2× Tomcat", ratio >= 2.0)],
+            _ => vec![],
         };
-        let mb = |r: f64| r * *size as f64 / 1e6;
-        // Messages accepted by the sender but never delivered are flagged.
-        let lost = |res: &Results| {
-            let (_, _, sent, recv, _) = res.async_rate[i];
+        let lost = |side: usize| {
+            let (sent, recv, _) = f.async_counts[i][side];
             if recv < sent {
                 format!(" ⚠ {} of {sent} lost", sent - recv)
             } else {
@@ -793,41 +1268,64 @@ fn orchestrate() {
             }
         };
         row(
-            &format!("async {label}: msg/s (MB/s), median of {ASYNC_ROUNDS}"),
-            format!("{tr:.0} ({:.1}){}", mb(tr), lost(&tomcat)),
-            format!("{sr:.0} ({:.1}){}", mb(sr), lost(&shoal)),
+            &format!("async {label}: msg/s"),
+            format!("{}{}", t.show(0), lost(0)),
+            format!("{}{}", s.show(0), lost(1)),
             ratio,
-            target,
+            Some((fl.show(0), s.median / fl.median)),
+            &targets,
         );
     }
-    let r = shoal.lat_p50_us / tomcat.lat_p50_us;
+    let pp = |i: usize, p99: bool| -> Stat {
+        Stat::of(
+            &f.floor_pp[i]
+                .iter()
+                .map(|x| if p99 { x.1 } else { x.0 })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let [t50, s50] = [Stat::of(&f.lat_p50[0]), Stat::of(&f.lat_p50[1])];
+    let spin50 = pp(2, false);
+    let r = s50.median / t50.median;
     row(
-        "sync-ACK 1 KiB, 1 sender: p50 latency (µs)",
-        format!("{:.0}", tomcat.lat_p50_us),
-        format!("{:.0}", shoal.lat_p50_us),
+        "sync-ACK 1 KiB, 1 sender: p50 latency (µs); floor: both spinning",
+        t50.show(0),
+        s50.show(1),
         r,
-        Some(("<= 0.5×", r <= 0.5)),
+        Some((spin50.show(1), s50.median / spin50.median)),
+        &[
+            ("<= 0.2× Tomcat", r <= 0.2),
+            ("<= 2× floor", s50.median <= 2.0 * spin50.median),
+        ],
     );
+    let [t99, s99] = [Stat::of(&f.lat_p99[0]), Stat::of(&f.lat_p99[1])];
+    let spin99 = pp(2, true);
+    let r = s99.median / t99.median;
     row(
-        "sync-ACK 1 KiB, 1 sender: p99 latency (µs)",
-        format!("{:.0}", tomcat.lat_p99_us),
-        format!("{:.0}", shoal.lat_p99_us),
-        shoal.lat_p99_us / tomcat.lat_p99_us,
-        None,
+        "sync-ACK 1 KiB, 1 sender: p99 latency (µs); floor: both spinning",
+        t99.show(0),
+        s99.show(1),
+        r,
+        Some((spin99.show(1), s99.median / spin99.median)),
+        &[("<= 0.5× Tomcat", r <= 0.5)],
     );
+    let [tp, sp] = [Stat::of(&f.syncpar[0]), Stat::of(&f.syncpar[1])];
+    let r = sp.median / tp.median;
     row(
         &format!("sync-ACK 1 KiB, {SYNC_SENDERS} senders: msg/s"),
-        format!("{:.0}", tomcat.syncpar_rate),
-        format!("{:.0}", shoal.syncpar_rate),
-        shoal.syncpar_rate / tomcat.syncpar_rate,
+        tp.show(0),
+        sp.show(0),
+        r,
         None,
+        &[(">= 3× Tomcat", r >= 3.0)],
     );
     row(
         "SIGKILLed member detected after (ms)",
-        format!("{:.0}", tomcat.detect_ms),
-        format!("{:.0}", shoal.detect_ms),
-        shoal.detect_ms / tomcat.detect_ms,
+        format!("{:.0}", f.detect_ms[0]),
+        format!("{:.0}", f.detect_ms[1]),
+        f.detect_ms[1] / f.detect_ms[0],
         None,
+        &[],
     );
     row(
         "join: process start until both see each other (ms)",
@@ -835,6 +1333,7 @@ fn orchestrate() {
         format!("{:.0}", shoal.join_ms),
         shoal.join_ms / tomcat.join_ms,
         None,
+        &[],
     );
     let mib = |kb: u64| kb as f64 / 1024.0;
     for (i, who) in ["sender", "receiver"].iter().enumerate() {
@@ -844,7 +1343,8 @@ fn orchestrate() {
             format!("{:.1}", mib(tomcat.rss_idle_kb[i])),
             format!("{:.1}", mib(shoal.rss_idle_kb[i])),
             r,
-            Some(("<= 0.5×", r <= 0.5)),
+            None,
+            &[("<= 0.5×", r <= 0.5)],
         );
     }
     for (i, who) in ["sender", "receiver"].iter().enumerate() {
@@ -854,27 +1354,124 @@ fn orchestrate() {
             format!("{:.1}", mib(tomcat.rss_load_kb[i])),
             format!("{:.1}", mib(shoal.rss_load_kb[i])),
             r,
-            Some(("<= 0.25×", r <= 0.25)),
+            None,
+            &[("<= 0.25×", r <= 0.25)],
         );
     }
     println!();
-    for (side, res) in [("Tomcat", &tomcat), ("shoal", &shoal)] {
-        let detail: Vec<String> = res
-            .async_rate
+    let (b, o, s) = (pp(0, false), pp(1, false), pp(2, false));
+    println!(
+        "floor ping-pong, 1 KiB + {} B out, {} B back, p50 (µs): both blocking {}, one side \
+         spinning {}, both spinning {}; p99: {}, {}, {}",
+        floor::OVERHEAD,
+        floor::ACK,
+        b.show(1),
+        o.show(1),
+        s.show(1),
+        pp(0, true).show(0),
+        pp(1, true).show(0),
+        pp(2, true).show(0),
+    );
+    let nd: Vec<String> = SIZES
+        .iter()
+        .zip(&f.floor_write_nodelay)
+        .map(|(size, v)| format!("{size} B {}", Stat::of(v).show(0)))
+        .collect();
+    println!(
+        "floor write loop (async rows): one `write` per message on a default socket, the kernel \
+         coalescing small writes; with TCP_NODELAY (each write its own segment, as shoal's \
+         sockets): {} msg/s",
+        nd.join(", ")
+    );
+    for (what, p) in [
+        ("sync-ACK latency rounds", &f.polls_latency),
+        (&format!("{SYNC_SENDERS}-sender rounds"), &f.polls_syncpar),
+    ] {
+        let pct = |x: [u64; 3]| {
+            let n = x.iter().sum::<u64>().max(1) as f64;
+            format!(
+                "{} waits: {:.0}% hit, {:.0}% missed, {:.0}% parked without polling",
+                x.iter().sum::<u64>(),
+                x[0] as f64 / n * 100.0,
+                x[1] as f64 / n * 100.0,
+                x[2] as f64 / n * 100.0
+            )
+        };
+        println!(
+            "shoal busy-polling in the {what}: sender (ACKs) {}; receiver (frames) {}",
+            pct(p[0]),
+            pct(p[1])
+        );
+    }
+    for (i, side) in ["Tomcat", "shoal"].iter().enumerate() {
+        let detail: Vec<String> = SIZES
             .iter()
-            .zip(&res.async_spread)
-            .map(|((size, _, sent, recv, err), (lo, hi))| {
-                format!(
-                    "{size} B: rounds {lo:.0}–{hi:.0} msg/s, {sent} accepted, {recv} delivered, {err} refused"
-                )
+            .zip(&f.async_counts)
+            .map(|(size, c)| {
+                let (sent, recv, err) = c[i];
+                format!("{size} B: {sent} accepted, {recv} delivered, {err} refused")
             })
             .collect();
         println!(
             "{side}: async {}; sync-ACK latency over {} sends; sync-ACK send errors {}",
             detail.join("; "),
-            res.lat_n,
-            res.sync_errors
+            f.lat_sends[i],
+            f.sync_errors[i]
         );
     }
+    println!(
+        "\nverdict: {}{}",
+        if all_met {
+            "every target met"
+        } else {
+            "some targets **not met**"
+        },
+        if busy { " (on a busy machine)" } else { "" }
+    );
     println!("\nnode logs: {}", ctx.logs.display());
+}
+
+/// Compiles TribesBench.java into the target dir (every run: it takes ~1 s).
+fn compile_java(dir: &Path) -> PathBuf {
+    for jar in [TRIBES_JAR, JULI_JAR] {
+        assert!(
+            Path::new(jar).is_file(),
+            "{jar} missing: apt-get install libtomcat10-java (scripts/setup.sh)"
+        );
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/TribesBench.java");
+    let classes = dir.join("classes");
+    let _ = std::fs::remove_dir_all(&classes);
+    std::fs::create_dir_all(&classes).expect("class dir");
+    javac(&src, &classes);
+    classes
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Busy clock ticks of the whole machine: user, nice, system and steal time
+/// (not idle, iowait, or interrupts, which loopback traffic itself causes).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

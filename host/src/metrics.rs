@@ -81,6 +81,18 @@ counters! {
     async_send_failures_total: counter,
     /// Received messages a listener rejected (answered with FAIL-ACK when SYNC_ACK).
     listener_errors_total: counter,
+    /// Waits for an ACK answered by busy-polling the socket (no park, no wake-up).
+    sender_polls_hit_total: counter,
+    /// Waits for an ACK that busy-polled in vain (budget spent, or gave way to other work) and then parked.
+    sender_polls_missed_total: counter,
+    /// Waits for an ACK that parked without polling (backed off, other sends waiting, or another poller active).
+    sender_polls_skipped_total: counter,
+    /// Waits for the next frame answered by busy-polling the socket.
+    receiver_polls_hit_total: counter,
+    /// Waits for the next frame that busy-polled in vain and then parked.
+    receiver_polls_missed_total: counter,
+    /// Waits for the next frame that parked without polling (backed off, other connections busy, or another poller active).
+    receiver_polls_skipped_total: counter,
 }
 
 impl Metrics {

@@ -14,11 +14,14 @@
 //! almost nothing.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
 
 /// Polls in a row that found nothing before a connection stops polling.
 const MISSES_TO_BACK_OFF: u32 = 2;
@@ -27,11 +30,31 @@ const RETRY_EVERY: u32 = 64;
 /// Most bytes one poll reads.
 const MAX_POLL_READ: usize = 64 * 1024;
 
-/// The node-side poller: budget and the one-at-a-time flag.
+/// Which side of the transport a poller serves (for its counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Waits for ACKs.
+    Sender,
+    /// Waits for the next frame.
+    Receiver,
+}
+
+/// The node-side poller: budget, the one-at-a-time flag and the counters
+/// of what its waits did (`{sender,receiver}_polls_{hit,missed,skipped}_total`).
 #[derive(Debug)]
 pub(crate) struct BusyPoll {
     budget: Duration,
     active: AtomicBool,
+    metrics: Arc<Metrics>,
+    side: Side,
+}
+
+/// What one wait did.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Hit,
+    Missed,
+    Skipped,
 }
 
 /// A connection's recent luck with polling.
@@ -65,12 +88,28 @@ impl PollHistory {
 }
 
 impl BusyPoll {
-    /// A poller that polls for up to `budget_us` µs (0: never).
-    pub(crate) fn new(budget_us: u64) -> Self {
+    /// A poller that polls for up to `budget_us` µs (0: never), counting
+    /// its waits in `metrics` as `side`.
+    pub(crate) fn new(budget_us: u64, metrics: Arc<Metrics>, side: Side) -> Self {
         Self {
             budget: Duration::from_micros(budget_us),
             active: AtomicBool::new(false),
+            metrics,
+            side,
         }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let m = &self.metrics;
+        let c = match (self.side, outcome) {
+            (Side::Sender, Outcome::Hit) => &m.sender_polls_hit_total,
+            (Side::Sender, Outcome::Missed) => &m.sender_polls_missed_total,
+            (Side::Sender, Outcome::Skipped) => &m.sender_polls_skipped_total,
+            (Side::Receiver, Outcome::Hit) => &m.receiver_polls_hit_total,
+            (Side::Receiver, Outcome::Missed) => &m.receiver_polls_missed_total,
+            (Side::Receiver, Outcome::Skipped) => &m.receiver_polls_skipped_total,
+        };
+        Metrics::inc(c);
     }
 
     /// Reads from `stream` into `buf` without parking, for up to the
@@ -86,14 +125,17 @@ impl BusyPoll {
         buf: &mut BytesMut,
         others_busy: impl Fn() -> bool,
     ) -> Option<io::Result<usize>> {
-        if self.budget.is_zero() || others_busy() || !history.should_try() {
+        if self.budget.is_zero() {
             return None;
         }
-        if self
-            .active
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if others_busy()
+            || !history.should_try()
+            || self
+                .active
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
         {
+            self.count(Outcome::Skipped);
             return None;
         }
         // Read through the socket itself: Tokio's `try_read` answers from
@@ -125,6 +167,11 @@ impl BusyPoll {
         );
         self.active.store(false, Ordering::Release);
         history.record(r.is_some());
+        self.count(if r.is_some() {
+            Outcome::Hit
+        } else {
+            Outcome::Missed
+        });
         r
     }
 }
@@ -272,7 +319,8 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let mut a = TcpStream::connect(addr).await.expect("connect");
         let (b, _) = l.accept().await.expect("accept");
-        let poll = BusyPoll::new(200);
+        let metrics = Arc::new(Metrics::default());
+        let poll = BusyPoll::new(200, metrics.clone(), Side::Receiver);
         let mut h = PollHistory::default();
         let mut buf = BytesMut::with_capacity(64);
         // silence: the poll gives up and says so
@@ -301,12 +349,23 @@ mod tests {
             poll.read(&mut PollHistory::default(), &b, &mut buf, || false)
                 .is_some()
         );
-        // disabled: never polls
-        let off = BusyPoll::new(0);
+        // every wait above was counted by what it did
+        let (hit, missed, skipped) = (
+            Metrics::get(&metrics.receiver_polls_hit_total),
+            Metrics::get(&metrics.receiver_polls_missed_total),
+            Metrics::get(&metrics.receiver_polls_skipped_total),
+        );
+        assert_eq!(hit, 2, "the ACK and the byte after the refused poll");
+        assert!(missed >= 1, "the poll on silence");
+        assert_eq!(skipped, 1, "the poll refused while others were busy");
+        assert_eq!(Metrics::get(&metrics.sender_polls_hit_total), 0);
+        // disabled: never polls, counts nothing
+        let off = BusyPoll::new(0, metrics.clone(), Side::Sender);
         a.write_all(b"x").await.expect("write");
         assert!(
             off.read(&mut PollHistory::default(), &b, &mut buf, || false)
                 .is_none()
         );
+        assert_eq!(Metrics::get(&metrics.sender_polls_skipped_total), 0);
     }
 }

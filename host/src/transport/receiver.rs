@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory};
+use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory, Side};
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
@@ -118,10 +118,10 @@ impl Receiver {
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             handler,
+            busy_poll: BusyPoll::new(cfg.busy_poll_us, metrics.clone(), Side::Receiver),
             metrics,
             decoder: FrameDecoder::new(cfg.max_frame_bytes),
             stall: Duration::from_millis(cfg.stall_timeout_ms),
-            busy_poll: BusyPoll::new(cfg.busy_poll_us),
             serving: AtomicUsize::new(0),
             activity: Activity::new(),
         });

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::busy_poll::{Busy, BusyPoll, PollHistory};
+use super::busy_poll::{Busy, BusyPoll, PollHistory, Side};
 use crate::config::SenderConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
@@ -150,7 +150,7 @@ impl Sender {
     /// A sender with no connections yet.
     pub fn new(cfg: SenderConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            busy_poll: BusyPoll::new(cfg.busy_poll_us),
+            busy_poll: BusyPoll::new(cfg.busy_poll_us, metrics.clone(), Side::Sender),
             cfg,
             pools: Mutex::new(HashMap::new()),
             metrics,
