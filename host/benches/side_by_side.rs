@@ -660,7 +660,10 @@ mod floor {
         samples.sort_unstable();
         let n = samples.len();
         let at = |i: usize| samples.get(i).map_or(0.0, |&x| x as f64 / 1e3);
-        (at(n / 2), at(((n as f64 * 0.99) as usize).min(n.saturating_sub(1))))
+        (
+            at(n / 2),
+            at(((n as f64 * 0.99) as usize).min(n.saturating_sub(1))),
+        )
     }
 }
 
@@ -846,7 +849,12 @@ impl Cluster {
             f("p50_us"),
             f("p99_us")
         );
-        (f("p50_us"), f("p99_us"), n, v["errors"].as_u64().unwrap_or(0))
+        (
+            f("p50_us"),
+            f("p99_us"),
+            n,
+            v["errors"].as_u64().unwrap_or(0),
+        )
     }
 
     /// One round of SYNC_SENDERS concurrent sync-ACK senders: (msg/s, errors).
@@ -997,11 +1005,7 @@ fn add_polls(acc: &mut [[u64; 3]; 2], before: [[u64; 3]; 2], after: [[u64; 3]; 2
 /// The two sides in the order of round `i` (they alternate, so neither
 /// always goes first).
 fn order(i: usize) -> [usize; 2] {
-    if i.is_multiple_of(2) {
-        [0, 1]
-    } else {
-        [1, 0]
-    }
+    if i.is_multiple_of(2) { [0, 1] } else { [1, 0] }
 }
 
 fn measure(clusters: &mut [Cluster; 2]) -> Figures {
@@ -1012,9 +1016,8 @@ fn measure(clusters: &mut [Cluster; 2]) -> Figures {
     eprintln!("== warm-up: async 1 KiB, 1 s each");
     for c in clusters.iter_mut() {
         let (_, base) = c.b.count();
-        let (_, v) = c
-            .a
-            .request("async 1024 1000", Duration::from_secs(70), "result");
+        let (_, v) =
+            c.a.request("async 1024 1000", Duration::from_secs(70), "result");
         let sent = v["sent"].as_u64().unwrap_or(0);
         let t = Instant::now();
         while c.b.count().1 < base + sent && t.elapsed() < Duration::from_secs(30) {
@@ -1023,7 +1026,9 @@ fn measure(clusters: &mut [Cluster; 2]) -> Figures {
     }
 
     for size in SIZES {
-        eprintln!("== async {size} B: {ASYNC_ROUNDS} alternating rounds, with the write-loop floor");
+        eprintln!(
+            "== async {size} B: {ASYNC_ROUNDS} alternating rounds, with the write-loop floor"
+        );
         let mut rates = [Vec::new(), Vec::new()];
         let mut counts = [(0, 0, 0); 2];
         let (mut floor, mut floor_nodelay) = (Vec::new(), Vec::new());
@@ -1168,7 +1173,16 @@ fn orchestrate() {
         f.detect_ms[i] = c.kill_b();
     }
     let load_after = load_avg();
-    report(&clusters, &f, &ctx, &cpu, &java, &load_before, &load_after, started);
+    report(
+        &clusters,
+        &f,
+        &ctx,
+        &cpu,
+        &java,
+        &load_before,
+        &load_after,
+        started,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -4,3 +4,4 @@
 mod busy_poll;
 pub mod receiver;
 pub mod sender;
+mod socket;

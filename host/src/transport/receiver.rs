@@ -10,15 +10,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory, Side};
+use super::socket::Socket;
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
@@ -27,6 +27,9 @@ use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
 const MAX_BATCH: usize = 64;
 /// Initial per-connection read buffer; grows up to the frame limit.
 const INITIAL_BUFFER: usize = 64 * 1024;
+/// Bounds of the bytes asked of one read when no frame is pending.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 /// A connection does not busy-poll when another carried bytes this recently.
 const CROWDED_WITHIN_MS: u64 = 10;
 
@@ -215,12 +218,22 @@ enum End {
 }
 
 async fn serve<H: MessageHandler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared<H>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let mut sock = match Socket::new(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot set up connection");
+            return;
+        }
+    };
+    // Bytes asked of each read: twice the last read's, within bounds (a
+    // read fills zeroed room first, so asking 64 KiB for a 1 KiB frame
+    // costs a 64 KiB memset).
+    let mut last_read = 0usize;
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::<u8>::new();
     let mut poll = PollHistory::default();
@@ -265,7 +278,7 @@ async fn serve<H: MessageHandler>(
             }
         }
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
+            if let Err(e) = sock.write_all(&out).await {
                 break End::Io(e);
             }
             out.clear();
@@ -273,34 +286,48 @@ async fn serve<H: MessageHandler>(
         if let Some(e) = failed {
             break End::Bad(e);
         }
-        // Make room for the rest of the current frame (bounded by the frame limit).
-        let want = shared.decoder.pending_len(&buf).unwrap_or(0).max(8 * 1024);
-        buf.reserve(want.min(shared.decoder.max_frame() + 64));
+        // Room for the rest of the current frame, or twice the last read
+        // (bounded by the frame limit).
+        let room = shared
+            .decoder
+            .pending_len(&buf)
+            .unwrap_or(0)
+            .max((last_read * 2).clamp(MIN_READ, MAX_READ))
+            .min(shared.decoder.max_frame() + 64);
         // Poll for the next bytes only when no other connection carried
         // bytes lately, and only while none has frames to handle (a poller
         // holds a runtime worker, and on a small machine a core).
         serving.set(false);
         let crowded = shared.activity.others_recent(slot, CROWDED_WITHIN_MS);
         let others = || crowded || shared.serving.load(Ordering::Relaxed) > 0;
-        let read = if let Some(r) = shared.busy_poll.read(&mut poll, &stream, &mut buf, others) {
+        let started = Instant::now();
+        let read = if let Some(r) = shared
+            .busy_poll
+            .read(&mut poll, &mut sock, &mut buf, room, others)
+        {
             r
-        } else if buf.is_empty() {
-            tokio::select! {
-                _ = stop.changed() => break End::Stopped,
-                r = stream.read_buf(&mut buf) => r,
-            }
         } else {
-            tokio::select! {
-                _ = stop.changed() => break End::Stopped,
-                r = tokio::time::timeout(shared.stall, stream.read_buf(&mut buf)) => match r {
-                    Ok(r) => r,
-                    Err(_) => break End::Stalled,
-                },
-            }
+            let r = if buf.is_empty() {
+                tokio::select! {
+                    _ = stop.changed() => break End::Stopped,
+                    r = sock.read(&mut buf, room) => r,
+                }
+            } else {
+                tokio::select! {
+                    _ = stop.changed() => break End::Stopped,
+                    r = tokio::time::timeout(shared.stall, sock.read(&mut buf, room)) => match r {
+                        Ok(r) => r,
+                        Err(_) => break End::Stalled,
+                    },
+                }
+            };
+            shared.busy_poll.waited(&mut poll, started.elapsed());
+            r
         };
         match read {
             Ok(0) => break End::Eof,
-            Ok(_) => {
+            Ok(n) => {
+                last_read = n;
                 serving.set(true);
                 shared.activity.touch(slot);
             }

@@ -13,14 +13,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::busy_poll::{Busy, BusyPoll, PollHistory, Side};
+use super::socket::Socket;
 use crate::config::SenderConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
@@ -28,6 +28,8 @@ use crate::wire::{AckKind, FrameDecoder};
 
 /// Largest frame accepted on the ACK path (an ACK is 21 bytes).
 const MAX_ACK_FRAME: usize = 64 * 1024;
+/// Bytes asked of one read on the ACK path (a dozen ACKs).
+const ACK_READ: usize = 256;
 
 /// Why a send to one member failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +114,7 @@ impl std::fmt::Debug for LaneTicket {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Socket,
     rbuf: BytesMut,
     poll: PollHistory,
 }
@@ -343,8 +345,8 @@ impl Sender {
             None => {
                 let stream = TcpStream::connect(addr)
                     .await
+                    .and_then(Socket::new)
                     .map_err(|e| PeerError::Connect(e.to_string()))?;
-                let _ = stream.set_nodelay(true);
                 Conn {
                     stream,
                     rbuf: BytesMut::with_capacity(256),
@@ -360,7 +362,11 @@ impl Sender {
             // Tribes' health check: one non-blocking read; end of stream means
             // the peer is gone and the bytes may be lost.
             let mut probe = [0u8; 64];
-            return match conn.stream.try_read(&mut probe) {
+            let read = conn
+                .stream
+                .std()
+                .and_then(|mut s| std::io::Read::read(&mut s, &mut probe));
+            return match read {
                 Ok(0) => Err(PeerError::Closed),
                 Ok(_) => Ok(conn),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(conn),
@@ -382,16 +388,24 @@ impl Sender {
                     None => {} // Tribes ignores other frames and keeps waiting
                 },
                 Ok(None) => {
-                    conn.rbuf.reserve(256);
                     // Poll first, unless other sends wait for ACKs too (then
                     // wake-ups overlap, and polling would crowd them out).
                     let others = || self.waiting.load(Ordering::Relaxed) > 1;
-                    let polled =
-                        self.busy_poll
-                            .read(&mut conn.poll, &conn.stream, &mut conn.rbuf, others);
+                    let started = Instant::now();
+                    let polled = self.busy_poll.read(
+                        &mut conn.poll,
+                        &mut conn.stream,
+                        &mut conn.rbuf,
+                        ACK_READ,
+                        others,
+                    );
                     let read = match polled {
                         Some(r) => r,
-                        None => conn.stream.read_buf(&mut conn.rbuf).await,
+                        None => {
+                            let r = conn.stream.read(&mut conn.rbuf, ACK_READ).await;
+                            self.busy_poll.waited(&mut conn.poll, started.elapsed());
+                            r
+                        }
                     };
                     match read {
                         Ok(0) => return Err(PeerError::Closed),
@@ -466,7 +480,7 @@ const VECTORED_MIN_AVERAGE: usize = 4096;
 const MAX_IOV: usize = 64;
 
 /// Writes `frames` in order, in as few system calls as it can.
-async fn write_frames(stream: &mut TcpStream, frames: &[Bytes]) -> std::io::Result<()> {
+async fn write_frames(stream: &mut Socket, frames: &[Bytes]) -> std::io::Result<()> {
     let total: usize = frames.iter().map(Bytes::len).sum();
     match frames {
         [] => Ok(()),
@@ -542,7 +556,8 @@ mod tests {
         sock.set_send_buffer_size(4096).expect("sndbuf");
         sock.connect(&addr.into()).expect("connect");
         sock.set_nonblocking(true).expect("nonblocking");
-        let mut stream = TcpStream::from_std(sock.into()).expect("tokio stream");
+        let stream = TcpStream::from_std(sock.into()).expect("tokio stream");
+        let mut stream = Socket::new(stream).expect("socket");
         write_frames(&mut stream, &frames).await.expect("written");
         drop(stream);
         assert_eq!(reader.await.expect("reader"), expected);
