@@ -184,6 +184,73 @@ async fn failing_listener_gives_fail_ack_only_with_sync_ack() {
     shutdown_all(nodes).await;
 }
 
+/// Concurrent sync-ACK sends to one member go out together (one write, one
+/// read of their ACKs), yet each message gets its own ACK: a FAIL-ACK fails
+/// only the message it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sync_sends_ride_together_and_each_gets_its_own_ack() {
+    let nodes = start_all(static_configs(2)).await;
+    wait_converged(&nodes).await;
+    let got = collector(&nodes[1]);
+    nodes[1]
+        .channel()
+        .add_listener(Arc::new(|m: &ReceivedMessage| {
+            if m.body.starts_with(b"refuse") {
+                Err(ListenerError("refused by test".into()))
+            } else {
+                Ok(())
+            }
+        }));
+    let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    let combined = || shoal::Metrics::get(&nodes[0].metrics().sync_sends_combined_total);
+    let (mut sent, mut refused) = (0usize, 0u64);
+    // Rounds of 64 concurrent sends until some rode together (bounded).
+    for round in 0..10 {
+        let sends = (0..64).map(|i| {
+            let body = if i % 4 == 0 {
+                format!("refuse-{round}-{i}")
+            } else {
+                format!("ok-{round}-{i}")
+            };
+            let channel = nodes[0].channel().clone();
+            let dest = [nodes[1].id()];
+            async move {
+                let r = channel.send(&dest, body.as_bytes(), sync).await;
+                (body, r)
+            }
+        });
+        for (body, r) in futures_util::future::join_all(sends).await {
+            if body.starts_with("refuse") {
+                let Err(shoal::ChannelSendError::Failed(e)) = r else {
+                    panic!("{body}: expected a FAIL-ACK, got {r:?}")
+                };
+                assert_eq!(e.faulty[0].error, PeerError::FailAck, "{body}");
+                refused += 1;
+            } else {
+                r.unwrap_or_else(|e| panic!("{body}: {e}"));
+            }
+            sent += 1;
+        }
+        if combined() > 0 {
+            break;
+        }
+    }
+    assert!(combined() > 0, "no send rode with another's exchange");
+    assert_eq!(
+        shoal::Metrics::get(&nodes[0].metrics().fail_acks_received_total),
+        refused
+    );
+    let bodies: HashSet<Vec<u8>> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|m| m.body.to_vec())
+        .collect();
+    assert_eq!(bodies.len(), sent, "every message delivered once");
+    assert_eq!(got.lock().expect("lock").len(), sent, "no duplicates");
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_member_is_reported_and_others_still_get_the_message() {
     let nodes = start_all(static_configs(2)).await;

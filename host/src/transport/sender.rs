@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::busy_poll::{Busy, BusyPoll, PollHistory, Side};
 use super::socket::Socket;
@@ -28,8 +28,8 @@ use crate::wire::{AckKind, FrameDecoder};
 
 /// Largest frame accepted on the ACK path (an ACK is 21 bytes).
 const MAX_ACK_FRAME: usize = 64 * 1024;
-/// Bytes asked of one read on the ACK path (a dozen ACKs).
-const ACK_READ: usize = 256;
+/// Bytes asked of one read on the ACK path (the ACKs of a combined exchange).
+const ACK_READ: usize = 2048;
 
 /// Why a send to one member failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +126,90 @@ struct Pool {
     /// a time, in the order their tickets were taken (tokio's mutex is
     /// FIFO), always on this connection, so the peer reads them in order.
     ordered: Arc<tokio::sync::Mutex<Option<Conn>>>,
+    /// Acknowledged sends waiting to ride with another's exchange.
+    combiner: Mutex<Combiner>,
+}
+
+/// Most acknowledged sends to one member in flight as separate exchanges;
+/// the sends that come while they are all busy wait and go out together in
+/// the next (group commit).
+const MAX_LEADERS: usize = 4;
+/// Most messages one combined exchange carries.
+const MAX_COMBINED: usize = 64;
+
+/// The acknowledged sends to one member waiting for a leader.
+#[derive(Default)]
+struct Combiner {
+    queue: Vec<Rider>,
+    /// Exchanges in flight (at most [`MAX_LEADERS`]).
+    leaders: usize,
+}
+
+/// A send waiting in a [`Combiner`].
+struct Rider {
+    frames: Vec<Bytes>,
+    acks: usize,
+    turn: oneshot::Sender<Turn>,
+}
+
+/// What a waiting send is told.
+enum Turn {
+    /// Its message went out with another's: the result.
+    Done(Result<(), PeerError>),
+    /// It leads the next exchange, carrying these others with its own.
+    Lead(Vec<Rider>),
+}
+
+impl Combiner {
+    /// An exchange ended: passes the lead to the first waiting send (with
+    /// the others that fit), or counts one leader less.
+    fn hand_off(&mut self) {
+        while !self.queue.is_empty() {
+            let n = self.queue.len().min(MAX_COMBINED);
+            let mut riders: Vec<Rider> = self.queue.drain(..n).collect();
+            let next = riders.remove(0);
+            match next.turn.send(Turn::Lead(riders)) {
+                Ok(()) => return,
+                // That send was given up (its future dropped): its message
+                // is not sent; the next one leads.
+                Err(Turn::Lead(riders)) => {
+                    self.queue.splice(0..0, riders);
+                }
+                Err(Turn::Done(_)) => {}
+            }
+        }
+        self.leaders -= 1;
+    }
+}
+
+/// A leading send's riders: answered when the exchange ends, or, if the
+/// leader's future is dropped first, told so; either way the lead is handed on.
+struct Leading<'a> {
+    pool: &'a Pool,
+    riders: Vec<Rider>,
+}
+
+impl Leading<'_> {
+    fn finish(&mut self, results: impl Iterator<Item = Result<(), PeerError>>) {
+        for (r, res) in self.riders.drain(..).zip(results) {
+            let _ = r.turn.send(Turn::Done(res));
+        }
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        for r in self.riders.drain(..) {
+            let _ = r.turn.send(Turn::Done(Err(PeerError::Io(
+                "the send carrying this message was cancelled".into(),
+            ))));
+        }
+        self.pool
+            .combiner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hand_off();
+    }
 }
 
 /// Pooled connections to every member, shared by all senders of a node.
@@ -136,7 +220,8 @@ pub struct Sender {
     ack_decoder: FrameDecoder,
     /// Polls for ACKs before parking (`busy_poll_us`).
     busy_poll: BusyPoll,
-    /// Sends waiting for ACKs right now.
+    /// Sends waiting for ACKs right now: in an exchange, or riding with
+    /// another's (woken or not).
     waiting: AtomicUsize,
 }
 
@@ -265,7 +350,118 @@ impl Sender {
         acks: usize,
         lane: Option<LaneGuard>,
     ) -> Result<(), FaultyMember> {
-        let fail = |error| FaultyMember { member, error };
+        let result = if lane.is_none() && acks > 0 {
+            self.send_combined(member, frames, acks).await
+        } else {
+            self.transfer(member, frames, acks, lane)
+                .await
+                .and_then(|failed| {
+                    if failed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(PeerError::FailAck)
+                    }
+                })
+        };
+        result.map_err(|error| FaultyMember { member, error })
+    }
+
+    /// An acknowledged send on the pool: leads an exchange of its own when
+    /// fewer than [`MAX_LEADERS`] are in flight to the member, else waits
+    /// and rides with the next, which carries every send waiting by then
+    /// in one write; the member reads them together and answers their ACKs
+    /// together, in order. Each message still gets its own ACK.
+    async fn send_combined(
+        &self,
+        member: MemberId,
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<(), PeerError> {
+        let pool = self.pool(member.addr());
+        let mut waiting = Busy::new(&self.waiting);
+        waiting.set(true);
+        let wait = {
+            let mut c = pool.combiner.lock().unwrap_or_else(|p| p.into_inner());
+            if c.leaders < MAX_LEADERS && c.queue.is_empty() {
+                c.leaders += 1;
+                None
+            } else {
+                let (turn, wait) = oneshot::channel();
+                c.queue.push(Rider {
+                    frames: frames.to_vec(),
+                    acks,
+                    turn,
+                });
+                Some(wait)
+            }
+        };
+        let riders = match wait {
+            None => Vec::new(),
+            Some(wait) => match wait.await {
+                Ok(Turn::Done(r)) => return r,
+                Ok(Turn::Lead(riders)) => riders,
+                Err(_) => return Err(PeerError::ShuttingDown),
+            },
+        };
+        let mut leading = Leading {
+            pool: &pool,
+            riders,
+        };
+        if leading.riders.is_empty() {
+            let r = self.transfer(member, frames, acks, None).await;
+            drop(leading);
+            return r.and_then(|f| {
+                if f.is_empty() {
+                    Ok(())
+                } else {
+                    Err(PeerError::FailAck)
+                }
+            });
+        }
+        Metrics::add(
+            &self.metrics.sync_sends_combined_total,
+            leading.riders.len() as u64,
+        );
+        let mut all: Vec<Bytes> = frames.to_vec();
+        let mut total = acks;
+        for r in &leading.riders {
+            all.extend(r.frames.iter().cloned());
+            total += r.acks;
+        }
+        let result = self.transfer(member, &all, total, None).await;
+        // ACK positions of each message, in the order written.
+        let outcome = |from: usize, n: usize| match &result {
+            Ok(failed) if failed.iter().any(|i| (from..from + n).contains(i)) => {
+                Err(PeerError::FailAck)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let mut at = acks;
+        let results: Vec<_> = leading
+            .riders
+            .iter()
+            .map(|r| {
+                let o = outcome(at, r.acks);
+                at += r.acks;
+                o
+            })
+            .collect();
+        leading.finish(results.into_iter());
+        drop(leading);
+        outcome(0, acks)
+    }
+
+    /// Sends `frames` to one member on a pooled connection (or its ordered
+    /// lane) and reads `acks` ACKs, retrying on a fresh connection after a
+    /// connection error. Ok holds the positions of FAIL-ACKs among the ACKs.
+    async fn transfer(
+        &self,
+        member: MemberId,
+        frames: &[Bytes],
+        acks: usize,
+        lane: Option<LaneGuard>,
+    ) -> Result<Vec<usize>, PeerError> {
         let addr = member.addr();
         let pool = self.pool(addr);
         let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
@@ -276,10 +472,13 @@ impl Sender {
         if lane.is_none() {
             match tokio::time::timeout(max_wait, pool.permits.clone().acquire_owned()).await {
                 Ok(Ok(p)) => permit = Some(p),
-                Ok(Err(_)) => return Err(fail(PeerError::ShuttingDown)),
-                Err(_) => return Err(fail(PeerError::PoolExhausted(max_wait))),
+                Ok(Err(_)) => return Err(PeerError::ShuttingDown),
+                Err(_) => return Err(PeerError::PoolExhausted(max_wait)),
             }
         }
+        // Sends from the pool are counted in `send_combined`.
+        let mut waiting = Busy::new(&self.waiting);
+        waiting.set(lane.is_some() && acks > 0);
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut attempt = 0;
         loop {
@@ -292,7 +491,7 @@ impl Sender {
             let result =
                 tokio::time::timeout(timeout, self.exchange(addr, conn, frames, acks)).await;
             let err = match result {
-                Ok(Ok(conn)) => {
+                Ok(Ok((conn, failed))) => {
                     match (&mut lane, &permit) {
                         (Some(lane), _) => **lane = Some(conn),
                         (None, Some(permit)) => self.checkin(&pool, conn, permit),
@@ -301,7 +500,8 @@ impl Sender {
                     let bytes: usize = frames.iter().map(Bytes::len).sum();
                     Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
                     Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
-                    return Ok(());
+                    Metrics::add(&self.metrics.fail_acks_received_total, failed.len() as u64);
+                    return Ok(failed);
                 }
                 Ok(Err(e)) => e,
                 Err(_) => {
@@ -311,9 +511,6 @@ impl Sender {
                     PeerError::Timeout(timeout)
                 }
             };
-            if err == PeerError::FailAck {
-                Metrics::inc(&self.metrics.fail_acks_received_total);
-            }
             if err.retryable() && attempt < self.cfg.max_retry_attempts {
                 attempt += 1;
                 Metrics::inc(&self.metrics.send_retries_total);
@@ -321,7 +518,7 @@ impl Sender {
                 continue;
             }
             tracing::debug!(%member, error = %err, "send failed");
-            return Err(fail(err));
+            return Err(err);
         }
     }
 
@@ -339,7 +536,7 @@ impl Sender {
         conn: Option<Conn>,
         frames: &[Bytes],
         acks: usize,
-    ) -> Result<Conn, PeerError> {
+    ) -> Result<(Conn, Vec<usize>), PeerError> {
         let mut conn = match conn {
             Some(c) => c,
             None => {
@@ -368,22 +565,20 @@ impl Sender {
                 .and_then(|mut s| std::io::Read::read(&mut s, &mut probe));
             return match read {
                 Ok(0) => Err(PeerError::Closed),
-                Ok(_) => Ok(conn),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(conn),
+                Ok(_) => Ok((conn, Vec::new())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok((conn, Vec::new())),
                 Err(e) => Err(PeerError::Io(e.to_string())),
             };
         }
-        let mut waiting = Busy::new(&self.waiting);
-        waiting.set(true);
         let mut got = 0;
-        let mut failed = false;
+        let mut failed = Vec::new();
         while got < acks {
             match self.ack_decoder.decode(&mut conn.rbuf) {
                 Ok(Some(data)) => match AckKind::from_payload(&data) {
                     Some(AckKind::Ack) => got += 1,
                     Some(AckKind::FailAck) => {
+                        failed.push(got);
                         got += 1;
-                        failed = true;
                     }
                     None => {} // Tribes ignores other frames and keeps waiting
                 },
@@ -416,11 +611,7 @@ impl Sender {
                 Err(e) => return Err(PeerError::Io(format!("bad ACK frame: {e}"))),
             }
         }
-        if failed {
-            Err(PeerError::FailAck)
-        } else {
-            Ok(conn)
-        }
+        Ok((conn, failed))
     }
 
     fn pool(&self, addr: SocketAddr) -> Arc<Pool> {
@@ -431,6 +622,7 @@ impl Sender {
                 Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
                     ordered: Arc::new(tokio::sync::Mutex::new(None)),
+                    combiner: Mutex::new(Combiner::default()),
                     permits: Arc::new(Semaphore::new(self.cfg.pool_size)),
                 })
             })
