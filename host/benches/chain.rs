@@ -205,6 +205,11 @@ async fn throughput(with_chain: bool, size: usize, budget: Duration) -> (f64, u6
     (received as f64 / elapsed, received)
 }
 
+/// The allocator `shoal run` uses.
+#[cfg(feature = "cli")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -62,6 +62,11 @@ const MEASURE_MS: u64 = 1500;
 const SYNC_SENDERS: usize = 8;
 const SIZES: [usize; 3] = [100, 1024, 65536];
 
+/// The allocator `shoal run` uses.
+#[cfg(feature = "cli")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--shoal-peer") {

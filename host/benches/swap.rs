@@ -164,6 +164,11 @@ async fn latency_round() -> Round {
     r
 }
 
+/// The allocator `shoal run` uses.
+#[cfg(feature = "cli")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

@@ -650,6 +650,11 @@ async fn run(threads: usize) {
     print_latency(&lat);
 }
 
+/// The allocator `shoal run` uses.
+#[cfg(feature = "cli")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

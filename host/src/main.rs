@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: under load the node allocates from
+/// several threads at once, and glibc's arena locks then cost 5–20 % of the
+/// CPU (docs/benchmarks.md, "Hot paths").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
