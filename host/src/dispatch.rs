@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -28,7 +28,7 @@ use crate::config::DispatchConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
 use crate::transport::sender::{LaneTicket, SendError, Sender};
-use crate::wire::{Frame, FrameEncoder};
+use crate::wire::FrameEncoder;
 
 /// Most messages one worker takes from the queue at a time.
 const BATCH: usize = 64;
@@ -178,8 +178,15 @@ impl Dispatcher {
     }
 }
 
-/// One write: destinations, frames, ACKs expected, messages.
-type Group<'a> = (&'a Arc<[MemberId]>, Vec<Bytes>, usize, usize);
+/// One write: destinations, the frames' bytes in order, ACKs expected,
+/// messages.
+#[derive(Debug)]
+struct Group {
+    dests: Arc<[MemberId]>,
+    parts: Vec<Bytes>,
+    acks: usize,
+    messages: usize,
+}
 
 /// The queue's receiving end, shared by the workers, with the turn of the
 /// batch taken last: batches are sent in the order they were taken.
@@ -197,7 +204,7 @@ async fn worker(
     ordered: bool,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut ready: Vec<(Arc<[MemberId]>, Frame, bool)> = Vec::with_capacity(BATCH);
+    let mut ready: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
     let mut permits: Vec<Option<OwnedSemaphorePermit>> = Vec::with_capacity(BATCH);
@@ -222,8 +229,7 @@ async fn worker(
             .async_queue_bytes
             .fetch_sub(queued as i64, Ordering::Relaxed);
         // Finish the messages' way down the chain, one call per interceptor
-        // for each run of messages that share a chain and a resume point,
-        // then encode them.
+        // for each run of messages that share a chain and a resume point.
         let mut jobs = batch.drain(..).peekable();
         while let Some(first) = jobs.next() {
             let (chain, resume) = (first.chain, first.resume);
@@ -245,31 +251,12 @@ async fn worker(
                     tracing::debug!(%plugin, %reason, "deferred message dropped by an interceptor");
                     continue;
                 }
-                match encoder.encode(msg.options, msg.timestamp, &msg.body) {
-                    Ok(frame) => ready.push((msg.dests, frame, msg.options.wants_ack())),
-                    Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
-                }
+                ready.push(msg);
             }
             permits.clear();
         }
         drop(jobs);
-        // Group consecutive messages with the same destinations into one write.
-        let mut groups: Vec<Group<'_>> = Vec::new();
-        let mut start = 0;
-        while start < ready.len() {
-            let mut end = start + 1;
-            while end < ready.len() && ready[end].0 == ready[start].0 {
-                end += 1;
-            }
-            let group = &ready[start..end];
-            let frames: Vec<Bytes> = group
-                .iter()
-                .flat_map(|j| j.1.parts().iter().cloned())
-                .collect();
-            let acks = group.iter().filter(|j| j.2).count();
-            groups.push((&group[0].0, frames, acks, group.len()));
-            start = end;
-        }
+        let groups = encode_groups(&encoder, &mut ready);
         let failed = |e: SendError, messages: usize| {
             Metrics::inc(&metrics.async_send_failures_total);
             tracing::warn!(error = %e, messages, "asynchronous send failed");
@@ -285,7 +272,7 @@ async fn worker(
             // own sends.
             let tickets: Vec<Vec<LaneTicket>> = groups
                 .iter()
-                .map(|g| g.0.iter().map(|m| sender.queue_on_lane(*m)).collect())
+                .map(|g| g.dests.iter().map(|m| sender.queue_on_lane(*m)).collect())
                 .collect();
             if let Some(done) = done {
                 let _ = done.send(());
@@ -293,24 +280,81 @@ async fn worker(
             let sends = groups
                 .iter()
                 .zip(tickets)
-                .map(|(g, t)| sender.send_with_tickets(t, &g.1, g.2));
+                .map(|(g, t)| sender.send_with_tickets(t, &g.parts, g.acks));
             for (r, g) in futures_util::future::join_all(sends)
                 .await
                 .into_iter()
                 .zip(&groups)
             {
                 if let Err(e) = r {
-                    failed(e, g.3);
+                    failed(e, g.messages);
                 }
             }
         } else {
             for g in &groups {
-                if let Err(e) = sender.send(g.0, &g.1, g.2).await {
-                    failed(e, g.3);
+                if let Err(e) = sender.send(&g.dests, &g.parts, g.acks).await {
+                    failed(e, g.messages);
                 }
             }
         }
         drop(groups);
-        ready.clear();
     }
+}
+
+/// Encodes `msgs` (emptied) into groups of consecutive messages with the
+/// same destinations, each written with one system call: small frames
+/// encoded one after another into one buffer (no copy to join them later),
+/// bodies of [`crate::wire::SPLIT_BODY_AT`] bytes or more from their own
+/// buffers.
+fn encode_groups(encoder: &FrameEncoder, msgs: &mut Vec<OutMsg>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut start = 0;
+    while start < msgs.len() {
+        let dests = msgs[start].dests.clone();
+        let mut end = start + 1;
+        while end < msgs.len() && msgs[end].dests == dests {
+            end += 1;
+        }
+        let run = &msgs[start..end];
+        let small: usize = run
+            .iter()
+            .filter(|m| m.body.len() < crate::wire::SPLIT_BODY_AT)
+            .map(|m| encoder.frame_len(m.body.len()))
+            .sum();
+        let mut open = BytesMut::with_capacity(small);
+        let mut group = Group {
+            dests,
+            parts: Vec::new(),
+            acks: 0,
+            messages: 0,
+        };
+        for m in run {
+            let encoded = if m.body.len() < crate::wire::SPLIT_BODY_AT {
+                encoder.encode_into(&mut open, m.options, m.timestamp, &m.body)
+            } else {
+                encoder.encode(m.options, m.timestamp, &m.body).map(|f| {
+                    if !open.is_empty() {
+                        group.parts.push(open.split().freeze());
+                    }
+                    group.parts.extend(f.parts().iter().cloned());
+                })
+            };
+            match encoded {
+                Ok(()) => {
+                    group.acks += usize::from(m.options.wants_ack());
+                    group.messages += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "deferred message not sent"),
+            }
+        }
+        if !open.is_empty() {
+            group.parts.push(open.freeze());
+        }
+        if group.messages > 0 {
+            groups.push(group);
+        }
+        start = end;
+    }
+    msgs.clear();
+    groups
 }
