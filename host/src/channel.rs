@@ -537,8 +537,17 @@ impl MessageHandler for Channel {
         let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(msgs.len());
         let mut batch = Vec::with_capacity(msgs.len());
         let mut index = Vec::with_capacity(msgs.len());
+        let mut last: Option<(MemberPacket, Member)> = None;
         for (i, msg) in msgs.into_iter().enumerate() {
-            match Member::from_packet(&msg.sender) {
+            // A batch comes from one connection, so nearly always from one
+            // sender: its member is built once.
+            let sender = match &last {
+                Some((p, m)) if *p == msg.sender => Ok(m.clone()),
+                _ => Member::from_packet(&msg.sender).inspect(|m| {
+                    last = Some((msg.sender.clone(), m.clone()));
+                }),
+            };
+            match sender {
                 Ok(sender) => {
                     batch.push(InMsg {
                         sender,

@@ -21,7 +21,7 @@ use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory, Side};
 use super::socket::Socket;
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
-use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder};
+use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder, SenderCache};
 
 /// Most messages delivered as one batch.
 const MAX_BATCH: usize = 64;
@@ -237,6 +237,7 @@ async fn serve<H: MessageHandler>(
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut out = Vec::<u8>::new();
     let mut poll = PollHistory::default();
+    let mut senders = SenderCache::default();
     let mut serving = Busy::new(&shared.serving);
     let slot = shared.activity.slot();
     let end = loop {
@@ -250,7 +251,7 @@ async fn serve<H: MessageHandler>(
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH {
                 match shared.decoder.decode(&mut buf) {
-                    Ok(Some(data)) => match ChannelData::decode(&data) {
+                    Ok(Some(data)) => match ChannelData::decode_cached(&data, &mut senders) {
                         Ok(msg) => {
                             let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
                             Metrics::inc(&shared.metrics.messages_received_total);

@@ -22,7 +22,8 @@ mod options;
 mod proptests;
 
 pub use channel_data::{
-    ChannelData, MESSAGE_TRAILER, encode_message_frame, encode_message_head, message_frame_len,
+    ChannelData, MESSAGE_TRAILER, SenderCache, encode_message_frame, encode_message_head,
+    message_frame_len,
 };
 pub use encoder::{Frame, FrameEncoder, FrameTooLarge, SPLIT_BODY_AT};
 pub use frame::{AckKind, DEFAULT_MAX_FRAME_BYTES, FrameDecoder};
