@@ -81,8 +81,8 @@ counters! {
     async_send_failures_total: counter,
     /// Received messages a listener rejected (answered with FAIL-ACK when SYNC_ACK).
     listener_errors_total: counter,
-    /// Acknowledged sends that went out in another send's exchange to the same member (group commit).
-    sync_sends_combined_total: counter,
+    /// Acknowledged sends made on a member's pipelined connection because other acknowledged sends to it were in progress.
+    sync_sends_pipelined_total: counter,
     /// Waits for an ACK answered by busy-polling the socket (no park, no wake-up).
     sender_polls_hit_total: counter,
     /// Waits for an ACK that busy-polled in vain (budget spent, or gave way to other work) and then parked.

@@ -184,11 +184,11 @@ async fn failing_listener_gives_fail_ack_only_with_sync_ack() {
     shutdown_all(nodes).await;
 }
 
-/// Concurrent sync-ACK sends to one member go out together (one write, one
-/// read of their ACKs), yet each message gets its own ACK: a FAIL-ACK fails
-/// only the message it answers.
+/// Concurrent sync-ACK sends to one member share its pipelined connection
+/// (written together, ACKs read together), yet each message gets its own
+/// ACK: a FAIL-ACK fails only the message it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sync_sends_ride_together_and_each_gets_its_own_ack() {
+async fn concurrent_sync_sends_are_pipelined_and_each_gets_its_own_ack() {
     let nodes = start_all(static_configs(2)).await;
     wait_converged(&nodes).await;
     let got = collector(&nodes[1]);
@@ -202,9 +202,9 @@ async fn concurrent_sync_sends_ride_together_and_each_gets_its_own_ack() {
             }
         }));
     let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
-    let combined = || shoal::Metrics::get(&nodes[0].metrics().sync_sends_combined_total);
+    let combined = || shoal::Metrics::get(&nodes[0].metrics().sync_sends_pipelined_total);
     let (mut sent, mut refused) = (0usize, 0u64);
-    // Rounds of 64 concurrent sends until some rode together (bounded).
+    // Rounds of 64 concurrent sends until some were pipelined (bounded).
     for round in 0..10 {
         let sends = (0..64).map(|i| {
             let body = if i % 4 == 0 {
@@ -235,7 +235,7 @@ async fn concurrent_sync_sends_ride_together_and_each_gets_its_own_ack() {
             break;
         }
     }
-    assert!(combined() > 0, "no send rode with another's exchange");
+    assert!(combined() > 0, "no send went on the pipelined connection");
     assert_eq!(
         shoal::Metrics::get(&nodes[0].metrics().fail_acks_received_total),
         refused

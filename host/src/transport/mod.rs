@@ -2,6 +2,7 @@
 //! [`sender`] keeps pooled connections to members and fans messages out.
 
 mod busy_poll;
+mod pipe;
 pub mod receiver;
 pub mod sender;
 mod socket;

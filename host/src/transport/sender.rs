@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::busy_poll::{Busy, BusyPoll, PollHistory, Side};
+use super::pipe::PipeConn;
 use super::socket::Socket;
 use crate::config::SenderConfig;
 use crate::member::MemberId;
@@ -126,90 +127,11 @@ struct Pool {
     /// a time, in the order their tickets were taken (tokio's mutex is
     /// FIFO), always on this connection, so the peer reads them in order.
     ordered: Arc<tokio::sync::Mutex<Option<Conn>>>,
-    /// Acknowledged sends waiting to ride with another's exchange.
-    combiner: Mutex<Combiner>,
-}
-
-/// Most acknowledged sends to one member in flight as separate exchanges;
-/// the sends that come while they are all busy wait and go out together in
-/// the next (group commit).
-const MAX_LEADERS: usize = 4;
-/// Most messages one combined exchange carries.
-const MAX_COMBINED: usize = 64;
-
-/// The acknowledged sends to one member waiting for a leader.
-#[derive(Default)]
-struct Combiner {
-    queue: Vec<Rider>,
-    /// Exchanges in flight (at most [`MAX_LEADERS`]).
-    leaders: usize,
-}
-
-/// A send waiting in a [`Combiner`].
-struct Rider {
-    frames: Vec<Bytes>,
-    acks: usize,
-    turn: oneshot::Sender<Turn>,
-}
-
-/// What a waiting send is told.
-enum Turn {
-    /// Its message went out with another's: the result.
-    Done(Result<(), PeerError>),
-    /// It leads the next exchange, carrying these others with its own.
-    Lead(Vec<Rider>),
-}
-
-impl Combiner {
-    /// An exchange ended: passes the lead to the first waiting send (with
-    /// the others that fit), or counts one leader less.
-    fn hand_off(&mut self) {
-        while !self.queue.is_empty() {
-            let n = self.queue.len().min(MAX_COMBINED);
-            let mut riders: Vec<Rider> = self.queue.drain(..n).collect();
-            let next = riders.remove(0);
-            match next.turn.send(Turn::Lead(riders)) {
-                Ok(()) => return,
-                // That send was given up (its future dropped): its message
-                // is not sent; the next one leads.
-                Err(Turn::Lead(riders)) => {
-                    self.queue.splice(0..0, riders);
-                }
-                Err(Turn::Done(_)) => {}
-            }
-        }
-        self.leaders -= 1;
-    }
-}
-
-/// A leading send's riders: answered when the exchange ends, or, if the
-/// leader's future is dropped first, told so; either way the lead is handed on.
-struct Leading<'a> {
-    pool: &'a Pool,
-    riders: Vec<Rider>,
-}
-
-impl Leading<'_> {
-    fn finish(&mut self, results: impl Iterator<Item = Result<(), PeerError>>) {
-        for (r, res) in self.riders.drain(..).zip(results) {
-            let _ = r.turn.send(Turn::Done(res));
-        }
-    }
-}
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        for r in self.riders.drain(..) {
-            let _ = r.turn.send(Turn::Done(Err(PeerError::Io(
-                "the send carrying this message was cancelled".into(),
-            ))));
-        }
-        self.pool
-            .combiner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .hand_off();
-    }
+    /// Acknowledged sends to this member in progress.
+    acked: AtomicUsize,
+    /// The pipelined connection that acknowledged sends use while others
+    /// are in progress.
+    pipe: tokio::sync::Mutex<Option<Arc<PipeConn>>>,
 }
 
 /// Pooled connections to every member, shared by all senders of a node.
@@ -366,11 +288,12 @@ impl Sender {
         result.map_err(|error| FaultyMember { member, error })
     }
 
-    /// An acknowledged send on the pool: leads an exchange of its own when
-    /// fewer than [`MAX_LEADERS`] are in flight to the member, else waits
-    /// and rides with the next, which carries every send waiting by then
-    /// in one write; the member reads them together and answers their ACKs
-    /// together, in order. Each message still gets its own ACK.
+    /// An acknowledged send on the pool. Alone (no other acknowledged send
+    /// to the member in progress), it has a pooled connection to itself and
+    /// busy-polls for its ACK: the lowest latency. Otherwise it goes on the
+    /// member's pipelined connection ([`PipeConn`]), where it is written
+    /// together with whatever else is pending and nobody waits for an ACK
+    /// before writing. Each message still gets its own ACK.
     async fn send_combined(
         &self,
         member: MemberId,
@@ -380,76 +303,81 @@ impl Sender {
         let pool = self.pool(member.addr());
         let mut waiting = Busy::new(&self.waiting);
         waiting.set(true);
-        let wait = {
-            let mut c = pool.combiner.lock().unwrap_or_else(|p| p.into_inner());
-            if c.leaders < MAX_LEADERS && c.queue.is_empty() {
-                c.leaders += 1;
-                None
-            } else {
-                let (turn, wait) = oneshot::channel();
-                c.queue.push(Rider {
-                    frames: frames.to_vec(),
-                    acks,
-                    turn,
-                });
-                Some(wait)
-            }
+        let mut mine = Busy::new(&pool.acked);
+        mine.set(true);
+        let failed = if pool.acked.load(Ordering::Relaxed) == 1 {
+            self.transfer(member, frames, acks, None).await?
+        } else {
+            Metrics::inc(&self.metrics.sync_sends_pipelined_total);
+            self.send_piped(member, &pool, frames, acks).await?
         };
-        let riders = match wait {
-            None => Vec::new(),
-            Some(wait) => match wait.await {
-                Ok(Turn::Done(r)) => return r,
-                Ok(Turn::Lead(riders)) => riders,
-                Err(_) => return Err(PeerError::ShuttingDown),
-            },
-        };
-        let mut leading = Leading {
-            pool: &pool,
-            riders,
-        };
-        if leading.riders.is_empty() {
-            let r = self.transfer(member, frames, acks, None).await;
-            drop(leading);
-            return r.and_then(|f| {
-                if f.is_empty() {
-                    Ok(())
-                } else {
-                    Err(PeerError::FailAck)
-                }
-            });
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(PeerError::FailAck)
         }
-        Metrics::add(
-            &self.metrics.sync_sends_combined_total,
-            leading.riders.len() as u64,
-        );
-        let mut all: Vec<Bytes> = frames.to_vec();
-        let mut total = acks;
-        for r in &leading.riders {
-            all.extend(r.frames.iter().cloned());
-            total += r.acks;
-        }
-        let result = self.transfer(member, &all, total, None).await;
-        // ACK positions of each message, in the order written.
-        let outcome = |from: usize, n: usize| match &result {
-            Ok(failed) if failed.iter().any(|i| (from..from + n).contains(i)) => {
-                Err(PeerError::FailAck)
+    }
+
+    /// Sends on the member's pipelined connection, retrying on a new one
+    /// after a connection error.
+    async fn send_piped(
+        &self,
+        member: MemberId,
+        pool: &Pool,
+        frames: &[Bytes],
+        acks: usize,
+    ) -> Result<Vec<usize>, PeerError> {
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let mut attempt = 0;
+        loop {
+            let err = match self.pipe(member.addr(), pool).await {
+                Err(e) => e,
+                Ok(conn) => match tokio::time::timeout(timeout, conn.send(frames, acks)).await {
+                    Ok(Ok(failed)) => {
+                        let bytes: usize = frames.iter().map(Bytes::len).sum();
+                        Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
+                        Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
+                        Metrics::add(&self.metrics.fail_acks_received_total, failed.len() as u64);
+                        return Ok(failed);
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        // Later ACKs could only come after the missing one.
+                        conn.fail(PeerError::Timeout(timeout));
+                        Metrics::inc(&self.metrics.ack_timeouts_total);
+                        PeerError::Timeout(timeout)
+                    }
+                },
+            };
+            if err.retryable() && attempt < self.cfg.max_retry_attempts {
+                attempt += 1;
+                Metrics::inc(&self.metrics.send_retries_total);
+                tracing::debug!(%member, error = %err, attempt, "pipelined send failed; reconnecting");
+                continue;
             }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
+            tracing::debug!(%member, error = %err, "pipelined send failed");
+            return Err(err);
+        }
+    }
+
+    /// The member's pipelined connection, opened if there is none alive.
+    async fn pipe(&self, addr: SocketAddr, pool: &Pool) -> Result<Arc<PipeConn>, PeerError> {
+        let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
+        let mut slot = match tokio::time::timeout(max_wait, pool.pipe.lock()).await {
+            Ok(s) => s,
+            Err(_) => return Err(PeerError::PoolExhausted(max_wait)),
         };
-        let mut at = acks;
-        let results: Vec<_> = leading
-            .riders
-            .iter()
-            .map(|r| {
-                let o = outcome(at, r.acks);
-                at += r.acks;
-                o
-            })
-            .collect();
-        leading.finish(results.into_iter());
-        drop(leading);
-        outcome(0, acks)
+        if let Some(c) = slot.as_ref().filter(|c| c.is_alive()) {
+            return Ok(c.clone());
+        }
+        if pool.permits.is_closed() {
+            return Err(PeerError::ShuttingDown);
+        }
+        let conn = PipeConn::connect(addr, MAX_ACK_FRAME)
+            .await
+            .map_err(|e| PeerError::Connect(e.to_string()))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Sends `frames` to one member on a pooled connection (or its ordered
@@ -622,7 +550,8 @@ impl Sender {
                 Arc::new(Pool {
                     idle: Mutex::new(Vec::new()),
                     ordered: Arc::new(tokio::sync::Mutex::new(None)),
-                    combiner: Mutex::new(Combiner::default()),
+                    acked: AtomicUsize::new(0),
+                    pipe: tokio::sync::Mutex::new(None),
                     permits: Arc::new(Semaphore::new(self.cfg.pool_size)),
                 })
             })
@@ -641,6 +570,7 @@ impl Sender {
             if let Ok(mut lane) = p.ordered.try_lock() {
                 lane.take();
             }
+            close_pipe(&p, PeerError::Closed);
         }
     }
 
@@ -660,7 +590,18 @@ impl Sender {
             if let Ok(mut lane) = p.ordered.try_lock() {
                 lane.take();
             }
+            close_pipe(&p, PeerError::ShuttingDown);
         }
+    }
+}
+
+/// Fails a pool's pipelined connection, if it has one and nobody is
+/// opening it right now (then the opener finds the pool closed or gone).
+fn close_pipe(pool: &Pool, error: PeerError) {
+    if let Ok(mut pipe) = pool.pipe.try_lock()
+        && let Some(c) = pipe.take()
+    {
+        c.fail(error);
     }
 }
 
