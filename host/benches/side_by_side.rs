@@ -131,6 +131,16 @@ mod peer {
             shoal::config::ReceiverAddress::Ip(std::net::Ipv4Addr::LOCALHOST.into());
         cfg.receiver.port = get("port").parse().expect("port");
         cfg.api.listen = shoal::config::ApiListen::Off;
+        // Experiments only (the bench itself runs the defaults):
+        // SIDE_BY_SIDE_SHOAL_POLL_US=SENDER,RECEIVER overrides busy_poll_us.
+        if let Some((tx, rx)) = std::env::var("SIDE_BY_SIDE_SHOAL_POLL_US")
+            .ok()
+            .and_then(|v| v.split_once(',').map(|(a, b)| (a.parse(), b.parse())))
+            && let (Ok(tx), Ok(rx)) = (tx, rx)
+        {
+            cfg.sender.busy_poll_us = tx;
+            cfg.receiver.busy_poll_us = rx;
+        }
         // As `shoal run`: a default multi-threaded runtime.
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let received = Arc::new(AtomicU64::new(0));

@@ -126,6 +126,9 @@ impl PipeConn {
                 conn: self,
                 finished: false,
             };
+            // Let the other sends already runnable (woken together by the
+            // last read of ACKs) add theirs first: one fuller write.
+            tokio::task::yield_now().await;
             let r = self.flush().await;
             guard.finished = true;
             if let Err(e) = r {
