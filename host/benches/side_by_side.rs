@@ -286,7 +286,9 @@ mod peer {
                         "sender": [g(&m.sender_polls_hit_total), g(&m.sender_polls_missed_total),
                                    g(&m.sender_polls_skipped_total)],
                         "receiver": [g(&m.receiver_polls_hit_total), g(&m.receiver_polls_missed_total),
-                                     g(&m.receiver_polls_skipped_total)]}));
+                                     g(&m.receiver_polls_skipped_total)],
+                        "queue_overflow": g(&m.async_queue_overflow_sync_total),
+                        "pipelined": g(&m.sync_sends_pipelined_total)}));
                 }
                 Some("stop") => break,
                 _ => emit(&serde_json::json!({"event": "error", "message": "unknown command"})),

@@ -207,7 +207,9 @@ async fn worker(
     let mut ready: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
-    let mut permits: Vec<Option<OwnedSemaphorePermit>> = Vec::with_capacity(BATCH);
+    // The batch's queue budget, merged into one permit: released with one
+    // lock of the semaphore instead of one per message.
+    let mut permits: Option<OwnedSemaphorePermit> = None;
     loop {
         // Workers run the chain on their batches in parallel, but send
         // them in queue order: each waits for the batch taken before its own
@@ -234,12 +236,12 @@ async fn worker(
         while let Some(first) = jobs.next() {
             let (chain, resume) = (first.chain, first.resume);
             msgs.push(first.msg);
-            permits.push(first.permit);
+            merge(&mut permits, first.permit);
             while let Some(next) =
                 jobs.next_if(|j| j.resume == resume && Arc::ptr_eq(&j.chain, &chain))
             {
                 msgs.push(next.msg);
-                permits.push(next.permit);
+                merge(&mut permits, next.permit);
             }
             flows.clear();
             flows.resize(msgs.len(), Flow::Continue);
@@ -253,7 +255,7 @@ async fn worker(
                 }
                 ready.push(msg);
             }
-            permits.clear();
+            permits = None;
         }
         drop(jobs);
         let groups = encode_groups(&encoder, &mut ready);
@@ -301,6 +303,15 @@ async fn worker(
     }
 }
 
+/// Adds `p` to the merged permit `into`.
+fn merge(into: &mut Option<OwnedSemaphorePermit>, p: Option<OwnedSemaphorePermit>) {
+    match (into.as_mut(), p) {
+        (Some(all), Some(p)) => all.merge(p),
+        (None, p) => *into = p,
+        (_, None) => {}
+    }
+}
+
 /// Encodes `msgs` (emptied) into groups of consecutive messages with the
 /// same destinations, each written with one system call: small frames
 /// encoded one after another into one buffer (no copy to join them later),
@@ -312,7 +323,9 @@ fn encode_groups(encoder: &FrameEncoder, msgs: &mut Vec<OutMsg>) -> Vec<Group> {
     while start < msgs.len() {
         let dests = msgs[start].dests.clone();
         let mut end = start + 1;
-        while end < msgs.len() && msgs[end].dests == dests {
+        while end < msgs.len()
+            && (Arc::ptr_eq(&msgs[end].dests, &dests) || msgs[end].dests == dests)
+        {
             end += 1;
         }
         let run = &msgs[start..end];
