@@ -242,8 +242,8 @@ pub struct ReceiverConfig {
     pub stall_timeout_ms: u64,
     /// After a connection's frames are handled, poll it for the next bytes
     /// without parking for up to this many µs (one connection per node at a
-    /// time; a connection whose polls keep coming up empty stops polling);
-    /// 0 = never. Not in Tomcat.
+    /// time; a connection whose waits keep lasting longer than twice this
+    /// stops polling until a wait is short again); 0 = never. Not in Tomcat.
     pub busy_poll_us: u64,
 }
 

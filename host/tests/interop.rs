@@ -279,6 +279,38 @@ async fn byte_messages_both_ways_with_every_ack_mode_and_fail_ack() {
         assert_eq!(got.len(), expected.len(), "nothing else delivered");
     }
 
+    // Concurrent sync-ACK sends share shoal's pipelined connection: Tomcat's
+    // receiver reads the frames back to back and ACKs each, in order.
+    let burst: Vec<Vec<u8>> = (0..32).map(|i| format!("burst-{i}").into_bytes()).collect();
+    let sends = burst.iter().map(|body| {
+        let channel = node.channel().clone();
+        let dest = [tm.id];
+        async move { channel.send(&dest, body, SendOptions(SYNC_ACK)).await }
+    });
+    for (r, body) in futures_util::future::join_all(sends)
+        .await
+        .iter()
+        .zip(&burst)
+    {
+        if let Err(e) = r {
+            panic!(
+                "concurrent sync-ACK send of {:?} to Tomcat: {e}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    assert!(
+        shoal::Metrics::get(&node.metrics().sync_sends_pipelined_total) > 0,
+        "the burst used the pipelined connection"
+    );
+    for body in &burst {
+        let hex = hex::encode(body);
+        t.wait_event("a message of the burst", |e| {
+            e["event"] == "message" && e["body"] == hex.as_str()
+        })
+        .await;
+    }
+
     // A Tomcat listener that throws: FAIL-ACK for sync-ACK, plain ACK (sent
     // before delivery) for ACK.
     t.set_listener_throws(true).await;
