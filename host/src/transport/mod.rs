@@ -2,6 +2,7 @@
 //! [`sender`] keeps pooled connections to members and fans messages out.
 
 mod busy_poll;
+mod iov;
 mod pipe;
 pub mod receiver;
 pub mod sender;

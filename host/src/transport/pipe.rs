@@ -20,21 +20,19 @@
 //! only come after the missing one.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+use super::iov::Cursor;
 use super::sender::PeerError;
+use super::socket::register;
 use crate::wire::{AckKind, FrameDecoder};
-
-/// Most slices of one `writev`.
-const MAX_IOV: usize = 64;
 
 /// What a waiter gets: the positions of FAIL-ACKs among its ACKs.
 type Outcome = Result<Vec<usize>, PeerError>;
@@ -69,16 +67,6 @@ impl std::fmt::Debug for PipeConn {
     }
 }
 
-/// Registers `s` with the reactor.
-#[allow(unsafe_code)]
-fn register(s: StdStream) -> io::Result<AsyncFd<StdStream>> {
-    // SAFETY: a `std::net::TcpStream` owns its file descriptor: it stays
-    // open and the same for as long as the stream lives, and `as_raw_fd`
-    // always returns it. The `AsyncFd` owns the stream.
-    unsafe { AsyncFd::register_with_interest(s, Interest::READABLE | Interest::WRITABLE) }
-        .map_err(|e| e.into_parts().1)
-}
-
 impl PipeConn {
     /// Connects to `addr` and starts the connection's ACK reader.
     pub(crate) async fn connect(addr: SocketAddr, max_ack_frame: usize) -> io::Result<Arc<Self>> {
@@ -87,7 +75,7 @@ impl PipeConn {
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
         let conn = Arc::new(Self {
-            fd: register(std)?,
+            fd: register(std).map_err(|e| e.into_parts().1)?,
             state: Mutex::new(State::default()),
             dead: AtomicBool::new(false),
         });
@@ -154,14 +142,10 @@ impl PipeConn {
     }
 
     async fn write_all(&self, parts: &[Bytes]) -> io::Result<()> {
-        let (mut i, mut off) = (0, 0);
-        while i < parts.len() {
-            let slices: Vec<IoSlice<'_>> = std::iter::once(&parts[i][off..])
-                .chain(parts[i + 1..].iter().map(|p| &p[..]))
-                .take(MAX_IOV)
-                .map(IoSlice::new)
-                .collect();
-            let mut n = match self.fd.get_ref().write_vectored(&slices) {
+        let mut at = Cursor::default();
+        while !at.done(parts) {
+            let slices = at.slices(parts);
+            let n = match self.fd.get_ref().write_vectored(&slices) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut ready = self.fd.writable().await?;
@@ -176,21 +160,7 @@ impl PipeConn {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            while n > 0 && i < parts.len() {
-                let left = parts[i].len() - off;
-                if n >= left {
-                    n -= left;
-                    i += 1;
-                    off = 0;
-                } else {
-                    off += n;
-                    n = 0;
-                }
-            }
-            while i < parts.len() && parts[i].len() == off {
-                i += 1;
-                off = 0;
-            }
+            at.advance(parts, n);
         }
         Ok(())
     }

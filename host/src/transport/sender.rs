@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::busy_poll::{Busy, BusyPoll, PollHistory, Side};
+use super::iov::Cursor;
 use super::pipe::PipeConn;
 use super::socket::Socket;
 use crate::config::SenderConfig;
@@ -334,10 +335,7 @@ impl Sender {
                 Err(e) => e,
                 Ok(conn) => match tokio::time::timeout(timeout, conn.send(frames, acks)).await {
                     Ok(Ok(failed)) => {
-                        let bytes: usize = frames.iter().map(Bytes::len).sum();
-                        Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
-                        Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
-                        Metrics::add(&self.metrics.fail_acks_received_total, failed.len() as u64);
+                        self.count_sent(frames, &failed);
                         return Ok(failed);
                     }
                     Ok(Err(e)) => e,
@@ -349,14 +347,9 @@ impl Sender {
                     }
                 },
             };
-            if err.retryable() && attempt < self.cfg.max_retry_attempts {
-                attempt += 1;
-                Metrics::inc(&self.metrics.send_retries_total);
-                tracing::debug!(%member, error = %err, attempt, "pipelined send failed; reconnecting");
-                continue;
+            if let Some(err) = self.give_up(member, err, &mut attempt) {
+                return Err(err);
             }
-            tracing::debug!(%member, error = %err, "pipelined send failed");
-            return Err(err);
         }
     }
 
@@ -425,10 +418,7 @@ impl Sender {
                         (None, Some(permit)) => self.checkin(&pool, conn, permit),
                         (None, None) => {}
                     }
-                    let bytes: usize = frames.iter().map(Bytes::len).sum();
-                    Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
-                    Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
-                    Metrics::add(&self.metrics.fail_acks_received_total, failed.len() as u64);
+                    self.count_sent(frames, &failed);
                     return Ok(failed);
                 }
                 Ok(Err(e)) => e,
@@ -439,15 +429,31 @@ impl Sender {
                     PeerError::Timeout(timeout)
                 }
             };
-            if err.retryable() && attempt < self.cfg.max_retry_attempts {
-                attempt += 1;
-                Metrics::inc(&self.metrics.send_retries_total);
-                tracing::debug!(%member, error = %err, attempt, "send failed; reconnecting");
-                continue;
+            if let Some(err) = self.give_up(member, err, &mut attempt) {
+                return Err(err);
             }
-            tracing::debug!(%member, error = %err, "send failed");
-            return Err(err);
         }
+    }
+
+    /// Counts a delivered exchange.
+    fn count_sent(&self, frames: &[Bytes], failed: &[usize]) {
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        Metrics::add(&self.metrics.messages_sent_total, frames.len() as u64);
+        Metrics::add(&self.metrics.bytes_sent_total, bytes as u64);
+        Metrics::add(&self.metrics.fail_acks_received_total, failed.len() as u64);
+    }
+
+    /// After a failed attempt: `None` to retry on a fresh connection (a
+    /// connection error, retries left), else the error to report.
+    fn give_up(&self, member: MemberId, err: PeerError, attempt: &mut u32) -> Option<PeerError> {
+        if err.retryable() && *attempt < self.cfg.max_retry_attempts {
+            *attempt += 1;
+            Metrics::inc(&self.metrics.send_retries_total);
+            tracing::debug!(%member, error = %err, attempt, "send failed; reconnecting");
+            return None;
+        }
+        tracing::debug!(%member, error = %err, "send failed");
+        Some(err)
     }
 
     fn checkin(&self, pool: &Pool, conn: Conn, _permit: &OwnedSemaphorePermit) {
@@ -609,8 +615,6 @@ fn close_pipe(pool: &Pool, error: PeerError) {
 /// their buffers (`writev`); smaller ones are first copied into one buffer,
 /// which is cheaper than a long list of tiny slices.
 const VECTORED_MIN_AVERAGE: usize = 4096;
-/// Most slices passed to one `writev`.
-const MAX_IOV: usize = 64;
 
 /// Writes `frames` in order, in as few system calls as it can.
 async fn write_frames(stream: &mut Socket, frames: &[Bytes]) -> std::io::Result<()> {
@@ -627,33 +631,13 @@ async fn write_frames(stream: &mut Socket, frames: &[Bytes]) -> std::io::Result<
         }
         many => {
             // (frame index, offset in it) of the first byte not yet written
-            let (mut i, mut off) = (0, 0);
-            while i < many.len() {
-                let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&many[i][off..])
-                    .chain(many[i + 1..].iter().map(|f| &f[..]))
-                    .take(MAX_IOV)
-                    .map(std::io::IoSlice::new)
-                    .collect();
-                let mut n = stream.write_vectored(&slices).await?;
+            let mut at = Cursor::default();
+            while !at.done(many) {
+                let n = stream.write_vectored(&at.slices(many)).await?;
                 if n == 0 {
                     return Err(std::io::ErrorKind::WriteZero.into());
                 }
-                while n > 0 && i < many.len() {
-                    let left = many[i].len() - off;
-                    if n >= left {
-                        n -= left;
-                        i += 1;
-                        off = 0;
-                    } else {
-                        off += n;
-                        n = 0;
-                    }
-                }
-                // skip empty frames so the next slice list starts with bytes
-                while i < many.len() && many[i].len() == off {
-                    i += 1;
-                    off = 0;
-                }
+                at.advance(many, n);
             }
             Ok(())
         }

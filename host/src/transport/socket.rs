@@ -134,9 +134,12 @@ impl Socket {
     }
 }
 
-/// Registers `s` with the reactor; hands it back on failure.
+/// Registers `s` with the reactor (readable and writable); hands it back
+/// on failure.
 #[allow(unsafe_code)]
-fn register(s: StdStream) -> Result<AsyncFd<StdStream>, AsyncFdRegisterError<StdStream>> {
+pub(crate) fn register(
+    s: StdStream,
+) -> Result<AsyncFd<StdStream>, AsyncFdRegisterError<StdStream>> {
     // SAFETY: a `std::net::TcpStream` owns its file descriptor: it stays
     // open and the same for as long as the stream lives, and `as_raw_fd`
     // always returns it. The `AsyncFd` owns the stream until `into_inner`.
