@@ -366,9 +366,17 @@ impl Sender {
         if pool.permits.is_closed() {
             return Err(PeerError::ShuttingDown);
         }
-        let conn = PipeConn::connect(addr, MAX_ACK_FRAME)
-            .await
-            .map_err(|e| PeerError::Connect(e.to_string()))?;
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let conn = match tokio::time::timeout(timeout, PipeConn::connect(addr, MAX_ACK_FRAME)).await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(PeerError::Connect(e.to_string())),
+            Err(_) => {
+                return Err(PeerError::Connect(format!(
+                    "no connection within {timeout:?}"
+                )));
+            }
+        };
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -648,6 +656,44 @@ async fn write_frames(stream: &mut Socket, frames: &[Bytes]) -> std::io::Result<
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// Opening the pipelined connection is bounded by the send timeout: a
+    /// member whose listen queue is full (its SYNs dropped) does not hold
+    /// the senders for the kernel's connect timeout.
+    #[tokio::test]
+    async fn opening_the_pipe_gives_up_after_the_send_timeout() {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        l.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+            .expect("bind");
+        l.listen(0).expect("listen");
+        let addr = l
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet address");
+        // Fill the accept queue; nobody accepts, so later SYNs are dropped.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            let _ = s.connect(&addr.into());
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cfg = SenderConfig {
+            timeout_ms: 200,
+            ..SenderConfig::default()
+        };
+        let sender = Sender::new(cfg, Arc::new(Metrics::default()));
+        let pool = sender.pool(addr);
+        let r = tokio::time::timeout(Duration::from_secs(10), sender.pipe(addr, &pool))
+            .await
+            .expect("the connect gives up by itself");
+        assert!(matches!(r, Err(PeerError::Connect(_))), "{r:?}");
+        drop(held);
+    }
 
     /// Large frames go out through `writev`, partial writes included (a
     /// small socket buffer forces them), and arrive whole and in order.
