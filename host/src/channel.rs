@@ -473,21 +473,17 @@ impl Channel {
 
 impl Channel {
     fn to_listeners(&self, m: InMsg) -> Result<(), DeliveryError> {
-        let mut result = Ok(());
-        self.to_listeners_many(std::iter::once((m, &mut result)));
-        result
+        self.to_listeners_many(vec![m]).pop().unwrap_or(Ok(()))
     }
 
-    /// Hands each message to every listener, in order, storing each
-    /// outcome in its slot; the listener list is read, and the admin API's
-    /// recent messages are recorded, once for the lot.
-    fn to_listeners_many<'r>(
-        &self,
-        msgs: impl Iterator<Item = (InMsg, &'r mut Result<(), DeliveryError>)>,
-    ) {
+    /// Hands each message to every listener, in order, and returns each
+    /// one's outcome; the listener list is read, and the admin API's recent
+    /// messages are recorded, once for the lot.
+    fn to_listeners_many(&self, msgs: Vec<InMsg>) -> Vec<Result<(), DeliveryError>> {
+        let mut results = Vec::with_capacity(msgs.len());
         let ls = read(&self.inner.listeners).clone();
         let mut recent: VecDeque<RecentMessage> = VecDeque::new();
-        for (m, slot) in msgs {
+        for m in msgs {
             let rm = ReceivedMessage {
                 sender: m.sender,
                 options: m.options,
@@ -503,10 +499,10 @@ impl Channel {
                     first_err.get_or_insert(e);
                 }
             }
-            *slot = match first_err {
+            results.push(match first_err {
                 None => Ok(()),
                 Some(e) => Err(DeliveryError(e.0)),
-            };
+            });
             // Raw fields only: formatting happens when the API asks (it cost
             // ~20 % of a busy receiver's CPU when done per message).
             if recent.len() == RECENT_MESSAGES {
@@ -529,6 +525,7 @@ impl Channel {
             kept.drain(..over);
             kept.extend(recent);
         }
+        results
     }
 }
 
@@ -593,13 +590,10 @@ impl MessageHandler for Channel {
                 }
             }
         }
-        // `index` is ascending, so each message's slot is found walking on.
-        let mut slots = results.iter_mut().enumerate();
-        self.to_listeners_many(
-            deliver
-                .into_iter()
-                .filter_map(|(m, i)| slots.find(|(j, _)| *j == i).map(|(_, slot)| (m, slot))),
-        );
+        let (msgs, slots): (Vec<InMsg>, Vec<usize>) = deliver.into_iter().unzip();
+        for (i, r) in slots.into_iter().zip(self.to_listeners_many(msgs)) {
+            results[i] = r;
+        }
         results
     }
 }

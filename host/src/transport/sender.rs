@@ -30,7 +30,7 @@ use crate::wire::{AckKind, FrameDecoder};
 
 /// Largest frame accepted on the ACK path (an ACK is 21 bytes).
 const MAX_ACK_FRAME: usize = 64 * 1024;
-/// Bytes asked of one read on the ACK path (the ACKs of a combined exchange).
+/// Bytes asked of one read on the ACK path (the ACKs of a batch of frames).
 const ACK_READ: usize = 2048;
 
 /// Why a send to one member failed.
@@ -143,8 +143,8 @@ pub struct Sender {
     ack_decoder: FrameDecoder,
     /// Polls for ACKs before parking (`busy_poll_us`).
     busy_poll: BusyPoll,
-    /// Sends waiting for ACKs right now: in an exchange, or riding with
-    /// another's (woken or not).
+    /// Sends waiting for ACKs right now: on a connection of their own or on
+    /// a pipelined one.
     waiting: AtomicUsize,
 }
 
@@ -274,7 +274,7 @@ impl Sender {
         lane: Option<LaneGuard>,
     ) -> Result<(), FaultyMember> {
         let result = if lane.is_none() && acks > 0 {
-            self.send_combined(member, frames, acks).await
+            self.send_acked(member, frames, acks).await
         } else {
             self.transfer(member, frames, acks, lane)
                 .await
@@ -295,7 +295,7 @@ impl Sender {
     /// member's pipelined connection ([`PipeConn`]), where it is written
     /// together with whatever else is pending and nobody waits for an ACK
     /// before writing. Each message still gets its own ACK.
-    async fn send_combined(
+    async fn send_acked(
         &self,
         member: MemberId,
         frames: &[Bytes],
@@ -405,7 +405,7 @@ impl Sender {
                 Err(_) => return Err(PeerError::PoolExhausted(max_wait)),
             }
         }
-        // Sends from the pool are counted in `send_combined`.
+        // Sends from the pool are counted in `send_acked`.
         let mut waiting = Busy::new(&self.waiting);
         waiting.set(lane.is_some() && acks > 0);
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
