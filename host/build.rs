@@ -13,12 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 5] = [
+const GUESTS: [&str; 7] = [
     "tcp_failure_detector",
     "message_dispatch",
     "throughput",
     "domain_filter",
     "testkit",
+    "delta_policy",
+    "backup_policy",
 ];
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
 
     rerun_if_changed(&guests);
     rerun_if_changed(&root.join("examples").join("custom-interceptor"));
+    rerun_if_changed(&root.join("examples").join("custom-policy"));
     println!("cargo:rerun-if-changed={}", wit.display());
     println!(
         "cargo:rerun-if-changed={}",
