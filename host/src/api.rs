@@ -10,7 +10,10 @@
 //! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
 //! | `GET /api/plugins` | the interceptor chain: source, hash, generation, failures, counters, stats |
 //! | `PUT /api/plugins/{name}` | replaces that interceptor with the component in the body (live swap) |
-//! | `GET /metrics` | Prometheus text, plug-in metrics included |
+//! | `GET /metrics` | Prometheus text, plug-in and session metrics included |
+//!
+//! The session routes (`/api/sessions…`, [`crate::session::api`]) are
+//! merged in unless `[session] listen` gives them a listener of their own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +49,7 @@ struct AppState {
     plugins: Arc<ChainHandle>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    sessions: Option<crate::session::SessionEngine>,
 }
 
 /// One member in `GET /api/members`.
@@ -111,7 +115,9 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds and serves.
+    /// Binds and serves the admin routes, with `extra` routes merged in
+    /// (the session API); `sessions` adds its metrics to `/metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         addr: SocketAddr,
         name: String,
@@ -119,15 +125,16 @@ impl ApiServer {
         plugins: Arc<ChainHandle>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
+        sessions: Option<crate::session::SessionEngine>,
+        extra: Option<Router>,
     ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = AppState {
             name: name.into(),
             channel,
             plugins,
             metrics,
             ready,
+            sessions,
         };
         let app = Router::new()
             .route("/api/members", get(members))
@@ -144,6 +151,17 @@ impl ApiServer {
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_SEND_BODY))
             .with_state(state);
+        let app = match extra {
+            Some(r) => app.merge(r),
+            None => app,
+        };
+        Self::serve(addr, app).await
+    }
+
+    /// Binds `addr` and serves `app` until stopped.
+    pub async fn serve(addr: SocketAddr, app: Router) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let r = axum::serve(listener, app)
@@ -224,6 +242,9 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     let mut text = s.metrics.render();
     // Guest stats calls are synchronous (bounded by the call deadline).
     s.channel.chain().render_metrics(&mut text).await;
+    if let Some(e) = &s.sessions {
+        e.render_metrics(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

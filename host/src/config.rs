@@ -78,6 +78,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[plugins]`: limits for WebAssembly plug-ins.
     pub plugins: PluginsConfig,
+    /// `[session]`: HTTP-session replication.
+    pub session: SessionConfig,
     /// `[[interceptor]]`: the channel's interceptor chain, top (nearest the
     /// application) first. Empty: the default chain (see `plugins.default_chain`).
     #[serde(rename = "interceptor")]
@@ -150,6 +152,13 @@ pub struct NodeConfig {
     /// Cluster domain carried in the member packet (Tomcat: empty). Members of
     /// other domains are still members unless a domain filter is configured.
     pub domain: String,
+    /// The route suffix of the session ids this node issues (`ID.route`,
+    /// Tomcat's Engine `jvmRoute`); a balancer sticks users to the node by
+    /// it. Default: the node name.
+    pub jvm_route: Option<String>,
+    /// A free label advertised to the other members (placement policies
+    /// use it to spread copies over zones). Default: empty.
+    pub zone: String,
 }
 
 impl Default for NodeConfig {
@@ -157,7 +166,183 @@ impl Default for NodeConfig {
         Self {
             name: "shoal".into(),
             domain: String::new(),
+            jvm_route: None,
+            zone: String::new(),
         }
+    }
+}
+
+impl NodeConfig {
+    /// The jvmRoute: `jvm_route`, else the node name.
+    pub fn route(&self) -> &str {
+        self.jvm_route.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// When a session write returns (Tomcat's `channelSendOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(try_from = "RawSendMode", into = "String")]
+pub enum SessionSendMode {
+    /// 8: the write returns before replication.
+    #[default]
+    Async,
+    /// 6: the write returns once every member that must hold a copy has
+    /// acknowledged having applied it.
+    SyncAck,
+}
+
+impl SessionSendMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::SyncAck => "sync-ack",
+        }
+    }
+}
+
+impl From<SessionSendMode> for String {
+    fn from(m: SessionSendMode) -> Self {
+        m.as_str().into()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSendMode {
+    Number(i64),
+    Text(String),
+}
+
+impl TryFrom<RawSendMode> for SessionSendMode {
+    type Error = String;
+    fn try_from(r: RawSendMode) -> Result<Self, String> {
+        match r {
+            RawSendMode::Number(8) => Ok(Self::Async),
+            RawSendMode::Number(6) => Ok(Self::SyncAck),
+            RawSendMode::Text(t) if t == "async" => Ok(Self::Async),
+            RawSendMode::Text(t) if t == "sync-ack" => Ok(Self::SyncAck),
+            RawSendMode::Number(n) => Err(format!(
+                "send_options {n} is not supported: use 8 (\"async\") or 6 (\"sync-ack\")"
+            )),
+            RawSendMode::Text(t) => Err(format!(
+                "send_options {t:?} is not one of \"async\", \"sync-ack\", 8, 6"
+            )),
+        }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Run the session engine and its API (default true).
+    pub enabled: bool,
+    /// `"delta"` (default: every member holds every session, Tomcat's
+    /// DeltaManager), `"backup"` (one primary and one backup per session,
+    /// BackupManager), or the path of a policy `.wasm` component.
+    pub policy: String,
+    /// `"async"` / 8 (default, Tomcat's) or `"sync-ack"` / 6.
+    pub send_options: SessionSendMode,
+    /// Default idle time before a session expires, s (Tomcat: 1800).
+    pub max_inactive_s: u64,
+    /// How long a joining node waits for its state transfer before it
+    /// becomes ready anyway (logged and counted), ms (Tomcat: 60000).
+    pub state_transfer_timeout_ms: u64,
+    /// Most sessions (and location entries) this node holds.
+    pub max_sessions: usize,
+    /// Most attributes in one session.
+    pub max_attributes: usize,
+    /// Longest attribute value (its JSON text), bytes.
+    pub max_attribute_bytes: usize,
+    /// Largest session (names and values), bytes.
+    pub max_session_bytes: usize,
+    /// What a failing policy does to replication: `"fail-open"` (default:
+    /// copies go to every member) or `"fail-closed"` (the change stays on
+    /// this node until the policy works again).
+    pub failure_mode: FailureMode,
+    /// A separate listen address for the session API; default: the admin
+    /// API's listener.
+    pub listen: Option<SocketAddr>,
+    /// Settings given to the policy's `create`, as strings.
+    pub settings: toml::Table,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            policy: "delta".into(),
+            send_options: SessionSendMode::Async,
+            max_inactive_s: 1800,
+            state_transfer_timeout_ms: 60_000,
+            max_sessions: 1_000_000,
+            max_attributes: 256,
+            max_attribute_bytes: 256 * 1024,
+            max_session_bytes: 1024 * 1024,
+            failure_mode: FailureMode::FailOpen,
+            listen: None,
+            settings: toml::Table::new(),
+        }
+    }
+}
+
+/// Names of the session policies built into the binary.
+pub const BUILTIN_POLICIES: [&str; 2] = ["delta", "backup"];
+
+impl SessionConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.policy.trim().is_empty() {
+            return Err(Invalid::new(
+                "session.policy",
+                "must be \"delta\", \"backup\" or the path of a .wasm component".into(),
+            ));
+        }
+        if self.max_inactive_s == 0 || self.max_inactive_s > 365 * 86_400 {
+            return Err(Invalid::new(
+                "session.max_inactive_s",
+                "must be between 1 and 31536000 (a year)".into(),
+            ));
+        }
+        if self.state_transfer_timeout_ms > 3_600_000 {
+            return Err(Invalid::new(
+                "session.state_transfer_timeout_ms",
+                "must be at most 3600000 (0: do not wait)".into(),
+            ));
+        }
+        if self.max_sessions == 0 || self.max_sessions > 100_000_000 {
+            return Err(Invalid::new(
+                "session.max_sessions",
+                "must be between 1 and 100000000".into(),
+            ));
+        }
+        if self.max_attributes == 0 || self.max_attributes > 65_536 {
+            return Err(Invalid::new(
+                "session.max_attributes",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if self.max_attribute_bytes == 0 || self.max_attribute_bytes > 64 << 20 {
+            return Err(Invalid::new(
+                "session.max_attribute_bytes",
+                "must be between 1 and 67108864".into(),
+            ));
+        }
+        if self.max_session_bytes < self.max_attribute_bytes || self.max_session_bytes > 64 << 20 {
+            return Err(Invalid::new(
+                "session.max_session_bytes",
+                "must be at least max_attribute_bytes and at most 67108864".into(),
+            ));
+        }
+        for (k, v) in &self.settings {
+            if v.is_table() || v.is_array() {
+                return Err(Invalid::new(
+                    &format!("session.settings.{k}"),
+                    "must be a string, number or boolean".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -524,6 +709,11 @@ impl Config {
             format!("{:?}", new.dispatch),
         );
         differs("api", format!("{:?}", self.api), format!("{:?}", new.api));
+        differs(
+            "session",
+            format!("{:?}", self.session),
+            format!("{:?}", new.session),
+        );
         let plugins = |p: &PluginsConfig| {
             let mut p = p.clone();
             p.default_chain = true;
@@ -541,6 +731,7 @@ impl Config {
             self.sender.validate(),
             self.dispatch.validate(),
             self.plugins.validate(),
+            self.session.validate(),
             validate_interceptors(&self.interceptors),
         ];
         for r in sections {
@@ -576,6 +767,36 @@ impl NodeConfig {
             return Err(Invalid::new(
                 "node.domain",
                 "must be ISO-8859-1 text".into(),
+            ));
+        }
+        let route = self.route();
+        if route.is_empty()
+            || route.len() > 64
+            || !route
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            let key = if self.jvm_route.is_some() {
+                "node.jvm_route"
+            } else {
+                "node.name"
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "{route:?} cannot be a jvmRoute (the suffix of session ids): use 1 to 64 of A-Z a-z 0-9 - _{}",
+                    if self.jvm_route.is_none() {
+                        "; or set node.jvm_route"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        if self.zone.len() > 64 || self.zone.contains(['"', '\\', '\n']) {
+            return Err(Invalid::new(
+                "node.zone",
+                "must be at most 64 characters without quotes".into(),
             ));
         }
         Ok(())

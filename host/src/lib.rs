@@ -14,6 +14,8 @@
 //! * [`membership`] — multicast or static heartbeats over UDP; the member table.
 //! * [`transport`] — the TCP receiver and the pooled parallel sender.
 //! * [`Channel`] — send with option bits; message and membership listeners.
+//! * [`session`] — HTTP-session replication: host-owned sessions, WebAssembly
+//!   placement policies, state transfer, the session API.
 //! * [`Node`] — start-up, readiness and graceful shutdown of all of the above.
 //! * [`Config`] — the TOML configuration.
 
@@ -28,6 +30,7 @@ pub mod membership;
 mod metrics;
 mod node;
 pub mod plugins;
+pub mod session;
 pub mod transport;
 pub mod wasm;
 pub mod wire;

@@ -66,6 +66,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     drain_deadline: Duration,
     plugins: Arc<ChainHandle>,
+    sessions: Option<crate::session::SessionEngine>,
+    session_api: Option<ApiServer>,
 }
 
 /// Resolves `receiver.address`: an IP, or "auto" for the address of the
@@ -143,6 +145,43 @@ impl Node {
             }),
         ));
         let plugin_options = PluginOptions::from_config(&cfg.plugins);
+        let policy = if cfg.session.enabled {
+            let (source, base) = (cfg.session.policy.clone(), cfg.base_dir.clone());
+            let settings: Vec<(String, String)> = cfg
+                .session
+                .settings
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            let (mode, opts, ctx) = (
+                cfg.session.failure_mode,
+                plugin_options.clone(),
+                node_ctx.clone(),
+            );
+            let loaded = tokio::task::spawn_blocking(move || {
+                crate::session::policy::Policy::load_blocking(
+                    &source,
+                    base.as_deref(),
+                    settings,
+                    mode,
+                    &opts,
+                    ctx,
+                )
+            })
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!("loading the session policy panicked: {e}"))
+            })??;
+            Some(loaded)
+        } else {
+            None
+        };
         let chain = Arc::new(ArcSwap::from_pointee(
             Chain::load(
                 InterceptorSpec::list_from(&cfg),
@@ -157,8 +196,21 @@ impl Node {
             plugin_options,
             control_tx,
         ));
-        // Heartbeats advertise the chain's fingerprint (updated on a swap).
-        local.payload = fingerprint::encode(&chain.load().fingerprint()).into();
+        // Heartbeats advertise the chain's fingerprint (updated on a swap)
+        // and the node's labels.
+        let labels: Vec<(&'static str, String)> = match &policy {
+            Some(p) => vec![
+                (crate::session::LABEL_SESSIONS, p.source.clone()),
+                (crate::session::LABEL_ZONE, cfg.node.zone.clone()),
+                (crate::session::LABEL_ROUTE, cfg.node.route().to_owned()),
+            ],
+            None => vec![(crate::session::LABEL_ZONE, cfg.node.zone.clone())],
+        };
+        let encode_payload = move |entries: &[ChainEntry]| -> Bytes {
+            let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fingerprint::encode_with_labels(entries, &l).into()
+        };
+        local.payload = encode_payload(&chain.load().fingerprint());
         let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
         let dispatch = Dispatcher::start(
             cfg.dispatch.clone(),
@@ -175,6 +227,15 @@ impl Node {
             dispatch,
             metrics.clone(),
         );
+        let sessions = policy.map(|p| {
+            crate::session::SessionEngine::start(
+                cfg.session.clone(),
+                cfg.node.route().to_owned(),
+                cfg.node.zone.clone(),
+                channel.clone(),
+                p,
+            )
+        });
         let receiver =
             Receiver::start(listener, &cfg.receiver, channel.handler(), metrics.clone())?;
 
@@ -227,7 +288,7 @@ impl Node {
                     ControlEvent::Apply(change) => {
                         let up = change.apply(ch.chain_cell(), &ch.members()).await;
                         let local = ch.chain().fingerprint();
-                        payload.set(fingerprint::encode(&local).into());
+                        payload.set(encode_payload(&local));
                         watch.recheck(&local, &crate::membership::lock(&table).members());
                         up
                     }
@@ -240,6 +301,21 @@ impl Node {
         });
 
         let ready = Arc::new(AtomicBool::new(false));
+        let session_routes = sessions.as_ref().map(|e| {
+            crate::session::api::router(e.clone(), cfg.session.max_session_bytes + 64 * 1024)
+        });
+        let (merged, own) = match (session_routes, cfg.session.listen) {
+            (Some(r), Some(addr)) => (None, Some((r, addr))),
+            (r, _) => (r, None),
+        };
+        let session_api = match own {
+            Some((r, addr)) => Some(
+                ApiServer::serve(addr, r)
+                    .await
+                    .map_err(|cause| StartError::Api { addr, cause })?,
+            ),
+            None => None,
+        };
         let api = match cfg.api.listen_addr() {
             Some(addr) => Some(
                 ApiServer::start(
@@ -249,6 +325,8 @@ impl Node {
                     plugins.clone(),
                     metrics.clone(),
                     ready.clone(),
+                    sessions.clone(),
+                    merged,
                 )
                 .await
                 .map_err(|cause| StartError::Api { addr, cause })?,
@@ -257,8 +335,13 @@ impl Node {
         };
         let window = Duration::from_millis(2 * cfg.membership.frequency_ms);
         let r = ready.clone();
+        let transfer = sessions.clone();
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
+            // A joining node is ready once its session state is copied.
+            if let Some(e) = transfer {
+                e.transfer().await;
+            }
             r.store(true, Ordering::Relaxed);
         });
 
@@ -292,12 +375,24 @@ impl Node {
             metrics,
             drain_deadline: Duration::from_millis(cfg.sender.timeout_ms),
             plugins,
+            sessions,
+            session_api,
         })
     }
 
     /// The channel, to send and to register listeners.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The session engine (none with `[session] enabled = false`).
+    pub fn sessions(&self) -> Option<&crate::session::SessionEngine> {
+        self.sessions.as_ref()
+    }
+
+    /// The session API's own listener, if `[session] listen` is set.
+    pub fn session_api_addr(&self) -> Option<SocketAddr> {
+        self.session_api.as_ref().map(ApiServer::local_addr)
     }
 
     /// The interceptor chain: read it, swap a plug-in, apply a changed list.
@@ -373,6 +468,9 @@ impl Node {
             t.abort();
         }
         if let Some(a) = self.api.take() {
+            a.stop().await;
+        }
+        if let Some(a) = self.session_api.take() {
             a.stop().await;
         }
         tracing::info!(name = %self.name, "stopped");

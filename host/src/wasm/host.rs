@@ -463,6 +463,28 @@ pub(crate) fn sanitize(name: &str) -> String {
 
 impl types::Host for HostState {}
 
+impl super::bindings::policy::shoal::cluster::placement_types::Host for HostState {}
+
+/// A session policy's imports: the interceptor world's, minus members,
+/// probes and timers.
+impl super::bindings::policy::shoal::cluster::policy_host::Host for HostState {
+    fn now_ms(&mut self) -> i64 {
+        crate::clock::now_ms()
+    }
+
+    fn log(&mut self, level: types::Level, message: String) {
+        host::Host::log(self, level, message)
+    }
+
+    fn register_counter(&mut self, name: String, help: String) -> Result<u32, String> {
+        host::Host::register_counter(self, name, help)
+    }
+
+    fn counter_add(&mut self, counter: u32, delta: u64) -> u64 {
+        host::Host::counter_add(self, counter, delta)
+    }
+}
+
 impl host::Host for HostState {
     fn now_ms(&mut self) -> i64 {
         crate::clock::now_ms()

@@ -10,10 +10,21 @@ pub mod host;
 pub mod pool;
 pub(crate) mod wasi;
 
-/// The one place WIT worlds are bound (the session-policy world joins here).
+/// The one place WIT worlds are bound.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "interceptor",
         path: "../wit",
     });
+
+    /// The session-policy world, sharing the interceptor world's `types`.
+    pub(crate) mod policy {
+        wasmtime::component::bindgen!({
+            world: "session-policy",
+            path: "../wit",
+            with: {
+                "shoal:cluster/types": super::shoal::cluster::types,
+            },
+        });
+    }
 }

@@ -13,6 +13,10 @@
 //! flags bit 0: changes the wire
 //! ```
 //!
+//! Format 2 appends the node's labels (zone, jvmRoute, whether it holds
+//! sessions): `count: u8 | count × (key_len: u8 | key | value_len: u8 | value)`.
+//! Format-1 payloads (no labels) are still read.
+//!
 //! Tribes carries the payload as opaque bytes (Tomcat nodes ignore it).
 
 use super::DecodeError;
@@ -21,8 +25,10 @@ use super::DecodeError;
 pub const PAYLOAD_MAGIC: &[u8; 5] = b"shoal";
 /// Kind tag of a chain fingerprint.
 pub const KIND_CHAIN: u8 = 1;
-/// The format version this code writes and reads.
-pub const CHAIN_FORMAT: u8 = 1;
+/// The format version this code writes (it also reads format 1).
+pub const CHAIN_FORMAT: u8 = 2;
+/// Most labels encoded.
+pub const MAX_LABELS: usize = 16;
 /// Most entries encoded (a longer chain is cut, and says so by its count).
 pub const MAX_ENTRIES: usize = 64;
 /// Longest name or version encoded, bytes (longer ones are cut).
@@ -87,6 +93,32 @@ pub const MAX_ENCODED: usize = 4096;
 /// [`MAX_ENCODED`] bytes (the entries that do not fit are left out; the
 /// count says how many are there); texts cut to [`MAX_TEXT`] bytes.
 pub fn encode(entries: &[ChainEntry]) -> Vec<u8> {
+    encode_with_labels(entries, &[])
+}
+
+/// [`encode`], followed by the node's labels (at most [`MAX_LABELS`],
+/// texts cut to [`MAX_TEXT`] bytes; labels that do not fit are left out).
+pub fn encode_with_labels(entries: &[ChainEntry], labels: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = encode_entries(entries);
+    let at = out.len();
+    out.push(0);
+    let mut count = 0u8;
+    for (k, v) in labels.iter().take(MAX_LABELS) {
+        let (k, v) = (cut(k), cut(v));
+        if out.len() + 2 + k.len() + v.len() > MAX_ENCODED {
+            break;
+        }
+        for text in [k, v] {
+            out.push(text.len() as u8);
+            out.extend_from_slice(text);
+        }
+        count += 1;
+    }
+    out[at] = count;
+    out
+}
+
+fn encode_entries(entries: &[ChainEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + entries.len().min(MAX_ENTRIES) * 48);
     out.extend_from_slice(PAYLOAD_MAGIC);
     out.extend_from_slice(&[KIND_CHAIN, CHAIN_FORMAT, 0]);
@@ -94,7 +126,7 @@ pub fn encode(entries: &[ChainEntry]) -> Vec<u8> {
     for e in entries.iter().take(MAX_ENTRIES) {
         let (name, version) = (cut(&e.name), cut(&e.version));
         let len = 2 + name.len() + version.len() + HASH_PREFIX + 1;
-        if out.len() + len > MAX_ENCODED {
+        if out.len() + len > MAX_ENCODED - 1 {
             break;
         }
         for text in [name, version] {
@@ -136,13 +168,26 @@ impl<'a> Reader<'a> {
 
 /// Decodes a member payload as a chain fingerprint.
 pub fn decode(payload: &[u8]) -> Result<Vec<ChainEntry>, FingerprintError> {
+    decode_all(payload).map(|(entries, _)| entries)
+}
+
+/// The labels of a member payload (none for a format-1 payload).
+pub fn labels(payload: &[u8]) -> Result<Vec<(String, String)>, FingerprintError> {
+    decode_all(payload).map(|(_, labels)| labels)
+}
+
+/// A chain fingerprint and the labels after it.
+pub type Decoded = (Vec<ChainEntry>, Vec<(String, String)>);
+
+/// Decodes a member payload: the chain and the labels.
+pub fn decode_all(payload: &[u8]) -> Result<Decoded, FingerprintError> {
     let Some(rest) = payload.strip_prefix(PAYLOAD_MAGIC) else {
         return Err(FingerprintError::NotShoal);
     };
     let mut r = Reader(rest);
     let kind = r.byte()?;
     let format = r.byte()?;
-    if kind != KIND_CHAIN || format != CHAIN_FORMAT {
+    if kind != KIND_CHAIN || !(1..=CHAIN_FORMAT).contains(&format) {
         return Err(FingerprintError::Unknown { kind, format });
     }
     let count = r.byte()? as usize;
@@ -160,6 +205,13 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ChainEntry>, FingerprintError> {
             changes_wire: flags & 1 != 0,
         });
     }
+    let mut labels = Vec::new();
+    if format >= 2 {
+        let n = r.byte()? as usize;
+        for _ in 0..n {
+            labels.push((r.text()?, r.text()?));
+        }
+    }
     if !r.0.is_empty() {
         return Err(FingerprintError::Malformed(DecodeError::LengthOutOfRange {
             field: "chain fingerprint",
@@ -167,7 +219,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ChainEntry>, FingerprintError> {
             max: payload.len() - r.0.len(),
         }));
     }
-    Ok(out)
+    Ok((out, labels))
 }
 
 /// The plug-ins that change the wire and differ between two chains: by
@@ -209,10 +261,23 @@ mod tests {
     fn round_trip_and_golden_bytes() {
         let chain = vec![entry("a", 1, false), entry("zip", 2, true)];
         let bytes = encode(&chain);
-        assert_eq!(&bytes[..8], b"shoal\x01\x01\x02");
+        assert_eq!(&bytes[..8], b"shoal\x01\x02\x02");
         assert_eq!(&bytes[8..16], b"\x01a\x050.1.0");
-        assert_eq!(decode(&bytes), Ok(chain));
+        assert_eq!(bytes.last(), Some(&0), "no labels");
+        assert_eq!(decode(&bytes), Ok(chain.clone()));
         assert_eq!(decode(&encode(&[])), Ok(vec![]));
+        // A format-1 payload (an older node's): the same without labels.
+        let mut v1 = bytes[..bytes.len() - 1].to_vec();
+        v1[6] = 1;
+        assert_eq!(decode_all(&v1), Ok((chain.clone(), vec![])));
+        let labelled = encode_with_labels(&chain, &[("zone", "eu-1"), ("route", "a")]);
+        assert_eq!(
+            decode_all(&labelled),
+            Ok((
+                chain,
+                vec![("zone".into(), "eu-1".into()), ("route".into(), "a".into())]
+            ))
+        );
     }
 
     #[test]
@@ -227,7 +292,7 @@ mod tests {
             decode(b"shoal\x01\x09\x00"),
             Err(FingerprintError::Unknown { kind: 1, format: 9 })
         );
-        let good = encode(&[entry("a", 1, true)]);
+        let good = encode_with_labels(&[entry("a", 1, true)], &[("k", "v")]);
         for n in 5..good.len() {
             assert!(decode(&good[..n]).is_err(), "cut at {n}");
         }

@@ -1,0 +1,175 @@
+//! The session API: HTTP/JSON routes on the admin listener (or on
+//! `[session] listen`). Exactly these routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/sessions` (body optional: `{"max_inactive_s": n, "attributes": {...}}`) | 201, the session |
+//! | `GET /api/sessions/{id}` (an access) | 200, the session; 404 unknown, expired, invalidated |
+//! | `PATCH /api/sessions/{id}` `{"set": {...}, "remove": [...]}` | 200, the session after the change |
+//! | `DELETE /api/sessions/{id}` | 204; the invalidation reaches every node |
+//! | `GET /api/sessions` | `{"count": n, "primary": p, "backup": b, "proxy": x}` |
+//!
+//! Every answer that carries a session has its current id in the
+//! `X-Session-Id` header too (after a failover it is the rebound id).
+//! Errors are JSON `{"error": "..."}`: 400 for bad JSON or types, 413 for a
+//! body or value over a limit, 404, 503 while the state transfer runs or
+//! when the node holds `max_sessions`.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Served, SessionEngine, SessionError};
+
+/// Header carrying a session's current id.
+pub const SESSION_ID_HEADER: &str = "x-session-id";
+
+/// The session routes, for the admin API or a listener of their own.
+pub fn router(engine: SessionEngine, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/sessions", get(counts).post(create))
+        .route(
+            "/api/sessions/{id}",
+            get(read).patch(change).delete(invalidate),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(engine)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    max_inactive_s: Option<u32>,
+    #[serde(default)]
+    attributes: HashMap<String, Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default)]
+    set: HashMap<String, Box<RawValue>>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.to_string() })),
+    )
+        .into_response()
+}
+
+fn failed(e: SessionError) -> Response {
+    let status = match e {
+        SessionError::NotReady | SessionError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SessionError::NotFound => StatusCode::NOT_FOUND,
+        SessionError::Limit(_) => StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    error(status, e)
+}
+
+fn served(status: StatusCode, s: Served) -> Response {
+    let mut r = (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        s.json,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&s.id) {
+        r.headers_mut().insert(SESSION_ID_HEADER, v);
+    }
+    r
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format_args!("invalid JSON body: {e}"),
+        ))
+    })
+}
+
+async fn counts(State(e): State<SessionEngine>) -> Response {
+    let c = e.counts();
+    axum::Json(serde_json::json!({
+        "count": c.primary + c.backup,
+        "primary": c.primary,
+        "backup": c.backup,
+        "proxy": c.proxy,
+    }))
+    .into_response()
+}
+
+async fn create(State(e): State<SessionEngine>, body: Bytes) -> Response {
+    let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody {
+            max_inactive_s: None,
+            attributes: HashMap::new(),
+        }
+    } else {
+        match parse(&body) {
+            Ok(b) => b,
+            Err(r) => return *r,
+        }
+    };
+    if matches!(body.max_inactive_s, Some(n) if n == 0 || n > 365 * 86_400) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "max_inactive_s must be between 1 and 31536000",
+        );
+    }
+    match e
+        .create(body.max_inactive_s, body.attributes.into_iter().collect())
+        .await
+    {
+        Ok(s) => served(StatusCode::CREATED, s),
+        Err(err) => failed(err),
+    }
+}
+
+async fn read(State(e): State<SessionEngine>, Path(id): Path<String>) -> Response {
+    match e.access(&id, Vec::new()).await {
+        Ok(s) => served(StatusCode::OK, s),
+        Err(err) => failed(err),
+    }
+}
+
+async fn change(State(e): State<SessionEngine>, Path(id): Path<String>, body: Bytes) -> Response {
+    let body: PatchBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Some(n) = body.remove.iter().find(|n| body.set.contains_key(*n)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format_args!("attribute {n:?} is both set and removed"),
+        );
+    }
+    let ops = body
+        .set
+        .into_iter()
+        .map(|(n, v)| (n, Some(v)))
+        .chain(body.remove.into_iter().map(|n| (n, None)))
+        .collect();
+    match e.access(&id, ops).await {
+        Ok(s) => served(StatusCode::OK, s),
+        Err(err) => failed(err),
+    }
+}
+
+async fn invalidate(State(e): State<SessionEngine>, Path(id): Path<String>) -> Response {
+    match e.invalidate(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => failed(err),
+    }
+}
