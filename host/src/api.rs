@@ -298,7 +298,13 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
 /// change report; 404 for an unknown name; 422 when the component cannot
 /// be loaded or refuses to take over (the old one keeps running).
 async fn swap_plugin(State(s): State<AppState>, Path(name): Path<String>, body: Bytes) -> Response {
-    match s.plugins.swap(&name, body.to_vec()).await {
+    let swapped = match &s.sessions {
+        Some(e) if name == crate::session::policy::POLICY_NAME => {
+            e.swap_policy(body.to_vec()).await
+        }
+        _ => s.plugins.swap(&name, body.to_vec()).await,
+    };
+    match swapped {
         Ok(report) => Json(report).into_response(),
         Err(e) => {
             let status = match e {

@@ -145,39 +145,23 @@ impl Node {
             }),
         ));
         let plugin_options = PluginOptions::from_config(&cfg.plugins);
+        let loader = crate::session::policy::PolicyLoader {
+            settings: crate::plugins::settings_strings(&cfg.session.settings),
+            failure_mode: cfg.session.failure_mode,
+            opts: plugin_options.clone(),
+            node: node_ctx.clone(),
+        };
         let policy = if cfg.session.enabled {
-            let (source, base) = (cfg.session.policy.clone(), cfg.base_dir.clone());
-            let settings: Vec<(String, String)> = cfg
-                .session
-                .settings
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        toml::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    (k.clone(), v)
-                })
-                .collect();
-            let (mode, opts, ctx) = (
-                cfg.session.failure_mode,
-                plugin_options.clone(),
-                node_ctx.clone(),
+            let (source, base, l) = (
+                cfg.session.policy.clone(),
+                cfg.base_dir.clone(),
+                loader.clone(),
             );
-            let loaded = tokio::task::spawn_blocking(move || {
-                crate::session::policy::Policy::load_blocking(
-                    &source,
-                    base.as_deref(),
-                    settings,
-                    mode,
-                    &opts,
-                    ctx,
-                )
-            })
-            .await
-            .map_err(|e| {
-                std::io::Error::other(format!("loading the session policy panicked: {e}"))
-            })??;
+            let loaded = tokio::task::spawn_blocking(move || l.load(&source, base.as_deref()))
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(format!("loading the session policy panicked: {e}"))
+                })??;
             Some(loaded)
         } else {
             None
@@ -234,6 +218,7 @@ impl Node {
                 cfg.node.zone.clone(),
                 channel.clone(),
                 p,
+                loader,
             )
         });
         let receiver =

@@ -640,3 +640,74 @@ fn a_failing_policy_is_counted_and_its_failure_mode_decides_where_copies_go() {
     assert!(metric(b, "shoal_session_policy_failures_total{kind=\"trap\"}") >= 1.0);
     assert!(c.log(0).contains("plug-in call failed"), "{}", c.log(0));
 }
+
+#[test]
+fn invalidation_reaches_every_node_and_expiry_needs_no_message() {
+    let mut c = Cluster::new("expiry");
+    for n in ["a", "b"] {
+        c.start(n, "policy = \"delta\"\nsend_options = \"sync-ack\"", "");
+    }
+    c.converge(1);
+    let (a, b) = (c.api(0), c.api(1));
+    let gone = create(a, json!({}));
+    let short = create(a, json!({"max_inactive_s": 1}));
+    assert_eq!(c.counts(1), (0, 2, 0));
+    assert_eq!(
+        http(a, "DELETE", &format!("/api/sessions/{gone}"), None).0,
+        204
+    );
+    // sync-ack: b has dropped it before the answer.
+    assert_eq!(c.counts(1), (0, 1, 0));
+    assert_eq!(read(b, &gone).0, 404);
+    // The short one times out on both without a message: a after 1 s, b (a
+    // copy) after 2 s, from the replicated last access.
+    wait_blocking("the short session to expire everywhere", || {
+        (c.counts(0) == (0, 0, 0) && c.counts(1) == (0, 0, 0)).then_some(())
+    });
+    assert_eq!(read(a, &short).0, 404);
+    assert_eq!(metric(a, "shoal_sessions_expired_total"), 1.0);
+    assert_eq!(
+        metric(b, "shoal_sessions_invalidated_total"),
+        1.0,
+        "only the DELETE reached b as a message"
+    );
+}
+
+#[test]
+fn the_placement_policy_is_swapped_live_and_sessions_stay() {
+    let mut c = Cluster::new("swap");
+    for n in ["a", "b", "c"] {
+        c.start(n, "policy = \"delta\"\nsend_options = \"sync-ack\"", "");
+    }
+    c.converge(2);
+    let a = c.api(0);
+    let ids: Vec<String> = (0..10)
+        .map(|i| create(a, json!({"attributes": {"i": i}})))
+        .collect();
+    assert_eq!(c.copies(), 30, "delta: a copy everywhere");
+    // A broken component is refused; the old policy keeps placing.
+    let (s, v, _) = http(a, "PUT", "/api/plugins/session-policy", Some("not wasm"));
+    assert_eq!(s, 422, "{v}");
+    create(a, json!({}));
+    assert_eq!(c.copies(), 33);
+    // Swap a's policy to backup: its sessions keep one backup only.
+    let wasm = std::fs::read(guest("backup_policy")).expect("backup_policy.wasm");
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut r = agent
+        .put(format!("http://{a}/api/plugins/session-policy"))
+        .send(&wasm[..])
+        .expect("swap");
+    let report: Value = r.body_mut().read_json().expect("report");
+    assert_eq!(report["plugins"][0]["change"], "replaced", "{report}");
+    wait_blocking("copies to follow the new policy", || {
+        (c.copies() == 22).then_some(())
+    });
+    for id in &ids {
+        for i in 0..3 {
+            assert_eq!(read(c.api(i), id).0, 200, "{id} on node {i}");
+        }
+    }
+}

@@ -147,20 +147,24 @@ impl InterceptorSpec {
                     }
                 },
                 failure_mode: i.failure_mode,
-                settings: i
-                    .settings
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), v)
-                    })
-                    .collect(),
+                settings: settings_strings(&i.settings),
             })
             .collect()
     }
+}
+
+/// A config's settings table as the `(key, value)` strings plug-ins get
+/// (strings as they are, other values in TOML syntax).
+pub fn settings_strings(t: &toml::Table) -> Vec<(String, String)> {
+    t.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 /// Limits and placement for every plug-in of a node.

@@ -143,6 +143,8 @@ struct Inner {
     tiebreak: u64,
     channel: Channel,
     policy: arc_swap::ArcSwap<Policy>,
+    loader: policy::PolicyLoader,
+    swapping: tokio::sync::Mutex<()>,
     store: Store,
     ready: AtomicBool,
     next_req: AtomicU64,
@@ -195,6 +197,7 @@ impl SessionEngine {
         zone: String,
         channel: Channel,
         policy: Policy,
+        loader: policy::PolicyLoader,
     ) -> Self {
         let me = uid_of(&channel.local_id());
         let tiebreak = u64::from_be_bytes(me[..8].try_into().unwrap_or_default());
@@ -212,6 +215,8 @@ impl SessionEngine {
             tiebreak,
             channel: channel.clone(),
             policy: arc_swap::ArcSwap::from_pointee(policy),
+            loader,
+            swapping: tokio::sync::Mutex::new(()),
             store: Store::default(),
             ready: AtomicBool::new(false),
             next_req: AtomicU64::new(rand::random::<u32>() as u64),
@@ -370,6 +375,57 @@ impl SessionEngine {
         })
         .unwrap_or_default();
         Served { id, json }
+    }
+
+    /// Replaces the placement policy with the component `bytes` (same
+    /// settings and failure mode): the new version is loaded and handed
+    /// the old one's state first; a failure leaves the old one placing.
+    /// Sessions stay where they are; the new policy then places every
+    /// session this node is primary of again (copies move where it says).
+    pub async fn swap_policy(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<crate::chain::ChangeReport, crate::chain::SwapError> {
+        use crate::chain::{ChangeKind, ChangeReport, PluginChange, SwapError};
+        let _one_at_a_time = self.inner.swapping.lock().await;
+        let started = Instant::now();
+        let loader = self.inner.loader.clone();
+        let new = tokio::task::spawn_blocking(move || loader.load_bytes(&bytes))
+            .await
+            .map_err(|_| SwapError::Stopped)??;
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let old = self.inner.policy.load_full();
+        let state = old.export_state();
+        let handed = state.is_some();
+        new.take_over(state.as_deref())
+            .map_err(|message| SwapError::TakeOver {
+                name: policy::POLICY_NAME.into(),
+                message,
+            })?;
+        let generation = new.shared().generation;
+        let new_hash = new.hash.clone();
+        self.inner.policy.store(Arc::new(new));
+        tracing::info!(
+            old = %&old.hash[..12], new = %&new_hash[..12], generation,
+            "session policy replaced; placing this node's sessions again"
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.replace_all(None, None).await;
+        });
+        Ok(ChangeReport {
+            plugins: vec![PluginChange {
+                name: policy::POLICY_NAME.into(),
+                change: ChangeKind::Replaced,
+                old_sha256: Some(old.hash.clone()),
+                new_sha256: Some(new_hash),
+                generation: Some(generation),
+                state_handed_over: handed,
+            }],
+            reordered: false,
+            load_ms,
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
     }
 
     // ----- the API's operations -------------------------------------------
@@ -600,15 +656,7 @@ impl SessionEngine {
             let mut shard = self.inner.store.shard(key);
             if let Some(c) = copy {
                 self.inner.store.note_insert();
-                let e = shard.entry(key).or_insert_with(|| Entry {
-                    role: Role::Proxy,
-                    route: c.route.as_str().into(),
-                    last_access_ms: c.last_access_ms,
-                    replicated_access_ms: c.last_access_ms,
-                    max_inactive_s: c.max_inactive_s,
-                    loc: c.loc.clone(),
-                    data: None,
-                });
+                let e = shard.entry(key).or_insert_with(|| Entry::proxy_for(&c));
                 let data = e
                     .data
                     .get_or_insert_with(|| Box::new(Data::new(c.created_ms, 0, c.route_stamp)));
@@ -1144,15 +1192,7 @@ impl SessionEngine {
             self.inner.store.note_insert();
         }
         let mut shard = self.inner.store.shard(key);
-        let e = shard.entry(key).or_insert_with(|| Entry {
-            role: Role::Proxy,
-            route: c.route.as_str().into(),
-            last_access_ms: c.last_access_ms,
-            replicated_access_ms: c.last_access_ms,
-            max_inactive_s: c.max_inactive_s,
-            loc: Loc::default(),
-            data: None,
-        });
+        let e = shard.entry(key).or_insert_with(|| Entry::proxy_for(&c));
         let data = e
             .data
             .get_or_insert_with(|| Box::new(Data::new(c.created_ms, 0, c.route_stamp)));

@@ -35,6 +35,9 @@ pub const BUILTIN_POLICIES: [(&str, &[u8]); 2] = [
     ),
 ];
 
+/// The policy's name in logs, metrics and `PUT /api/plugins/{name}`.
+pub const POLICY_NAME: &str = "session-policy";
+
 /// A member that holds sessions, as the engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewNode {
@@ -170,6 +173,50 @@ impl PlaceOut {
     }
 }
 
+/// What loading a policy needs besides its code: kept by the engine so a
+/// new version can be loaded while the node runs.
+#[derive(Debug, Clone)]
+pub struct PolicyLoader {
+    /// `[session.settings]` as strings.
+    pub settings: Vec<(String, String)>,
+    /// `[session] failure_mode`.
+    pub failure_mode: FailureMode,
+    /// Plug-in limits and the compile cache.
+    pub opts: PluginOptions,
+    /// The node's context (counters, logs).
+    pub node: Arc<NodeCtx>,
+}
+
+impl PolicyLoader {
+    /// Loads `source` (a built-in name or a path relative to `base_dir`).
+    pub fn load(
+        &self,
+        source: &str,
+        base_dir: Option<&std::path::Path>,
+    ) -> Result<Policy, PluginLoadError> {
+        Policy::load_blocking(
+            source,
+            base_dir,
+            self.settings.clone(),
+            self.failure_mode,
+            &self.opts,
+            self.node.clone(),
+        )
+    }
+
+    /// Loads a policy from uploaded bytes.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Policy, PluginLoadError> {
+        Policy::from_bytes(
+            "uploaded",
+            bytes,
+            self.settings.clone(),
+            self.failure_mode,
+            &self.opts,
+            self.node.clone(),
+        )
+    }
+}
+
 struct PolicyInstance {
     bindings: SessionPolicy,
     policy: ResourceAny,
@@ -239,7 +286,6 @@ impl Policy {
         opts: &PluginOptions,
         node: Arc<NodeCtx>,
     ) -> Result<Self, PluginLoadError> {
-        let name = "session-policy".to_owned();
         let file_bytes;
         let bytes: &[u8] = match BUILTIN_POLICIES.iter().find(|(n, _)| *n == source) {
             Some((_, b)) => b,
@@ -249,13 +295,27 @@ impl Policy {
                     None => std::path::PathBuf::from(source),
                 };
                 file_bytes = std::fs::read(&path).map_err(|cause| PluginLoadError::Read {
-                    name: name.clone(),
+                    name: POLICY_NAME.to_owned(),
                     file: path.clone(),
                     cause,
                 })?;
                 &file_bytes
             }
         };
+        Self::from_bytes(source, bytes, settings, failure_mode, opts, node)
+    }
+
+    /// Loads a policy from the bytes of its component (`source` names it
+    /// in logs: a built-in name, a path, or "uploaded").
+    pub fn from_bytes(
+        source: &str,
+        bytes: &[u8],
+        settings: Vec<(String, String)>,
+        failure_mode: FailureMode,
+        opts: &PluginOptions,
+        node: Arc<NodeCtx>,
+    ) -> Result<Self, PluginLoadError> {
+        let name = POLICY_NAME.to_owned();
         let hash = content_hash(bytes);
         let component = engine::load_component(engine(), bytes, &hash, opts.cache_dir.as_deref())
             .map_err(|cause| PluginLoadError::Invalid {
@@ -323,6 +383,36 @@ impl Policy {
             failure_mode,
             pool,
         })
+    }
+
+    /// Live swap, old side: the state for a successor (none if it keeps
+    /// none or the call failed).
+    pub fn export_state(&self) -> Option<Vec<u8>> {
+        self.pool
+            .control(|s| {
+                s.instance
+                    .bindings
+                    .shoal_cluster_placement()
+                    .policy()
+                    .call_export_state(&mut s.store, s.instance.policy)
+            })
+            .ok()
+            .and_then(|(state, _)| state)
+    }
+
+    /// Live swap, new side: hands over the predecessor's state; an error
+    /// refuses the swap.
+    pub fn take_over(&self, state: Option<&[u8]>) -> Result<(), String> {
+        match self.pool.control(|s| {
+            s.instance
+                .bindings
+                .shoal_cluster_placement()
+                .policy()
+                .call_take_over(&mut s.store, s.instance.policy, state)
+        }) {
+            Ok((r, _)) => r,
+            Err(kind) => Err(format!("take-over failed ({})", kind.label())),
+        }
     }
 
     /// The policy's shared state (failure counts, counters).

@@ -91,6 +91,19 @@ impl Entry {
         self.last_access_ms.saturating_add(idle)
     }
 
+    /// A location entry for `c`, before its data is merged in.
+    pub fn proxy_for(c: &Copy) -> Self {
+        Self {
+            role: Role::Proxy,
+            route: c.route.as_str().into(),
+            last_access_ms: c.last_access_ms,
+            replicated_access_ms: c.last_access_ms,
+            max_inactive_s: c.max_inactive_s,
+            loc: c.loc.clone(),
+            data: None,
+        }
+    }
+
     /// Whether it holds a complete copy.
     pub fn has_data(&self) -> bool {
         self.data.as_ref().is_some_and(|d| d.complete)
