@@ -436,6 +436,9 @@ impl Node {
     pub async fn shutdown(mut self) {
         tracing::info!(name = %self.name, "shutting down: leaving the cluster");
         self.ready.store(false, Ordering::Relaxed);
+        if let Some(e) = &self.sessions {
+            e.stop_serving();
+        }
         if let Some(m) = self.membership.take() {
             m.stop().await;
         }

@@ -554,7 +554,13 @@ fn bad_input_on_every_route_is_a_4xx_and_the_node_is_unaffected() {
             "PATCH",
             format!("/api/sessions/{id}"),
             Some(r#"{"set": {"": 1}}"#.into()),
-            413,
+            400,
+        ),
+        (
+            "PATCH",
+            format!("/api/sessions/{id}"),
+            Some(r#"{"remove": ["k", "k"]}"#.into()),
+            400,
         ),
         (
             "PATCH",

@@ -26,10 +26,15 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::store::LimitError;
 use super::{Served, SessionEngine, SessionError};
 
 /// Header carrying a session's current id.
 pub const SESSION_ID_HEADER: &str = "x-session-id";
+/// Header set to `incomplete` when a change did not reach (with sync-ack:
+/// was not acknowledged by) every member that must hold a copy; the change
+/// is applied here and is copied again when membership settles.
+pub const REPLICATION_HEADER: &str = "x-replication";
 
 /// The session routes, for the admin API or a listener of their own.
 pub fn router(engine: SessionEngine, max_body: usize) -> Router {
@@ -72,6 +77,9 @@ fn failed(e: SessionError) -> Response {
     let status = match e {
         SessionError::NotReady | SessionError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         SessionError::NotFound => StatusCode::NOT_FOUND,
+        SessionError::Limit(
+            LimitError::Name { .. } | LimitError::Twice { .. } | LimitError::NotJson { .. },
+        ) => StatusCode::BAD_REQUEST,
         SessionError::Limit(_) => StatusCode::PAYLOAD_TOO_LARGE,
     };
     error(status, e)
@@ -86,6 +94,10 @@ fn served(status: StatusCode, s: Served) -> Response {
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&s.id) {
         r.headers_mut().insert(SESSION_ID_HEADER, v);
+    }
+    if !s.replicated {
+        r.headers_mut()
+            .insert(REPLICATION_HEADER, HeaderValue::from_static("incomplete"));
     }
     r
 }

@@ -60,6 +60,11 @@ const TOMBSTONES: usize = 65_536;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a member asked for state waits to see the asker in its view.
 const JOINER_WAIT: Duration = Duration::from_secs(10);
+/// How long a member that joined has to ask for its share before it is
+/// sent anyway.
+const REJOIN_GRACE: Duration = Duration::from_secs(3);
+/// Members remembered as having asked for their share.
+const SERVED: usize = 4096;
 /// Member label: the node runs a session engine (value: the policy).
 pub const LABEL_SESSIONS: &str = "sessions";
 /// Member label: the node's zone.
@@ -132,6 +137,9 @@ pub struct Served {
     pub id: String,
     /// The session as JSON.
     pub json: String,
+    /// Whether the change reached every member that must hold a copy
+    /// (with `sync-ack`: acknowledged by each; with `async`: queued).
+    pub replicated: bool,
 }
 
 struct Inner {
@@ -150,6 +158,7 @@ struct Inner {
     next_req: AtomicU64,
     fetches: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<Copy>>>>,
     transfer: Mutex<HashMap<u64, Uid>>,
+    served: Mutex<HashSet<Uid>>,
     tombstones: Mutex<(HashSet<Key>, VecDeque<Key>)>,
     placing: tokio::sync::Mutex<()>,
     metrics: SessionMetrics,
@@ -222,6 +231,7 @@ impl SessionEngine {
             next_req: AtomicU64::new(rand::random::<u32>() as u64),
             fetches: Mutex::new(HashMap::new()),
             transfer: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashSet::new()),
             tombstones: Mutex::new((HashSet::new(), VecDeque::new())),
             placing: tokio::sync::Mutex::new(()),
             metrics: SessionMetrics::default(),
@@ -250,6 +260,11 @@ impl SessionEngine {
             (LABEL_ZONE, self.inner.zone.clone()),
             (LABEL_ROUTE, self.inner.route.clone()),
         ]
+    }
+
+    /// Stops serving the session API (the node is shutting down).
+    pub fn stop_serving(&self) {
+        self.inner.ready.store(false, Ordering::Relaxed);
     }
 
     /// Whether the state transfer is over.
@@ -318,6 +333,13 @@ impl SessionEngine {
         }
     }
 
+    fn lock_transfer(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Uid>> {
+        self.inner
+            .transfer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn next_req(&self) -> u64 {
         self.inner.next_req.fetch_add(1, Ordering::Relaxed)
     }
@@ -374,7 +396,11 @@ impl SessionEngine {
             attributes: d.map(|d| d.live().collect()).unwrap_or_default(),
         })
         .unwrap_or_default();
-        Served { id, json }
+        Served {
+            id,
+            json,
+            replicated: true,
+        }
     }
 
     /// Replaces the placement policy with the component `bytes` (same
@@ -479,21 +505,23 @@ impl SessionEngine {
             },
             data: Some(Box::new(data)),
         };
-        let served = self.render(key, &entry);
+        let mut served = self.render(key, &entry);
         self.inner.store.shard(key).insert(key, entry);
         self.inner.store.note_insert();
         self.inner.metrics.created.fetch_add(1, Ordering::Relaxed);
-        self.carry_out(
-            &view,
-            vec![Move {
-                key,
-                before: Vec::new(),
-                changed: true,
-            }],
-            None,
-            self.inner.cfg.send_options,
-        )
-        .await;
+        let (_, replicated) = self
+            .carry_out(
+                &view,
+                vec![Move {
+                    key,
+                    before: Vec::new(),
+                    changed: true,
+                }],
+                None,
+                self.inner.cfg.send_options,
+            )
+            .await;
+        served.replicated = replicated;
         Ok(served)
     }
 
@@ -514,7 +542,7 @@ impl SessionEngine {
             let mut shard = self.inner.store.shard(key);
             match shard.get(&key) {
                 None => None,
-                Some(e) if e.expires_at_ms() <= now => {
+                Some(e) if e.expired_for_serving(now) => {
                     shard.remove(&key);
                     return Err(SessionError::NotFound);
                 }
@@ -523,13 +551,37 @@ impl SessionEngine {
         };
         match state {
             Some((Role::Primary, true, _)) => {}
-            Some((_, true, _)) => self.take_over(key, None).await,
+            Some((_, true, _)) => {
+                self.take_over(key, None).await;
+            }
             Some((_, false, loc)) => {
+                // A location entry (or a stub): ask its holders, then, if
+                // they have none (the location was stale), everyone.
                 let holders: Vec<Uid> = std::iter::once(loc.primary).chain(loc.backups).collect();
-                match self.fetch(key, &holders).await {
-                    Some(copy) => self.take_over(key, Some(copy)).await,
+                let copy = match self.fetch(key, &holders).await {
+                    Some(c) => Some(c),
                     None => {
-                        self.inner.store.shard(key).remove(&key);
+                        let rest: Vec<Uid> = self
+                            .view()
+                            .iter()
+                            .skip(1)
+                            .map(|n| n.uid)
+                            .filter(|u| !holders.contains(u))
+                            .collect();
+                        self.fetch(key, &rest).await
+                    }
+                };
+                match copy {
+                    Some(copy) => {
+                        if !self.take_over(key, Some(copy)).await {
+                            return Err(SessionError::NotFound);
+                        }
+                    }
+                    None => {
+                        let mut shard = self.inner.store.shard(key);
+                        if shard.get(&key).is_some_and(|e| !e.has_data()) {
+                            shard.remove(&key);
+                        }
                         return Err(SessionError::NotFound);
                     }
                 }
@@ -540,13 +592,17 @@ impl SessionEngine {
                 }
                 let everyone: Vec<Uid> = self.view().iter().skip(1).map(|n| n.uid).collect();
                 match self.fetch(key, &everyone).await {
-                    Some(copy) => self.take_over(key, Some(copy)).await,
+                    Some(copy) => {
+                        if !self.take_over(key, Some(copy)).await {
+                            return Err(SessionError::NotFound);
+                        }
+                    }
                     None => return Err(SessionError::NotFound),
                 }
             }
         }
         // 2. Change it, under its lock.
-        let (served, delta, holders, proxies_touch) = {
+        let (mut served, delta, holders, proxies_touch) = {
             let mut shard = self.inner.store.shard(key);
             let Some(e) = shard.get_mut(&key) else {
                 return Err(SessionError::NotFound);
@@ -558,7 +614,7 @@ impl SessionEngine {
             let write = !ops.is_empty();
             let rebind = *e.route != *self.inner.route;
             if write || rebind {
-                version += 1;
+                version = version.saturating_add(1);
             }
             let stamp = self.stamp(version);
             let ops: Vec<AttrOp> = ops
@@ -579,7 +635,8 @@ impl SessionEngine {
                 None
             };
             e.last_access_ms = now;
-            let access_due = now - e.replicated_access_ms >= i64::from(e.max_inactive_s) * 1000 / 4;
+            let access_due = now.saturating_sub(e.replicated_access_ms)
+                >= i64::from(e.max_inactive_s) * 1000 / 4;
             let send = write || rebind || access_due;
             if send {
                 e.replicated_access_ms = now;
@@ -602,8 +659,10 @@ impl SessionEngine {
             } else {
                 self.inner.cfg.send_options
             };
-            self.send(&ids, &Msg::Deltas(vec![delta]), self.send_options(mode))
+            let sent = self
+                .send(&ids, &Msg::Deltas(vec![delta]), self.send_options(mode))
                 .await;
+            served.replicated = sent && ids.len() == holders.len();
             if let Some(l) = proxies_touch.filter(|_| self.inner.policy.load().proxies) {
                 let others: Vec<MemberId> = view
                     .iter()
@@ -624,17 +683,18 @@ impl SessionEngine {
         let (key, _) = parse_id(id).ok_or(SessionError::NotFound)?;
         let now = crate::clock::now_ms();
         let found = match self.inner.store.shard(key).remove(&key) {
-            Some(e) => e.expires_at_ms() > now,
+            Some(e) => !e.expired_for_serving(now),
             None => false,
         };
-        if !found {
-            return Err(SessionError::NotFound);
-        }
         self.bury(key);
-        self.inner
-            .metrics
-            .invalidated
-            .fetch_add(1, Ordering::Relaxed);
+        if found {
+            self.inner
+                .metrics
+                .invalidated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Told to everyone even when not held here: a copy may be on its
+        // way, or this node's transfer may have timed out.
         let ids: Vec<MemberId> = self.view().iter().skip(1).map(|n| n.id).collect();
         self.send(
             &ids,
@@ -642,39 +702,62 @@ impl SessionEngine {
             self.send_options(self.inner.cfg.send_options),
         )
         .await;
-        Ok(())
+        if found {
+            Ok(())
+        } else {
+            Err(SessionError::NotFound)
+        }
     }
 
     /// Becomes the primary of `key` (with `copy` fetched from another
     /// member, if it was not held here), asks the policy for backups and
     /// tells the others.
-    async fn take_over(&self, key: Key, copy: Option<Copy>) {
+    async fn take_over(&self, key: Key, copy: Option<Copy>) -> bool {
         let view = self.view();
         let before;
         let size;
+        let mine;
         {
+            if let Some(c) = &copy
+                && c.key != key
+            {
+                return false;
+            }
             let mut shard = self.inner.store.shard(key);
+            // An invalidation that arrived while the copy was fetched wins.
+            if self.tombstoned(key) {
+                shard.remove(&key);
+                return false;
+            }
             if let Some(c) = copy {
-                self.inner.store.note_insert();
+                if !shard.contains_key(&key) {
+                    self.inner.store.note_insert();
+                }
                 let e = shard.entry(key).or_insert_with(|| Entry::proxy_for(&c));
                 let data = e
                     .data
-                    .get_or_insert_with(|| Box::new(Data::new(c.created_ms, 0, c.route_stamp)));
-                if data.merge_copy(&c, &self.inner.limits).is_err() {
-                    return;
+                    .get_or_insert_with(|| Box::new(Data::stub(c.created_ms, c.route_stamp)));
+                if data.merge_copy(&c, &self.inner.limits).is_err() || !data.complete {
+                    shard.remove(&key);
+                    return false;
                 }
                 if c.route_stamp > data.route_stamp {
                     data.route_stamp = c.route_stamp;
                     e.route = c.route.as_str().into();
                 }
-                e.last_access_ms = e.last_access_ms.max(c.last_access_ms);
+                e.last_access_ms = e.last_access_ms.max(clamp_time(c.last_access_ms));
                 if c.loc.newer_than(&e.loc) {
                     e.loc = c.loc.clone();
                 }
             }
-            let Some(e) = shard.get_mut(&key) else { return };
+            let Some(e) = shard.get_mut(&key) else {
+                return false;
+            };
             if e.role == Role::Primary {
-                return;
+                return e.has_data();
+            }
+            if !e.has_data() {
+                return false;
             }
             let old = e.loc.clone();
             before = std::iter::once(old.primary)
@@ -683,7 +766,7 @@ impl SessionEngine {
                 .collect::<Vec<_>>();
             e.role = Role::Primary;
             e.loc = Loc {
-                epoch: old.epoch + 1,
+                epoch: old.epoch.saturating_add(1),
                 primary: self.inner.me,
                 // Those who held a copy stay candidates (the old primary
                 // last), so a policy that keeps current backups moves less.
@@ -695,28 +778,31 @@ impl SessionEngine {
                     .filter(|u| *u != self.inner.me)
                     .collect(),
             };
+            mine = e.loc.clone();
             size = e.data.as_ref().map_or(0, |d| d.bytes);
         }
         self.inner.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
-        let current: Vec<usize> = {
-            let shard = self.inner.store.shard(key);
-            shard.get(&key).map_or(Vec::new(), |e| {
-                e.loc
-                    .backups
-                    .iter()
-                    .filter_map(|u| index_of(&view, u))
-                    .collect()
-            })
-        };
+        let current: Vec<usize> = mine
+            .backups
+            .iter()
+            .filter_map(|u| index_of(&view, u))
+            .collect();
         let mut input = PlaceIn::new();
         input.push(key as u64, Some(0), &current, size);
         let out = self.inner.policy.load().place(&view, 0, &input);
-        if let Some(e) = self.inner.store.shard(key).get_mut(&key) {
-            e.loc.backups = out
-                .backups_of(0)
-                .iter()
-                .map(|&i| view[i as usize].uid)
-                .collect();
+        {
+            // Only if nobody moved it meanwhile (a newer announcement).
+            let mut shard = self.inner.store.shard(key);
+            match shard.get_mut(&key) {
+                Some(e) if e.loc == mine => {
+                    e.loc.backups = out
+                        .backups_of(0)
+                        .iter()
+                        .map(|&i| view[i as usize].uid)
+                        .collect();
+                }
+                _ => return true,
+            }
         }
         self.carry_out(
             &view,
@@ -729,6 +815,7 @@ impl SessionEngine {
             self.inner.cfg.send_options,
         )
         .await;
+        true
     }
 
     /// Asks `holders` (in parallel) for a copy of `key`; the first copy wins.
@@ -783,18 +870,19 @@ impl SessionEngine {
     /// Sends what `moves` imply: a copy to each new holder (and to
     /// `fresh`, a joining node, whatever it held), the new location to the
     /// old holders and, with proxies, to everyone else. Returns the
-    /// sessions sent to `fresh`.
+    /// sessions sent to `fresh`, and whether every send went through.
     async fn carry_out(
         &self,
         view: &[ViewNode],
         moves: Vec<Move>,
         fresh: Option<Uid>,
         mode: SessionSendMode,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let proxies = self.inner.policy.load().proxies;
         let mut out: HashMap<Uid, (Vec<Copy>, usize, Vec<Located>)> = HashMap::new();
         let options = self.send_options(mode);
         let mut to_fresh = 0u64;
+        let mut ok = true;
         for mv in moves {
             let (copy, located) = {
                 let shard = self.inner.store.shard(mv.key);
@@ -832,16 +920,17 @@ impl SessionEngine {
                 }
                 if slot.1 >= MESSAGE_BYTES || slot.2.len() >= 4096 {
                     let (c, _, l) = std::mem::take(slot);
-                    self.flush(n.id, c, l, options).await;
+                    ok &= self.flush(n.id, c, l, options).await;
                 }
             }
         }
         for (uid, (c, _, l)) in out {
-            if let Some(id) = ids_of(view, &[uid]).first() {
-                self.flush(*id, c, l, options).await;
+            match ids_of(view, &[uid]).first() {
+                Some(id) => ok &= self.flush(*id, c, l, options).await,
+                None => ok = false,
             }
         }
-        to_fresh
+        (to_fresh, ok)
     }
 
     async fn flush(
@@ -850,13 +939,15 @@ impl SessionEngine {
         copies: Vec<Copy>,
         located: Vec<Located>,
         options: SendOptions,
-    ) {
+    ) -> bool {
+        let mut ok = true;
         if !copies.is_empty() {
-            self.send(&[id], &Msg::Copies(copies), options).await;
+            ok &= self.send(&[id], &Msg::Copies(copies), options).await;
         }
         if !located.is_empty() {
-            self.send(&[id], &Msg::Locations(located), options).await;
+            ok &= self.send(&[id], &Msg::Locations(located), options).await;
         }
+        ok
     }
 
     /// Places again every session this node is primary of, or whose
@@ -880,7 +971,7 @@ impl SessionEngine {
                 let primary_alive = alive.contains(&e.loc.primary);
                 match e.role {
                     Role::Primary => keys.push(*k),
-                    Role::Backup if !primary_alive => keys.push(*k),
+                    Role::Backup if !primary_alive && e.has_data() => keys.push(*k),
                     Role::Proxy | Role::Backup
                         if !primary_alive && !e.loc.backups.iter().any(|u| alive.contains(u)) =>
                     {
@@ -935,6 +1026,9 @@ impl SessionEngine {
                     .collect();
                 let mut shard = self.inner.store.shard(k);
                 let Some(e) = shard.get_mut(&k) else { continue };
+                if e.loc != *old {
+                    continue; // moved while the policy placed it
+                }
                 if e.role != Role::Primary && primary != me {
                     continue; // another node is promoted: it will say so
                 }
@@ -948,7 +1042,7 @@ impl SessionEngine {
                 }
                 if changed {
                     e.loc = Loc {
-                        epoch: old.epoch + 1,
+                        epoch: old.epoch.saturating_add(1),
                         primary: me,
                         backups,
                     };
@@ -966,7 +1060,8 @@ impl SessionEngine {
             }
             sent += self
                 .carry_out(&view, moves, fresh, SessionSendMode::SyncAck)
-                .await;
+                .await
+                .0;
         }
         let _ = proxies;
         sent
@@ -988,37 +1083,41 @@ impl SessionEngine {
             members = peers.len(),
             "session state transfer: asking the members for this node's share"
         );
-        for p in &peers {
-            let req = self.next_req();
-            self.inner
-                .transfer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(req, p.uid);
-            if !self
-                .send(&[p.id], &Msg::StateRequest { req }, SendOptions::USE_ACK)
-                .await
-            {
-                self.inner
-                    .transfer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&req);
-            }
-        }
         let timeout = Duration::from_millis(self.inner.cfg.state_transfer_timeout_ms);
+        // Members asked (and when): a failed request is asked again, and a
+        // session member that shows up meanwhile is asked too.
+        let mut asked: HashMap<Uid, (u64, Option<Instant>)> = HashMap::new();
         let complete = loop {
-            let alive: HashSet<Uid> = self.view().iter().map(|n| n.uid).collect();
+            let view = self.view();
+            for p in view.iter().skip(1) {
+                let due = match asked.get(&p.uid) {
+                    None => true,
+                    Some((_, Some(failed))) => failed.elapsed() >= Duration::from_millis(250),
+                    Some((_, None)) => false,
+                };
+                if !due {
+                    continue;
+                }
+                let req = self.next_req();
+                self.lock_transfer().insert(req, p.uid);
+                let sent = self
+                    .send(&[p.id], &Msg::StateRequest { req }, SendOptions::USE_ACK)
+                    .await;
+                if !sent {
+                    self.lock_transfer().remove(&req);
+                }
+                asked.insert(p.uid, (req, (!sent).then(Instant::now)));
+            }
+            let alive: HashSet<Uid> = view.iter().map(|n| n.uid).collect();
             let left = {
-                let mut t = self
-                    .inner
-                    .transfer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut t = self.lock_transfer();
                 t.retain(|_, u| alive.contains(u));
                 t.len()
             };
-            if left == 0 {
+            let retrying = asked
+                .iter()
+                .any(|(u, (_, failed))| failed.is_some() && alive.contains(u));
+            if left == 0 && !retrying {
                 break true;
             }
             if started.elapsed() >= timeout {
@@ -1054,6 +1153,13 @@ impl SessionEngine {
 
     async fn serve_state_request(&self, from: Member, req: u64) {
         let uid = uid_of(&from.id);
+        {
+            let mut served = self.inner.served.lock().unwrap_or_else(|p| p.into_inner());
+            if served.len() >= SERVED {
+                served.clear();
+            }
+            served.insert(uid);
+        }
         let started = Instant::now();
         while index_of(&self.view(), &uid).is_none() {
             if started.elapsed() >= JOINER_WAIT {
@@ -1193,24 +1299,69 @@ impl SessionEngine {
         }
         let mut shard = self.inner.store.shard(key);
         let e = shard.entry(key).or_insert_with(|| Entry::proxy_for(&c));
+        let was_primary = e.role == Role::Primary;
         let data = e
             .data
-            .get_or_insert_with(|| Box::new(Data::new(c.created_ms, 0, c.route_stamp)));
-        let merged = data.merge_copy(&c, &self.inner.limits);
+            .get_or_insert_with(|| Box::new(Data::stub(c.created_ms, c.route_stamp)));
+        let changed = match data.merge_copy(&c, &self.inner.limits) {
+            Ok(changed) => changed,
+            Err(err) => {
+                if !data.complete {
+                    shard.remove(&key);
+                }
+                return Err(err.into());
+            }
+        };
         if c.route_stamp >= data.route_stamp {
             data.route_stamp = c.route_stamp;
             e.route = c.route.as_str().into();
         }
-        e.last_access_ms = e.last_access_ms.max(c.last_access_ms);
+        e.last_access_ms = e.last_access_ms.max(clamp_time(c.last_access_ms));
         e.max_inactive_s = c.max_inactive_s;
-        if c.loc.newer_than(&e.loc) || e.loc == Loc::default() {
+        let moved = c.loc.newer_than(&e.loc) || e.loc == Loc::default();
+        if moved {
+            self.hand_back_if_demoted(key, e, &c.loc);
             e.loc = c.loc;
         }
-        settle_role(e, &me, proxies);
+        settle_role(e, &me);
+        if e.role == Role::Primary && was_primary && changed {
+            // A demoted primary's late writes reach the holders through
+            // the primary that took over.
+            self.forward(key, e);
+        }
         if e.data.is_none() && !proxies && e.role == Role::Proxy {
             shard.remove(&key);
         }
-        merged.map_err(SessionError::from)
+        Ok(())
+    }
+
+    /// Called before `e` takes location `new`: if it was the primary and
+    /// no longer is, its copy goes to the new primary, so writes it took
+    /// while the other node was taking over are not lost.
+    fn hand_back_if_demoted(&self, key: Key, e: &Entry, new: &Loc) {
+        if e.role != Role::Primary || new.primary == self.inner.me {
+            return;
+        }
+        let Some(copy) = e.to_copy(key) else { return };
+        let me = self.clone();
+        let to = new.primary;
+        tokio::spawn(async move {
+            let ids = ids_of(&me.view(), &[to]);
+            me.send(&ids, &Msg::Copies(vec![copy]), SendOptions::USE_ACK)
+                .await;
+        });
+    }
+
+    /// Sends `e`'s copy to its backups (after a merge changed it here).
+    fn forward(&self, key: Key, e: &Entry) {
+        let Some(copy) = e.to_copy(key) else { return };
+        let me = self.clone();
+        let to = e.loc.backups.clone();
+        tokio::spawn(async move {
+            let ids = ids_of(&me.view(), &to);
+            me.send(&ids, &Msg::Copies(vec![copy]), SendOptions::USE_ACK)
+                .await;
+        });
     }
 
     fn apply_delta(&self, d: Delta) -> Result<(), ListenerError> {
@@ -1224,7 +1375,7 @@ impl SessionEngine {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     // A proxy: only the access time matters.
-                    e.last_access_ms = e.last_access_ms.max(d.last_access_ms);
+                    e.last_access_ms = e.last_access_ms.max(clamp_time(d.last_access_ms));
                     Ok(())
                 }
                 Err(err) => {
@@ -1243,13 +1394,13 @@ impl SessionEngine {
                 if self.room(false).is_err() {
                     return Err(ListenerError("session.max_sessions reached".into()));
                 }
-                let mut data = Data::new(0, 0, Stamp::default());
-                data.complete = false;
+                let data = Data::stub(0, Stamp::default());
+                let at = clamp_time(d.last_access_ms);
                 let mut e = Entry {
                     role: Role::Backup,
                     route: "".into(),
-                    last_access_ms: d.last_access_ms,
-                    replicated_access_ms: d.last_access_ms,
+                    last_access_ms: at,
+                    replicated_access_ms: at,
                     max_inactive_s: self.inner.cfg.max_inactive_s as u32,
                     loc: Loc::default(),
                     data: Some(Box::new(data)),
@@ -1275,7 +1426,7 @@ impl SessionEngine {
         let mut shard = self.inner.store.shard(key);
         match shard.get_mut(&key) {
             Some(e) => {
-                e.last_access_ms = e.last_access_ms.max(l.last_access_ms);
+                e.last_access_ms = e.last_access_ms.max(clamp_time(l.last_access_ms));
                 if l.loc.newer_than(&e.loc) {
                     if e.data
                         .as_ref()
@@ -1284,8 +1435,9 @@ impl SessionEngine {
                     {
                         e.route = l.route.as_str().into();
                     }
+                    self.hand_back_if_demoted(key, e, &l.loc);
                     e.loc = l.loc;
-                    settle_role(e, &me, proxies);
+                    settle_role(e, &me);
                     if e.role == Role::Proxy && !proxies {
                         shard.remove(&key);
                     }
@@ -1297,13 +1449,14 @@ impl SessionEngine {
                     return;
                 }
                 self.inner.store.note_insert();
+                let at = clamp_time(l.last_access_ms);
                 shard.insert(
                     key,
                     Entry {
                         role: Role::Proxy,
                         route: l.route.as_str().into(),
-                        last_access_ms: l.last_access_ms,
-                        replicated_access_ms: l.last_access_ms,
+                        last_access_ms: at,
+                        replicated_access_ms: at,
                         max_inactive_s: l.max_inactive_s,
                         loc: l.loc,
                         data: None,
@@ -1487,9 +1640,19 @@ impl SessionEngine {
     }
 }
 
+/// Most a peer's clock may be ahead of this node's, ms: later access
+/// times from the network are taken as now plus this, so one skewed or
+/// lying peer cannot keep sessions alive forever.
+const MAX_SKEW_MS: i64 = 60_000;
+
+/// A time from the network, bounded by this node's clock plus the skew.
+fn clamp_time(t: i64) -> i64 {
+    t.min(crate::clock::now_ms().saturating_add(MAX_SKEW_MS))
+}
+
 /// The role `e` has now that its location says what it says; a copy
 /// becomes a proxy (its data dropped) when it is no longer a holder.
-fn settle_role(e: &mut Entry, me: &Uid, proxies: bool) {
+fn settle_role(e: &mut Entry, me: &Uid) {
     let role = store::role_in(&e.loc, me);
     match role {
         Role::Proxy => {
@@ -1500,7 +1663,6 @@ fn settle_role(e: &mut Entry, me: &Uid, proxies: bool) {
             e.role = if e.data.is_some() { role } else { Role::Proxy };
         }
     }
-    let _ = proxies;
 }
 
 fn index_of(view: &[ViewNode], uid: &Uid) -> Option<usize> {
@@ -1530,8 +1692,28 @@ fn view_node(m: &Member) -> Option<ViewNode> {
 struct Members(SessionEngine);
 
 impl MembershipListener for Members {
-    fn member_added(&self, _member: &Member) {
-        // A joining node asks for its share itself (state transfer).
+    fn member_added(&self, member: &Member) {
+        // A joining node asks for its share itself (state transfer). One
+        // that does not ask within a few seconds — it came back after a
+        // false suspicion or a partition, or it saw this node late — is
+        // sent its share anyway, so copies and primaries reconcile.
+        if view_node(member).is_none() {
+            return;
+        }
+        let e = self.0.clone();
+        let uid = uid_of(&member.id);
+        tokio::spawn(async move {
+            tokio::time::sleep(REJOIN_GRACE).await;
+            let asked = e
+                .inner
+                .served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&uid);
+            if !asked && index_of(&e.view(), &uid).is_some() {
+                e.replace_all(Some(uid), None).await;
+            }
+        });
     }
 
     fn member_disappeared(&self, member: &Member, _reason: LeaveReason) {

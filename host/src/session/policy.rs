@@ -3,7 +3,7 @@
 //! instance pool as interceptors (memory cap, deadline, recreated after a
 //! failure). A failing call or a result of the wrong shape is counted and
 //! answered by the failure mode: fail-open places a copy on every member,
-//! fail-closed places none (the change stays where it is).
+//! fail-closed moves nothing (current backups stay, no new ones).
 
 use std::sync::Arc;
 
@@ -164,8 +164,19 @@ impl PlaceOut {
                 _ => input.backups_of(i).first().copied().unwrap_or(local as u32),
             };
             out.primaries.push(p);
-            if mode == FailureMode::FailOpen {
-                out.backups.extend((0..nodes as u32).filter(|&n| n != p));
+            match mode {
+                FailureMode::FailOpen => {
+                    out.backups.extend((0..nodes as u32).filter(|&n| n != p));
+                }
+                // No movement: the current backups keep their copies.
+                FailureMode::FailClosed => {
+                    let start = out.backups.len();
+                    for &b in input.backups_of(i) {
+                        if b != p && (b as usize) < nodes && !out.backups[start..].contains(&b) {
+                            out.backups.push(b);
+                        }
+                    }
+                }
             }
             out.backup_start.push(out.backups.len() as u32);
         }
@@ -523,7 +534,12 @@ mod tests {
         assert_eq!(open.backups_of(1), [0, 1]);
         let closed = PlaceOut::fallback(&input, 3, 0, FailureMode::FailClosed);
         assert_eq!(closed.primaries, [0, 2, 0]);
-        assert!(closed.backups.is_empty());
+        assert!(closed.backups_of(0).is_empty(), "no new copies");
+        assert_eq!(
+            closed.backups_of(1),
+            [1],
+            "current backups stay (not the promoted one)"
+        );
         assert_eq!(closed.check(3, 3), Ok(()));
         assert_eq!(open.check(3, 3), Ok(()));
     }

@@ -104,6 +104,19 @@ impl Entry {
         }
     }
 
+    /// Whether it is too old to be served: whatever its role here, a
+    /// session idle longer than its interval (plus the quarter interval by
+    /// which replicated accesses may lag) has expired on its primary.
+    pub fn expired_for_serving(&self, now: i64) -> bool {
+        let idle = i64::from(self.max_inactive_s) * 1000;
+        let lag = if self.role == Role::Primary {
+            0
+        } else {
+            idle / 4
+        };
+        self.last_access_ms.saturating_add(idle).saturating_add(lag) <= now
+    }
+
     /// Whether it holds a complete copy.
     pub fn has_data(&self) -> bool {
         self.data.as_ref().is_some_and(|d| d.complete)
@@ -174,6 +187,12 @@ pub enum LimitError {
         /// Allowed.
         max: usize,
     },
+    /// A change names one attribute twice.
+    #[error("attribute `{name}` is named twice in one change")]
+    Twice {
+        /// The name.
+        name: String,
+    },
     /// An attribute name is empty or too long.
     #[error("attribute name {name:?} must be 1 to 256 bytes")]
     Name {
@@ -212,6 +231,14 @@ impl Data {
         }
     }
 
+    /// An empty stub, complete only once a copy has been merged into it.
+    pub fn stub(created_ms: i64, route_stamp: Stamp) -> Self {
+        Self {
+            complete: false,
+            ..Self::new(created_ms, 0, route_stamp)
+        }
+    }
+
     /// Live attributes (not removals).
     pub fn live(&self) -> impl Iterator<Item = (&str, &RawValue)> {
         self.attrs
@@ -227,19 +254,42 @@ impl Data {
     /// anything changed. Checked against `limits` first: on an error
     /// nothing is applied.
     pub fn apply(&mut self, ops: &[AttrOp], limits: &Limits) -> Result<bool, LimitError> {
+        // A change names each attribute once, and names at most as many as
+        // a session may hold plus the removals a copy remembers.
+        if ops.len() > limits.attributes + MAX_TOMBSTONES {
+            return Err(LimitError::Attributes {
+                n: ops.len(),
+                max: limits.attributes,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(ops.len());
+        if let Some(op) = ops.iter().find(|op| !seen.insert(op.name.as_str())) {
+            return Err(LimitError::Twice {
+                name: op.name.chars().take(64).collect(),
+            });
+        }
+        // Names to positions, so a large change is not quadratic.
+        let index: std::collections::HashMap<&str, usize> = self
+            .attrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (&*a.name, i))
+            .collect();
         // Check first: count and size after the ops that win.
         let mut count = self.live_count() as isize;
         let mut bytes = self.bytes as isize;
-        let mut parsed: Vec<Option<Box<RawValue>>> = Vec::with_capacity(ops.len());
+        let mut parsed: Vec<(Option<usize>, Option<Box<RawValue>>, bool)> =
+            Vec::with_capacity(ops.len());
         for op in ops {
             if op.name.is_empty() || op.name.len() > 256 {
                 return Err(LimitError::Name {
                     name: op.name.chars().take(64).collect(),
                 });
             }
-            let cur = self.attrs.iter().find(|a| *a.name == *op.name);
+            let at = index.get(op.name.as_str()).copied();
+            let cur = at.map(|i| &self.attrs[i]);
             if cur.is_some_and(|a| a.stamp >= op.stamp) {
-                parsed.push(None);
+                parsed.push((at, None, false));
                 continue;
             }
             if let Some(c) = cur.and_then(|a| a.value.as_ref()) {
@@ -261,52 +311,53 @@ impl Data {
                         })?;
                     count += 1;
                     bytes += (op.name.len() + v.len()) as isize;
-                    parsed.push(Some(raw));
+                    parsed.push((at, Some(raw), true));
                 }
-                None => parsed.push(None),
+                None => parsed.push((at, None, true)),
             }
         }
-        if count as usize > limits.attributes {
+        let count = count.max(0) as usize;
+        if count > limits.attributes {
             return Err(LimitError::Attributes {
-                n: count as usize,
+                n: count,
                 max: limits.attributes,
             });
         }
-        if bytes as usize > limits.session_bytes {
+        let bytes = bytes.max(0) as usize;
+        if bytes > limits.session_bytes {
             return Err(LimitError::Session {
-                n: bytes as usize,
+                n: bytes,
                 max: limits.session_bytes,
             });
         }
+        drop(index);
         let mut changed = false;
-        for (op, raw) in ops.iter().zip(parsed) {
-            changed |= self.put(&op.name, op.stamp, raw);
+        for (op, (at, raw, wins)) in ops.iter().zip(parsed) {
+            if !wins {
+                continue;
+            }
+            changed = true;
+            let size =
+                |v: &Option<Box<RawValue>>| v.as_ref().map_or(0, |v| op.name.len() + v.get().len());
+            match at {
+                Some(i) => {
+                    let a = &mut self.attrs[i];
+                    self.bytes = self.bytes - size(&a.value) + size(&raw);
+                    a.stamp = op.stamp;
+                    a.value = raw;
+                }
+                None => {
+                    self.bytes += size(&raw);
+                    self.attrs.push(Attr {
+                        name: op.name.as_str().into(),
+                        stamp: op.stamp,
+                        value: raw,
+                    });
+                }
+            }
         }
         self.forget_old_removals();
         Ok(changed)
-    }
-
-    /// Sets (or removes, with `None`) one attribute if `stamp` is newer.
-    fn put(&mut self, name: &str, stamp: Stamp, value: Option<Box<RawValue>>) -> bool {
-        let size = |v: &Option<Box<RawValue>>| v.as_ref().map_or(0, |v| name.len() + v.get().len());
-        match self.attrs.iter_mut().find(|a| &*a.name == name) {
-            Some(a) if a.stamp >= stamp => false,
-            Some(a) => {
-                self.bytes = self.bytes - size(&a.value) + size(&value);
-                a.stamp = stamp;
-                a.value = value;
-                true
-            }
-            None => {
-                self.bytes += size(&value);
-                self.attrs.push(Attr {
-                    name: name.into(),
-                    stamp,
-                    value,
-                });
-                true
-            }
-        }
     }
 
     fn forget_old_removals(&mut self) {
@@ -322,33 +373,27 @@ impl Data {
             .collect();
         stamps.sort_unstable();
         let cut = stamps[removed - MAX_TOMBSTONES - 1];
-        self.attrs.retain(|a| a.value.is_some() || a.stamp > cut);
+        let mut forget = removed - MAX_TOMBSTONES;
+        self.attrs.retain(|a| {
+            let drop = a.value.is_none() && a.stamp <= cut && forget > 0;
+            if drop {
+                forget -= 1;
+            }
+            !drop
+        });
     }
 
-    /// Merges a full copy: attributes by stamp; an attribute held here but
-    /// absent from the copy is dropped if the copy is at least as recent as
-    /// its write (the copy's author had seen it and removed it, or never
-    /// will again).
-    pub fn merge_copy(&mut self, c: &Copy, limits: &Limits) -> Result<(), LimitError> {
-        let version = c.version;
-        self.attrs.retain(|a| {
-            a.stamp
-                > Stamp {
-                    v: version,
-                    node: u64::MAX,
-                }
-                || c.attrs.iter().any(|o| *o.name == *a.name)
-        });
-        self.bytes = self
-            .attrs
-            .iter()
-            .map(|a| a.value.as_ref().map_or(0, |v| a.name.len() + v.get().len()))
-            .sum();
-        self.apply(&c.attrs, limits)?;
+    /// Merges a full copy, attribute by attribute by stamp (removals the
+    /// copy remembers included). An attribute held here but absent from
+    /// the copy is kept: the copy's author may not have seen its write.
+    /// Returns whether anything changed; on an error nothing is applied and
+    /// a stub stays incomplete.
+    pub fn merge_copy(&mut self, c: &Copy, limits: &Limits) -> Result<bool, LimitError> {
+        let changed = self.apply(&c.attrs, limits)?;
         self.version = self.version.max(c.version);
         self.created_ms = c.created_ms;
         self.complete = true;
-        Ok(())
+        Ok(changed)
     }
 }
 
@@ -586,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_copy_keeps_newer_local_writes_and_drops_what_it_removed() {
+    fn a_full_copy_keeps_local_writes_it_lacks_and_applies_its_removals() {
         let mut d = Data::new(0, 1, Stamp::default());
         d.apply(
             &[op("keep", 9, 1, Some("1")), op("stale", 2, 1, Some("2"))],
@@ -601,14 +646,38 @@ mod tests {
             last_access_ms: 6,
             max_inactive_s: 60,
             version: 5,
-            attrs: vec![op("new", 4, 2, Some("3"))],
+            attrs: vec![op("new", 4, 2, Some("3")), op("stale", 3, 2, None)],
             loc: Loc::default(),
         };
         d.merge_copy(&copy, &LIMITS).unwrap();
         assert_eq!(value(&d, "keep").as_deref(), Some("1"));
-        assert_eq!(value(&d, "stale"), None);
+        assert_eq!(value(&d, "stale"), None, "removed by the copy");
+        // Absent from a copy is not removed: a concurrent write survives.
+        let lacking = Copy {
+            attrs: vec![],
+            version: 9,
+            ..copy
+        };
+        d.merge_copy(&lacking, &LIMITS).unwrap();
+        assert_eq!(value(&d, "keep").as_deref(), Some("1"));
         assert_eq!(value(&d, "new").as_deref(), Some("3"));
-        assert_eq!(d.version, 5);
+        assert_eq!(d.version, 9);
+    }
+
+    #[test]
+    fn a_name_twice_or_too_many_ops_is_refused() {
+        let mut d = Data::new(0, 1, Stamp::default());
+        let e = d
+            .apply(&[op("a", 2, 1, None), op("a", 2, 1, None)], &LIMITS)
+            .unwrap_err();
+        assert!(matches!(e, LimitError::Twice { .. }), "{e}");
+        let many: Vec<AttrOp> = (0..LIMITS.attributes + MAX_TOMBSTONES + 1)
+            .map(|i| op(&format!("r{i}"), 2, 1, None))
+            .collect();
+        assert!(matches!(
+            d.apply(&many, &LIMITS),
+            Err(LimitError::Attributes { .. })
+        ));
     }
 
     #[test]
