@@ -151,6 +151,7 @@ struct Inner {
     tiebreak: u64,
     channel: Channel,
     policy: arc_swap::ArcSwap<Policy>,
+    view: arc_swap::ArcSwap<Vec<ViewNode>>,
     loader: policy::PolicyLoader,
     swapping: tokio::sync::Mutex<()>,
     store: Store,
@@ -224,6 +225,7 @@ impl SessionEngine {
             tiebreak,
             channel: channel.clone(),
             policy: arc_swap::ArcSwap::from_pointee(policy),
+            view: arc_swap::ArcSwap::from_pointee(Vec::new()),
             loader,
             swapping: tokio::sync::Mutex::new(()),
             store: Store::default(),
@@ -237,6 +239,7 @@ impl SessionEngine {
             metrics: SessionMetrics::default(),
         });
         let engine = Self { inner };
+        engine.refresh_view();
         let e = engine.clone();
         channel.add_listener(Arc::new(move |m: &ReceivedMessage| e.on_message(m)));
         channel.add_membership_listener(Arc::new(Members(engine.clone())));
@@ -247,7 +250,9 @@ impl SessionEngine {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                SessionEngine { inner }.sweep(crate::clock::now_ms());
+                let e = SessionEngine { inner };
+                e.refresh_view();
+                e.sweep(crate::clock::now_ms());
             }
         });
         engine
@@ -289,8 +294,21 @@ impl SessionEngine {
         }
     }
 
-    /// The members that hold sessions, this node first.
-    pub fn view(&self) -> Vec<ViewNode> {
+    /// The members that hold sessions, this node first (as last
+    /// refreshed: on every membership change, every second, and while a
+    /// state transfer waits for a member).
+    pub fn view(&self) -> Arc<Vec<ViewNode>> {
+        self.inner.view.load_full()
+    }
+
+    /// Reads the members again.
+    fn refresh_view(&self) -> Arc<Vec<ViewNode>> {
+        let v = Arc::new(self.compute_view());
+        self.inner.view.store(v.clone());
+        v
+    }
+
+    fn compute_view(&self) -> Vec<ViewNode> {
         let local = self.inner.channel.local_id();
         let mut nodes = vec![ViewNode {
             uid: self.inner.me,
@@ -1074,7 +1092,7 @@ impl SessionEngine {
     /// Then the node is ready. Returns whether it completed.
     pub async fn transfer(&self) -> bool {
         let started = Instant::now();
-        let peers: Vec<ViewNode> = self.view().into_iter().skip(1).collect();
+        let peers: Vec<ViewNode> = self.refresh_view().iter().skip(1).cloned().collect();
         if peers.is_empty() {
             self.inner.ready.store(true, Ordering::Relaxed);
             return true;
@@ -1088,7 +1106,7 @@ impl SessionEngine {
         // session member that shows up meanwhile is asked too.
         let mut asked: HashMap<Uid, (u64, Option<Instant>)> = HashMap::new();
         let complete = loop {
-            let view = self.view();
+            let view = self.refresh_view();
             for p in view.iter().skip(1) {
                 let due = match asked.get(&p.uid) {
                     None => true,
@@ -1161,7 +1179,7 @@ impl SessionEngine {
             served.insert(uid);
         }
         let started = Instant::now();
-        while index_of(&self.view(), &uid).is_none() {
+        while index_of(&self.refresh_view(), &uid).is_none() {
             if started.elapsed() >= JOINER_WAIT {
                 tracing::warn!(member = %from.id, "a member asked for session state but never joined this node's view");
                 return;
@@ -1693,6 +1711,7 @@ struct Members(SessionEngine);
 
 impl MembershipListener for Members {
     fn member_added(&self, member: &Member) {
+        self.0.refresh_view();
         // A joining node asks for its share itself (state transfer). One
         // that does not ask within a few seconds — it came back after a
         // false suspicion or a partition, or it saw this node late — is
@@ -1717,6 +1736,7 @@ impl MembershipListener for Members {
     }
 
     fn member_disappeared(&self, member: &Member, _reason: LeaveReason) {
+        self.0.refresh_view();
         if view_node(member).is_none() && !member.payload.is_empty() {
             return;
         }
