@@ -717,3 +717,24 @@ fn the_placement_policy_is_swapped_live_and_sessions_stay() {
         }
     }
 }
+
+#[test]
+fn the_session_routes_can_have_a_listener_of_their_own() {
+    let mut c = Cluster::new("listen");
+    let own: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    c.start("a", &format!("listen = \"{own}\""), "");
+    c.converge(0);
+    let id = create(own, json!({"attributes": {"k": 1}}));
+    assert_eq!(read(own, &id).0, 200);
+    let admin = c.api(0);
+    assert_eq!(
+        http(admin, "GET", &format!("/api/sessions/{id}"), None).0,
+        404,
+        "not on the admin listener"
+    );
+    assert_eq!(
+        metric(admin, "shoal_sessions_created_total"),
+        1.0,
+        "metrics stay on the admin listener"
+    );
+}
