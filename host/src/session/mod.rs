@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use serde_json::value::RawValue;
 
 use crate::channel::{Channel, ListenerError, MembershipListener, ReceivedMessage};
@@ -50,6 +51,8 @@ use policy::{PlaceIn, Policy, ViewNode};
 use store::{Data, Entry, LimitError, Limits, Role, Store};
 use wire::{AttrOp, Copy, Delta, Key, Loc, Located, Msg, Stamp, Uid};
 
+/// Batches sent at once (pipelined on the connection to each member).
+const IN_FLIGHT: usize = 8;
 /// Sessions per policy call.
 const PLACE_BATCH: usize = 4096;
 /// Bytes of copies batched into one message.
@@ -901,6 +904,8 @@ impl SessionEngine {
         let options = self.send_options(mode);
         let mut to_fresh = 0u64;
         let mut ok = true;
+        type Flush<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+        let mut inflight: Vec<Flush<'_>> = Vec::new();
         for mv in moves {
             let (copy, located) = {
                 let shard = self.inner.store.shard(mv.key);
@@ -938,16 +943,22 @@ impl SessionEngine {
                 }
                 if slot.1 >= MESSAGE_BYTES || slot.2.len() >= 4096 {
                     let (c, _, l) = std::mem::take(slot);
-                    ok &= self.flush(n.id, c, l, options).await;
+                    inflight.push(Box::pin(self.flush(n.id, c, l, options)));
+                    if inflight.len() >= IN_FLIGHT {
+                        ok &= join_all(inflight.drain(..)).await.into_iter().all(|x| x);
+                    }
                 }
             }
         }
+        // The last batches to every member at once (one round trip, not
+        // one per member).
         for (uid, (c, _, l)) in out {
             match ids_of(view, &[uid]).first() {
-                Some(id) => ok &= self.flush(*id, c, l, options).await,
+                Some(id) => inflight.push(Box::pin(self.flush(*id, c, l, options))),
                 None => ok = false,
             }
         }
+        ok &= join_all(inflight).await.into_iter().all(|x| x);
         (to_fresh, ok)
     }
 
