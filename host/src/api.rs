@@ -8,7 +8,7 @@
 //! | `GET /api/events` | the last membership events (added / disappeared with reason) |
 //! | `GET /api/messages` | the last received messages (sender, options, length, preview) |
 //! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
-//! | `GET /api/plugins` | the interceptor chain: source, hash, generation, failures, counters, stats |
+//! | `GET /api/plugins` | the interceptor chain: source, hash, generation, failures, counters, stats; then the session policy |
 //! | `PUT /api/plugins/{name}` | replaces that interceptor with the component in the body (live swap) |
 //! | `GET /metrics` | Prometheus text, plug-in and session metrics included |
 //!
@@ -289,6 +289,38 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             "deferred": sh.defers.load(Ordering::Relaxed),
             "counters": counters,
             "stats": stats,
+        }));
+    }
+    if let Some(e) = &s.sessions {
+        let p = e.policy();
+        let sh = p.shared();
+        let counters: serde_json::Map<String, serde_json::Value> = sh
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    serde_json::json!(c.value.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        list.push(serde_json::json!({
+            "name": crate::session::policy::POLICY_NAME,
+            "world": "session-policy",
+            "source": p.source,
+            "sha256": p.hash,
+            "version": p.version,
+            "proxies": p.proxies,
+            "generation": sh.generation,
+            "failure_mode": p.failure_mode,
+            "failures": {
+                "trap": sh.failures_of(FailureKind::Trap),
+                "timeout": sh.failures_of(FailureKind::Timeout),
+                "memory": sh.failures_of(FailureKind::Memory),
+            },
+            "counters": counters,
         }));
     }
     Json(list).into_response()

@@ -708,6 +708,17 @@ fn the_placement_policy_is_swapped_live_and_sessions_stay() {
         .expect("swap");
     let report: Value = r.body_mut().read_json().expect("report");
     assert_eq!(report["plugins"][0]["change"], "replaced", "{report}");
+    let listed = get_json(a, "/api/plugins").expect("plugins");
+    let policy = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["name"] == "session-policy"))
+        .cloned()
+        .expect("the policy is listed");
+    assert_eq!(
+        policy["sha256"], report["plugins"][0]["new_sha256"],
+        "{policy}"
+    );
+    assert_eq!(policy["proxies"], json!(true), "{policy}");
     wait_blocking("copies to follow the new policy", || {
         (c.copies() == 22).then_some(())
     });
