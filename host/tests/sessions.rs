@@ -749,3 +749,68 @@ fn the_session_routes_can_have_a_listener_of_their_own() {
         "metrics stay on the admin listener"
     );
 }
+
+/// The seed's walk-through (DESIGN.md), through the session API: A starts;
+/// B starts and copies A's sessions; A creates session 1 and replicates
+/// it; A crashes and B serves A's users with nothing lost; A restarts and
+/// copies B's sessions; session 1 is invalidated on A and B is told; B
+/// creates session 2 and A gets it; session 2 times out on both without a
+/// message.
+#[test]
+fn the_nine_steps_of_the_seed() {
+    let mut c = Cluster::new("nine");
+    let cfg = "policy = \"delta\"\nsend_options = \"sync-ack\"";
+    // 1. A starts.
+    let a = c.start("a", cfg, "");
+    c.converge(0);
+    let early = create(c.api(a), json!({"attributes": {"early": true}}));
+    // 2. B starts and copies A's sessions.
+    let b = c.start("b", cfg, "");
+    c.converge(1);
+    assert_eq!(c.counts(b), (0, 1, 0), "b copied a's session");
+    // 3. A creates session 1 and replicates it.
+    let s1 = create(c.api(a), json!({"attributes": {"user": "ann"}}));
+    assert_eq!(c.counts(b), (0, 2, 0));
+    // 4. A crashes; B serves A's users, nothing lost.
+    c.kill(a);
+    for id in [&early, &s1] {
+        let (s, v) = read(c.api(b), id);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(route(v["id"].as_str().expect("id")), "b", "rebound to b");
+    }
+    // 5. A restarts (a new process, a new member) and copies B's sessions.
+    let a2 = c.start("a", cfg, "");
+    c.converge(1);
+    assert_eq!(
+        c.counts(a2),
+        (0, 2, 0),
+        "the restarted a copied b's sessions"
+    );
+    // 6. Session 1 is invalidated on A; B is told.
+    assert_eq!(
+        http(c.api(a2), "DELETE", &format!("/api/sessions/{s1}"), None).0,
+        204
+    );
+    assert_eq!(read(c.api(b), &s1).0, 404);
+    // 7. B creates session 2; A gets it.
+    let s2 = create(
+        c.api(b),
+        json!({"max_inactive_s": 1, "attributes": {"n": 2}}),
+    );
+    assert_eq!(
+        c.counts(a2).1,
+        2,
+        "a holds a copy of session 2 (and of the early one)"
+    );
+    // 8. Session 2 times out on both, without a message.
+    wait_blocking("session 2 to time out on both nodes", || {
+        (c.counts(a2).1 == 1 && c.counts(b).0 == 1).then_some(())
+    });
+    assert_eq!(read(c.api(b), &s2).0, 404);
+    assert_eq!(metric(c.api(b), "shoal_sessions_expired_total"), 1.0);
+    assert_eq!(
+        metric(c.api(a2), "shoal_sessions_invalidated_total"),
+        1.0,
+        "only session 1 by message"
+    );
+}
