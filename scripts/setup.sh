@@ -27,9 +27,13 @@ if ! ip link show lo 2>/dev/null | grep -q MULTICAST; then
     fi
 fi
 
-# 3. Apache Tomcat 10.1's Tribes jars (Debian's libtomcat10-java) and a JDK
-#    (javac) for the Tomcat interop tests (host/tests/interop.rs): a real
-#    Tribes peer. `apt-get update` only when apt does not know a package yet.
+# 3. Apache Tomcat 10.1's jars (Debian's libtomcat10-java: Tribes for the
+#    interop tests, host/tests/interop.rs; catalina, catalina-ha and coyote
+#    for the embedded Tomcat cluster of the session bench,
+#    host/benches/sessions.rs), a JDK (javac), and Redis (redis-server, a
+#    primary and a replica started by the session bench; apt does not start
+#    the service, the bench runs its own). `apt-get update` only when apt
+#    does not know a package yet.
 TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
 apt_install() {
     export DEBIAN_FRONTEND=noninteractive
@@ -45,12 +49,13 @@ apt_install() {
 missing=()
 [ -f "$TRIBES_JAR" ] || missing+=(libtomcat10-java)
 command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing ${missing[*]} (Tomcat Tribes and a JDK for the interop tests)"
+        echo "setup: installing ${missing[*]} (Tomcat, a JDK and Redis for the interop tests and benches)"
         apt_install "${missing[@]}"
     else
         echo "setup: ${missing[*]} missing and not installable here (needs root and apt-get);"
-        echo "setup: the Tomcat interop tests will fail until they are installed"
+        echo "setup: the Tomcat interop tests and the session bench will fail until they are installed"
     fi
 fi
