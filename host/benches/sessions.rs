@@ -970,13 +970,26 @@ impl ShoalCluster {
 }
 
 /// The node config, with the `[session]` keys of issue 10.
+/// `SESSIONS_SHOAL_POLL_US=S,R` (experiments only) sets the sender's and
+/// the receiver's `busy_poll_us`.
 fn shoal_toml(name: &str, mcast: u16, api: u16, policy: &str, mode: &str) -> String {
+    let (sender_poll, receiver_poll) = match std::env::var("SESSIONS_SHOAL_POLL_US") {
+        Ok(v) => {
+            let (s, r) = v.split_once(',').unwrap_or((&v, &v));
+            (
+                format!("[sender]\nbusy_poll_us = {s}\n\n"),
+                format!("busy_poll_us = {r}\n"),
+            )
+        }
+        Err(_) => (String::new(), String::new()),
+    };
     format!(
         "# written by host/benches/sessions.rs\n\
          [node]\nname = \"{name}\"\njvm_route = \"{name}\"\n\n\
          [membership]\nkind = \"multicast\"\naddress = \"228.0.0.4\"\nport = {mcast}\n\
          bind = \"127.0.0.1\"\nfrequency_ms = 500\ndrop_time_ms = 3000\n\n\
-         [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 100\n\n\
+         [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 100\n{receiver_poll}\n\
+         {sender_poll}\
          [api]\nlisten = \"127.0.0.1:{api}\"\n\n\
          [session]\npolicy = \"{policy}\"\nsend_options = \"{mode}\"\n",
         port = free_port()
