@@ -274,6 +274,7 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             .collect();
         list.push(serde_json::json!({
             "name": ic.name(),
+            "world": "interceptor",
             "source": ic.spec().source.to_string(),
             "sha256": ic.hash(),
             "version": ic.version(),

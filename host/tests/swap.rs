@@ -465,6 +465,7 @@ fn sighup_applies_only_the_difference() {
         Some(
             v.as_array()?
                 .iter()
+                .filter(|p| p["world"] == "interceptor")
                 .map(|p| {
                     (
                         p["name"].as_str().unwrap_or("").to_owned(),
