@@ -85,6 +85,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::CpuWindow;
 #[path = "../tests/common/java.rs"]
 #[allow(dead_code)]
 mod java;
@@ -135,6 +138,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Every process this run started, for the watchdog.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The processes this run started (for the CPU accounting).
+fn own_pids() -> Vec<u32> {
+    PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1495,89 +1503,6 @@ fn run_load(
     Ok((sample, first_error))
 }
 
-// ---------------------------------------------------------------------------
-// CPU accounting: was the machine quiet while we measured?
-// ---------------------------------------------------------------------------
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn pid_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11..13)
-        .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-}
-
-/// Busy clock ticks of the whole machine: user, nice, system and steal.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let f: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    [0, 1, 2, 7].iter().filter_map(|&i| f.get(i)).sum()
-}
-
-/// CPU of every kernel thread (loopback traffic is partly processed in
-/// ksoftirqd and kworkers, so it is the benchmark's own load), in ticks.
-fn kernel_thread_ticks() -> u64 {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = stat.rsplit_once(')')?.1.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let flags: u64 = f.get(6)?.parse().ok()?;
-            (flags & PF_KTHREAD != 0).then(|| {
-                f.get(11..13)
-                    .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            })
-        })
-        .sum()
-}
-
-/// A measuring window: the machine's CPU less this run's processes and the
-/// kernel threads.
-struct CpuWindow {
-    at: Instant,
-    busy: u64,
-    own: u64,
-    kernel: u64,
-}
-
-impl CpuWindow {
-    fn own() -> u64 {
-        let pids = PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        pid_ticks(std::process::id()) + pids.iter().map(|p| pid_ticks(*p)).sum::<u64>()
-    }
-
-    fn open() -> Self {
-        Self {
-            at: Instant::now(),
-            busy: machine_busy_ticks(),
-            own: Self::own(),
-            kernel: kernel_thread_ticks(),
-        }
-    }
-
-    /// Share of one core used by other processes (or stolen) since `open`
-    /// (USER_HZ = 100 ticks per second).
-    fn foreign(&self) -> f64 {
-        let busy = machine_busy_ticks().saturating_sub(self.busy) as f64;
-        let own = Self::own().saturating_sub(self.own) as f64;
-        let kernel = kernel_thread_ticks().saturating_sub(self.kernel) as f64;
-        ((busy - own - kernel).max(0.0) / 100.0) / self.at.elapsed().as_secs_f64().max(1e-3)
-    }
-}
-
 /// Median and spread of a list of figures.
 #[derive(Debug, Clone, Copy, Default)]
 struct Stat {
@@ -1912,7 +1837,7 @@ fn measure(opts: &Opts, ctx: &Ctx, cfgs: &mut [Config]) -> Vec<f64> {
             opts.rounds,
             opts.seconds
         );
-        let w = CpuWindow::open();
+        let w = CpuWindow::open(&own_pids());
         let mut order: Vec<usize> = (0..cfgs.len()).collect();
         if round % 2 == 1 {
             order.reverse();
@@ -1920,7 +1845,7 @@ fn measure(opts: &Opts, ctx: &Ctx, cfgs: &mut [Config]) -> Vec<f64> {
         for i in order {
             cfgs[i].run(opts.clients, ROUND_WARMUP, measure, &ctx.tag, true);
         }
-        let b = w.foreign();
+        let b = w.foreign(&own_pids());
         if b > BUSY_ROUND {
             eprintln!(
                 "   ⚠ round {} was disturbed: {:.0}% of a core went to other processes",
