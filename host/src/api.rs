@@ -249,7 +249,6 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 }
 
 async fn plugin_list(State(s): State<AppState>) -> Response {
-    use crate::plugins::FailureKind;
     let chain = s.channel.chain();
     let mut list = Vec::new();
     for ic in chain.interceptors() {
@@ -260,18 +259,7 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             .into_iter()
             .map(|(n, v, _, _)| (n, serde_json::json!(v)))
             .collect();
-        let counters: serde_json::Map<String, serde_json::Value> = sh
-            .counters
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    serde_json::json!(c.value.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
+        let counters = counters_json(sh);
         list.push(serde_json::json!({
             "name": ic.name(),
             "world": "interceptor",
@@ -281,11 +269,7 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             "changes_wire": ic.changes_wire(),
             "generation": ic.generation(),
             "failure_mode": ic.spec().failure_mode,
-            "failures": {
-                "trap": sh.failures_of(FailureKind::Trap),
-                "timeout": sh.failures_of(FailureKind::Timeout),
-                "memory": sh.failures_of(FailureKind::Memory),
-            },
+            "failures": failures_json(sh),
             "dropped": sh.drops.load(Ordering::Relaxed),
             "deferred": sh.defers.load(Ordering::Relaxed),
             "counters": counters,
@@ -295,18 +279,7 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
     if let Some(e) = &s.sessions {
         let p = e.policy();
         let sh = p.shared();
-        let counters: serde_json::Map<String, serde_json::Value> = sh
-            .counters
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    serde_json::json!(c.value.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
+        let counters = counters_json(sh);
         list.push(serde_json::json!({
             "name": crate::session::policy::POLICY_NAME,
             "world": "session-policy",
@@ -316,15 +289,35 @@ async fn plugin_list(State(s): State<AppState>) -> Response {
             "proxies": p.proxies,
             "generation": sh.generation,
             "failure_mode": p.failure_mode,
-            "failures": {
-                "trap": sh.failures_of(FailureKind::Trap),
-                "timeout": sh.failures_of(FailureKind::Timeout),
-                "memory": sh.failures_of(FailureKind::Memory),
-            },
+            "failures": failures_json(sh),
             "counters": counters,
         }));
     }
     Json(list).into_response()
+}
+
+/// A plug-in's registered counters, by name.
+fn counters_json(sh: &crate::plugins::PluginShared) -> serde_json::Value {
+    let all = sh.counters.read().unwrap_or_else(|p| p.into_inner());
+    all.iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                serde_json::json!(c.value.load(Ordering::Relaxed)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A plug-in's failures by kind.
+fn failures_json(sh: &crate::plugins::PluginShared) -> serde_json::Value {
+    use crate::plugins::FailureKind;
+    serde_json::json!({
+        "trap": sh.failures_of(FailureKind::Trap),
+        "timeout": sh.failures_of(FailureKind::Timeout),
+        "memory": sh.failures_of(FailureKind::Memory),
+    })
 }
 
 /// `PUT /api/plugins/{name}`: the body is the new component. 200 with the
