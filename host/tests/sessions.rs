@@ -845,13 +845,16 @@ fn a_node_back_from_a_long_pause_is_reconciled() {
     assert_eq!(s, 200, "{v}");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
     c.converge(2);
-    wait_blocking("one primary and a copy of the latest write on every node", || {
-        let counts: Vec<(u64, u64, u64)> = (0..3).map(|i| c.counts(i)).collect();
-        let primaries: u64 = counts.iter().map(|x| x.0).sum();
-        let copies: u64 = counts.iter().map(|x| x.0 + x.1).sum();
-        (primaries == 1 && copies == 3).then_some(())?;
-        // Read where the copy is a backup too: b, which missed the write.
-        let (s, v) = read(b, &id);
-        (s == 200 && v["attributes"]["x"] == json!(1)).then_some(())
-    });
+    wait_blocking(
+        "one primary and a copy of the latest write on every node",
+        || {
+            let counts: Vec<(u64, u64, u64)> = (0..3).map(|i| c.counts(i)).collect();
+            let primaries: u64 = counts.iter().map(|x| x.0).sum();
+            let copies: u64 = counts.iter().map(|x| x.0 + x.1).sum();
+            (primaries == 1 && copies == 3).then_some(())?;
+            // Read where the copy is a backup too: b, which missed the write.
+            let (s, v) = read(b, &id);
+            (s == 200 && v["attributes"]["x"] == json!(1)).then_some(())
+        },
+    );
 }

@@ -162,7 +162,9 @@ struct Inner {
     next_req: AtomicU64,
     fetches: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<Copy>>>>,
     transfer: Mutex<HashMap<u64, Uid>>,
-    served: Mutex<HashSet<Uid>>,
+    /// When each member last asked for its share (a rejoin long after is
+    /// sent its share without asking).
+    served: Mutex<HashMap<Uid, Instant>>,
     tombstones: Mutex<(HashSet<Key>, VecDeque<Key>)>,
     placing: tokio::sync::Mutex<()>,
     metrics: SessionMetrics,
@@ -236,7 +238,7 @@ impl SessionEngine {
             next_req: AtomicU64::new(rand::random::<u32>() as u64),
             fetches: Mutex::new(HashMap::new()),
             transfer: Mutex::new(HashMap::new()),
-            served: Mutex::new(HashSet::new()),
+            served: Mutex::new(HashMap::new()),
             tombstones: Mutex::new((HashSet::new(), VecDeque::new())),
             placing: tokio::sync::Mutex::new(()),
             metrics: SessionMetrics::default(),
@@ -1185,9 +1187,9 @@ impl SessionEngine {
         {
             let mut served = self.inner.served.lock().unwrap_or_else(|p| p.into_inner());
             if served.len() >= SERVED {
-                served.clear();
+                served.retain(|_, t| t.elapsed() < 2 * REJOIN_GRACE);
             }
-            served.insert(uid);
+            served.insert(uid, Instant::now());
         }
         let started = Instant::now();
         while index_of(&self.refresh_view(), &uid).is_none() {
@@ -1734,12 +1736,15 @@ impl MembershipListener for Members {
         let uid = uid_of(&member.id);
         tokio::spawn(async move {
             tokio::time::sleep(REJOIN_GRACE).await;
+            // Asked around this (re)join: a joiner's request may come just
+            // before its arrival is seen here, or during the grace.
             let asked = e
                 .inner
                 .served
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&uid);
+                .get(&uid)
+                .is_some_and(|t| t.elapsed() < 2 * REJOIN_GRACE);
             if !asked && index_of(&e.view(), &uid).is_some() {
                 e.replace_all(Some(uid), None).await;
             }
