@@ -85,9 +85,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "common/cpu.rs"]
-mod cpu;
-use cpu::CpuWindow;
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{CpuWindow, Stat};
 #[path = "../tests/common/java.rs"]
 #[allow(dead_code)]
 mod java;
@@ -1501,40 +1501,6 @@ fn run_load(
         return Err(first_error.unwrap_or_else(|| "no write completed".into()));
     }
     Ok((sample, first_error))
-}
-
-/// Median and spread of a list of figures.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stat {
-    fn of(v: &[f64]) -> Self {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return Self::default();
-        }
-        Self {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
-    }
-
-    /// `median (min–max)` with `digits` decimals.
-    fn show(&self, digits: usize) -> String {
-        format!(
-            "{:.d$} ({:.d$}–{:.d$})",
-            self.median,
-            self.min,
-            self.max,
-            d = digits
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "common/cpu.rs"]
-mod cpu;
-use cpu::CpuWindow;
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{CpuWindow, Stat};
 #[path = "../tests/common/java.rs"]
 mod java;
 use java::{JULI_JAR, TRIBES_JAR, javac, jdk_tool};
@@ -695,40 +695,6 @@ const BUSY_RUN: f64 = 0.05;
 // ---------------------------------------------------------------------------
 // The two clusters and their measurements
 // ---------------------------------------------------------------------------
-
-/// Median and spread of a list of figures.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stat {
-    fn of(v: &[f64]) -> Self {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return Self::default();
-        }
-        Self {
-            median: v[v.len() / 2],
-            min: v[0],
-            max: v[v.len() - 1],
-        }
-    }
-
-    /// `median (min–max)` with `digits` decimals.
-    fn show(&self, digits: usize) -> String {
-        format!(
-            "{:.d$} ({:.d$}–{:.d$})",
-            self.median,
-            self.min,
-            self.max,
-            d = digits
-        )
-    }
-}
 
 /// Two node processes of one side, A sending to B.
 struct Cluster {

@@ -1,5 +1,6 @@
-//! CPU accounting shared by the side-by-side benches: was the machine
-//! quiet while we measured? Included with `#[path]` by each bench binary.
+//! What the side-by-side benches share: the CPU accounting (was the
+//! machine quiet while we measured?) and the median-and-spread figure.
+//! Included with `#[path]` by each bench binary.
 
 use std::time::Instant;
 
@@ -82,5 +83,42 @@ impl CpuWindow {
         let own = Self::own(pids).saturating_sub(self.own) as f64;
         let kernel = kernel_thread_ticks().saturating_sub(self.kernel) as f64;
         ((busy - own - kernel).max(0.0) / 100.0) / self.at.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+/// Median and spread of a list of figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(v: &[f64]) -> Self {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self::default();
+        }
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// `median (min–max)` with `digits` decimals.
+    pub fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = digits
+        )
     }
 }
