@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -122,7 +123,17 @@ async fn counts(State(e): State<SessionEngine>) -> Response {
     .into_response()
 }
 
-async fn create(State(e): State<SessionEngine>, body: Bytes) -> Response {
+/// The body, or the JSON error for one that could not be read (over the
+/// limit: 413, naming it).
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Box<Response>> {
+    body.map_err(|r| Box::new(error(r.status(), r.body_text())))
+}
+
+async fn create(State(e): State<SessionEngine>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody {
             max_inactive_s: None,
@@ -156,7 +167,15 @@ async fn read(State(e): State<SessionEngine>, Path(id): Path<String>) -> Respons
     }
 }
 
-async fn change(State(e): State<SessionEngine>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn change(
+    State(e): State<SessionEngine>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let body: PatchBody = match parse(&body) {
         Ok(b) => b,
         Err(r) => return *r,
