@@ -87,7 +87,7 @@ use serde_json::Value;
 
 #[path = "common/measure.rs"]
 mod measure;
-use measure::{CpuWindow, Stat};
+use measure::{CpuWindow, Stat, cpu_model, java_version};
 #[path = "../tests/common/java.rs"]
 #[allow(dead_code)]
 mod java;
@@ -2317,26 +2317,8 @@ fn report(
     load_before: &str,
     started: Instant,
 ) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let java = Command::new(jdk_tool("java"))
-        .arg("-version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
+    let java = java_version(&jdk_tool("java"));
     let redis = Command::new("redis-server")
         .arg("--version")
         .output()

@@ -49,7 +49,7 @@ use serde_json::Value;
 
 #[path = "common/measure.rs"]
 mod measure;
-use measure::{CpuWindow, Stat};
+use measure::{CpuWindow, Stat, cpu_model, java_version};
 #[path = "../tests/common/java.rs"]
 mod java;
 use java::{JULI_JAR, TRIBES_JAR, javac, jdk_tool};
@@ -1043,26 +1043,8 @@ fn orchestrate() {
     std::fs::create_dir_all(&logs).expect("log dir");
     let classes = compile_java(&dir);
     let ctx = Ctx { classes, logs };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let java = Command::new(jdk_tool("java"))
-        .arg("-version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
+    let java = java_version(&jdk_tool("java"));
     let java_opts = std::env::var("SIDE_BY_SIDE_JAVA_OPTS").unwrap_or_default();
     let java = if java_opts.trim().is_empty() {
         format!("{java}, JVM defaults")

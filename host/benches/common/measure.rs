@@ -122,3 +122,31 @@ impl Stat {
         )
     }
 }
+
+/// The machine's CPU model, from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The second line of `java -version` (the runtime and its version).
+pub fn java_version(java: &std::path::Path) -> String {
+    std::process::Command::new(java)
+        .arg("-version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}

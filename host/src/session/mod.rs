@@ -263,15 +263,6 @@ impl SessionEngine {
         engine
     }
 
-    /// The labels this node advertises in its member payload.
-    pub fn labels(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (LABEL_SESSIONS, self.inner.policy.load().source.clone()),
-            (LABEL_ZONE, self.inner.zone.clone()),
-            (LABEL_ROUTE, self.inner.route.clone()),
-        ]
-    }
-
     /// Stops serving the session API (the node is shutting down).
     pub fn stop_serving(&self) {
         self.inner.ready.store(false, Ordering::Relaxed);
