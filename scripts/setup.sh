@@ -32,8 +32,11 @@ fi
 #    for the embedded Tomcat cluster of the session bench,
 #    host/benches/sessions.rs), a JDK (javac), and Redis (redis-server, a
 #    primary and a replica started by the session bench; apt does not start
-#    the service, the bench runs its own). `apt-get update` only when apt
-#    does not know a package yet.
+#    the service, the bench runs its own), and Apache httpd (apache2: the
+#    mod_proxy_balancer front end with JSESSIONID stickiness that the web
+#    tier's tests and bench start in the foreground with their own config,
+#    examples/webapp/tests/common/httpd.rs; the Debian service is not used).
+#    `apt-get update` only when apt does not know a package yet.
 TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
 apt_install() {
     export DEBIAN_FRONTEND=noninteractive
@@ -50,12 +53,13 @@ missing=()
 [ -f "$TRIBES_JAR" ] || missing+=(libtomcat10-java)
 command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/apache2 ] || missing+=(apache2)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing ${missing[*]} (Tomcat, a JDK and Redis for the interop tests and benches)"
+        echo "setup: installing ${missing[*]} (Tomcat, a JDK, Redis and Apache httpd for the interop tests and benches)"
         apt_install "${missing[@]}"
     else
         echo "setup: ${missing[*]} missing and not installable here (needs root and apt-get);"
-        echo "setup: the Tomcat interop tests and the session bench will fail until they are installed"
+        echo "setup: the Tomcat interop tests, the session bench and the web tier tests will fail until they are installed"
     fi
 fi
