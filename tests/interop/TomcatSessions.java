@@ -59,6 +59,25 @@
 // DeltaManager and no members nothing is sent; a node started later gets
 // them all by state transfer (GET_ALL_SESSIONS).
 //
+// The web tier's routes, the same as the Rust example app examples/webapp
+// (for its bench and for examples/webapp/tests/httpd_tomcat.rs, behind
+// Apache httpd's mod_proxy_balancer; NAME is the route):
+//   GET  /visit          attribute `visits` (an Integer) += 1, creating the
+//                        session if needed; {"visits":N,"node":"NAME"}
+//   POST /cart/add?item=ITEM&qty=N   body: an optional note (UTF-8, at most
+//                        4096 bytes). Attribute `cart:ITEM` := the String
+//                        {"qty":TOTAL,"note":NOTE} (TOTAL = the old qty + N,
+//                        qty 1-1000, default 1; NOTE = the body, or the old
+//                        note when the body is empty). Answers the cart.
+//   POST /cart/remove?item=ITEM      removes `cart:ITEM`; answers the cart
+//   GET  /cart           {"items":{"ITEM":{"qty":N,"note":"..."}},"node":"NAME"}
+//                        (items sorted by name; no session: no items)
+//   POST /cart/checkout  answers the cart with "checked_out":true, then
+//                        invalidates the session
+// ITEM is 1-64 of A-Z a-z 0-9 - _; a bad item, qty or note is a 400 with
+// {"error":"..."}, as in the Rust app. Every response (these and the ones
+// above) has the header X-Node: NAME.
+//
 // Output: {"event":"started","http":N,"tribes":N} on stdout once the
 // connector accepts; Tomcat's log on stderr (JULI, INFO). The joining node's
 // DeltaManager logs "... received in [T] ms" when a state transfer is done.
@@ -73,10 +92,17 @@ import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.Map;
+import java.util.TreeMap;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
+import jakarta.servlet.FilterChain;
+import jakarta.servlet.ServletException;
+import jakarta.servlet.http.HttpFilter;
 import jakarta.servlet.http.HttpServlet;
 import jakarta.servlet.http.HttpServletRequest;
 import jakarta.servlet.http.HttpServletResponse;
@@ -94,6 +120,8 @@ import org.apache.catalina.ha.session.JvmRouteBinderValve;
 import org.apache.catalina.ha.tcp.ReplicationValve;
 import org.apache.catalina.ha.tcp.SimpleTcpCluster;
 import org.apache.catalina.startup.Tomcat;
+import org.apache.tomcat.util.descriptor.web.FilterDef;
+import org.apache.tomcat.util.descriptor.web.FilterMap;
 import org.apache.catalina.tribes.group.GroupChannel;
 import org.apache.catalina.tribes.group.interceptors.MessageDispatchInterceptor;
 import org.apache.catalina.tribes.group.interceptors.TcpFailureDetector;
@@ -107,6 +135,14 @@ public final class TomcatSessions {
     private static final PrintStream OUT = new PrintStream(System.out, false, StandardCharsets.UTF_8);
     /** Largest body /write accepts, and largest attribute /fill makes. */
     private static final int MAX_BYTES = 1 << 20;
+    /** Largest note POST /cart/add accepts (the same as examples/webapp). */
+    private static final int MAX_NOTE_BYTES = 4096;
+    /** Largest qty of one POST /cart/add (the same as examples/webapp). */
+    private static final int MAX_QTY = 1000;
+    /** A cart item's name (the same as examples/webapp). */
+    private static final Pattern ITEM = Pattern.compile("[A-Za-z0-9_-]{1,64}");
+    /** Session attribute prefix of a cart item. */
+    private static final String CART_PREFIX = "cart:";
 
     private static volatile Context context;
     private static volatile SimpleTcpCluster cluster;
@@ -210,6 +246,19 @@ public final class TomcatSessions {
         ctx.addServletMappingDecoded("/count", "count");
         Tomcat.addServlet(ctx, "fill", new FillServlet());
         ctx.addServletMappingDecoded("/fill", "fill");
+        Tomcat.addServlet(ctx, "visit", new VisitServlet());
+        ctx.addServletMappingDecoded("/visit", "visit");
+        Tomcat.addServlet(ctx, "cart", new CartServlet());
+        ctx.addServletMappingDecoded("/cart", "cart");
+        ctx.addServletMappingDecoded("/cart/*", "cart");
+        FilterDef node = new FilterDef();
+        node.setFilterName("node");
+        node.setFilter(new NodeHeaderFilter());
+        ctx.addFilterDef(node);
+        FilterMap nodeMap = new FilterMap();
+        nodeMap.setFilterName("node");
+        nodeMap.addURLPatternDecoded("/*");
+        ctx.addFilterMap(nodeMap);
         context = ctx;
 
         AtomicBoolean stopped = new AtomicBoolean();
@@ -315,6 +364,241 @@ public final class TomcatSessions {
             }
             long ms = (System.nanoTime() - t0) / 1_000_000;
             answer(resp, "application/json", "{\"created\":" + n + ",\"ms\":" + ms + "}");
+        }
+    }
+
+    /** A JSON string literal. */
+    static String jsonString(String v) {
+        StringBuilder b = new StringBuilder(v.length() + 2).append('"');
+        for (int i = 0; i < v.length(); i++) {
+            char c = v.charAt(i);
+            switch (c) {
+                case '"' -> b.append("\\\"");
+                case '\\' -> b.append("\\\\");
+                case '\n' -> b.append("\\n");
+                case '\r' -> b.append("\\r");
+                case '\t' -> b.append("\\t");
+                case '\b' -> b.append("\\b");
+                case '\f' -> b.append("\\f");
+                default -> {
+                    if (c < 0x20) {
+                        b.append(String.format("\\u%04x", (int) c));
+                    } else {
+                        b.append(c);
+                    }
+                }
+            }
+        }
+        return b.append('"').toString();
+    }
+
+    /** Every response names the node: X-Node: ROUTE. */
+    public static final class NodeHeaderFilter extends HttpFilter {
+        private static final long serialVersionUID = 1L;
+
+        @Override
+        protected void doFilter(HttpServletRequest req, HttpServletResponse resp, FilterChain chain)
+                throws IOException, ServletException {
+            resp.setHeader("X-Node", jvmRoute);
+            chain.doFilter(req, resp);
+        }
+    }
+
+    /** GET /visit: `visits` (Integer) += 1. */
+    public static final class VisitServlet extends HttpServlet {
+        private static final long serialVersionUID = 1L;
+
+        @Override
+        protected void doGet(HttpServletRequest req, HttpServletResponse resp) throws IOException {
+            HttpSession session = req.getSession(true);
+            int visits;
+            synchronized (session) {
+                Object old = session.getAttribute("visits");
+                visits = (old instanceof Integer i ? i : 0) + 1;
+                session.setAttribute("visits", visits);
+            }
+            answer(resp, "application/json", "{\"visits\":" + visits + ",\"node\":" + jsonString(jvmRoute) + "}");
+        }
+    }
+
+    /** GET /cart, POST /cart/add, /cart/remove, /cart/checkout. */
+    public static final class CartServlet extends HttpServlet {
+        private static final long serialVersionUID = 1L;
+        private static final Pattern QTY = Pattern.compile("^\\{\"qty\":(\\d+),");
+        private static final Pattern NOTE = Pattern.compile(",\"note\":(\".*\")\\}$");
+
+        @Override
+        protected void service(HttpServletRequest req, HttpServletResponse resp) throws IOException {
+            String path = req.getPathInfo() == null ? "" : req.getPathInfo();
+            String method = req.getMethod();
+            switch (path) {
+                case "", "/" -> {
+                    if (!method.equals("GET")) {
+                        resp.sendError(405);
+                        return;
+                    }
+                    answerCart(resp, req.getSession(false));
+                }
+                case "/add" -> {
+                    if (method.equals("POST")) {
+                        add(req, resp);
+                    } else {
+                        resp.sendError(405);
+                    }
+                }
+                case "/remove" -> {
+                    if (!method.equals("POST")) {
+                        resp.sendError(405);
+                        return;
+                    }
+                    String item = item(req, resp);
+                    if (item == null) {
+                        return;
+                    }
+                    HttpSession session = req.getSession(false);
+                    if (session != null) {
+                        session.removeAttribute(CART_PREFIX + item);
+                    }
+                    answerCart(resp, session);
+                }
+                case "/checkout" -> {
+                    if (!method.equals("POST")) {
+                        resp.sendError(405);
+                        return;
+                    }
+                    HttpSession session = req.getSession(false);
+                    String cart = cart(session, true);
+                    if (session != null) {
+                        session.invalidate();
+                    }
+                    answer(resp, "application/json", cart);
+                }
+                default -> resp.sendError(404);
+            }
+        }
+
+        private static void add(HttpServletRequest req, HttpServletResponse resp) throws IOException {
+            // The body first: a client that sends the note as
+            // application/x-www-form-urlencoded (curl --data) would otherwise
+            // have it parsed away as form parameters by getParameter.
+            byte[] body = req.getInputStream().readNBytes(MAX_NOTE_BYTES + 1);
+            if (body.length > MAX_NOTE_BYTES) {
+                badRequest(resp, "a note is at most " + MAX_NOTE_BYTES + " bytes");
+                return;
+            }
+            String item = item(req, resp);
+            if (item == null) {
+                return;
+            }
+            String q = req.getParameter("qty");
+            int qty;
+            try {
+                qty = q == null ? 1 : Integer.parseInt(q);
+            } catch (NumberFormatException e) {
+                qty = -1;
+            }
+            if (qty < 1 || qty > MAX_QTY) {
+                badRequest(resp, "qty must be 1-" + MAX_QTY + ", not " + q);
+                return;
+            }
+            String note = new String(body, StandardCharsets.UTF_8);
+            HttpSession session = req.getSession(true);
+            String key = CART_PREFIX + item;
+            synchronized (session) {
+                long total = qty;
+                if (session.getAttribute(key) instanceof String old) {
+                    Matcher m = QTY.matcher(old);
+                    if (m.find()) {
+                        total += Long.parseLong(m.group(1));
+                    }
+                    if (note.isEmpty()) {
+                        m = NOTE.matcher(old);
+                        if (m.find()) {
+                            note = unescape(m.group(1));
+                        }
+                    }
+                }
+                session.setAttribute(key, "{\"qty\":" + total + ",\"note\":" + jsonString(note) + "}");
+            }
+            answerCart(resp, session);
+        }
+
+        /** The `item` parameter, or null after answering 400. */
+        private static String item(HttpServletRequest req, HttpServletResponse resp) throws IOException {
+            String item = req.getParameter("item");
+            if (item == null || !ITEM.matcher(item).matches()) {
+                badRequest(resp, "item must be 1-64 of A-Z a-z 0-9 - _, not " + item);
+                return null;
+            }
+            return item;
+        }
+
+        private static void badRequest(HttpServletResponse resp, String msg) throws IOException {
+            resp.setStatus(400);
+            answer(resp, "application/json", "{\"error\":" + jsonString(msg) + "}");
+        }
+
+        /** The text of a JSON string literal written by jsonString. */
+        private static String unescape(String literal) {
+            StringBuilder b = new StringBuilder();
+            for (int i = 1; i < literal.length() - 1; i++) {
+                char c = literal.charAt(i);
+                if (c != '\\') {
+                    b.append(c);
+                    continue;
+                }
+                char e = literal.charAt(++i);
+                switch (e) {
+                    case 'n' -> b.append('\n');
+                    case 'r' -> b.append('\r');
+                    case 't' -> b.append('\t');
+                    case 'b' -> b.append('\b');
+                    case 'f' -> b.append('\f');
+                    case 'u' -> {
+                        b.append((char) Integer.parseInt(literal.substring(i + 1, i + 5), 16));
+                        i += 4;
+                    }
+                    default -> b.append(e);
+                }
+            }
+            return b.toString();
+        }
+
+        private static void answerCart(HttpServletResponse resp, HttpSession session) throws IOException {
+            answer(resp, "application/json", cart(session, false));
+        }
+
+        /**
+         * {"items":{...},"node":"NAME"} from the session's `cart:`
+         * attributes (with "checked_out":true after the items at checkout).
+         */
+        private static String cart(HttpSession session, boolean checkedOut) {
+            TreeMap<String,String> items = new TreeMap<>();
+            if (session != null) {
+                try {
+                    for (String name : Collections.list(session.getAttributeNames())) {
+                        if (name.startsWith(CART_PREFIX) && session.getAttribute(name) instanceof String v) {
+                            items.put(name.substring(CART_PREFIX.length()), v);
+                        }
+                    }
+                } catch (IllegalStateException invalidated) {
+                    // a session invalidated meanwhile has no items
+                }
+            }
+            StringBuilder b = new StringBuilder("{\"items\":{");
+            boolean first = true;
+            for (Map.Entry<String,String> e : items.entrySet()) {
+                if (!first) {
+                    b.append(',');
+                }
+                first = false;
+                b.append(jsonString(e.getKey())).append(':').append(e.getValue());
+            }
+            b.append('}');
+            if (checkedOut) {
+                b.append(",\"checked_out\":true");
+            }
+            return b.append(",\"node\":").append(jsonString(jvmRoute)).append('}').toString();
         }
     }
 }
