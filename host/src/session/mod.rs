@@ -145,6 +145,44 @@ pub struct Served {
     pub replicated: bool,
 }
 
+/// A session as an embedding web layer sees it (after a read or a
+/// change).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The session's id now (after a rebind, the new one).
+    pub id: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: i64,
+    /// Last access, ms since the Unix epoch.
+    pub last_access_ms: i64,
+    /// Idle time before expiry, s.
+    pub max_inactive_s: u32,
+    /// Version (grows with every change).
+    pub version: u64,
+    /// Attributes: name and JSON value, in name order.
+    pub attributes: Vec<(Box<str>, Box<RawValue>)>,
+    /// Whether what had to be sent reached every member that must hold a
+    /// copy (see [`Served::replicated`]).
+    pub replicated: bool,
+}
+
+fn snapshot_of(key: Key, e: &Entry) -> Snapshot {
+    let d = e.data.as_deref();
+    let mut attributes: Vec<(Box<str>, Box<RawValue>)> = d
+        .map(|d| d.live().map(|(n, v)| (n.into(), v.to_owned())).collect())
+        .unwrap_or_default();
+    attributes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Snapshot {
+        id: format_id(key, &e.route),
+        created_ms: d.map_or(0, |d| d.created_ms),
+        last_access_ms: e.last_access_ms,
+        max_inactive_s: e.max_inactive_s,
+        version: d.map_or(0, |d| d.version),
+        attributes,
+        replicated: true,
+    }
+}
+
 struct Inner {
     cfg: SessionConfig,
     limits: Limits,
@@ -261,6 +299,11 @@ impl SessionEngine {
             }
         });
         engine
+    }
+
+    /// This node's jvmRoute (the suffix of the ids it issues).
+    pub fn route(&self) -> &str {
+        &self.inner.route
     }
 
     /// Stops serving the session API (the node is shutting down).
@@ -477,6 +520,37 @@ impl SessionEngine {
         max_inactive_s: Option<u32>,
         attributes: Vec<(String, Box<RawValue>)>,
     ) -> Result<Served, SessionError> {
+        let (mut served, replicated) = self
+            .create_with(max_inactive_s, attributes, true, |k, e| self.render(k, e))
+            .await?;
+        served.replicated = replicated;
+        Ok(served)
+    }
+
+    /// [`create`](Self::create) for an embedding web layer: answers a
+    /// [`Snapshot`]; with `replicate` false the session is only kept here
+    /// until its next replicated change (a request the layer's filter
+    /// excludes).
+    pub async fn create_snapshot(
+        &self,
+        max_inactive_s: Option<u32>,
+        attributes: Vec<(String, Box<RawValue>)>,
+        replicate: bool,
+    ) -> Result<Snapshot, SessionError> {
+        let (mut snap, replicated) = self
+            .create_with(max_inactive_s, attributes, replicate, snapshot_of)
+            .await?;
+        snap.replicated = replicated;
+        Ok(snap)
+    }
+
+    async fn create_with<T>(
+        &self,
+        max_inactive_s: Option<u32>,
+        attributes: Vec<(String, Box<RawValue>)>,
+        replicate: bool,
+        answer: impl FnOnce(Key, &Entry) -> T,
+    ) -> Result<(T, bool), SessionError> {
         self.check_ready()?;
         if self.inner.store.approx_len() >= self.inner.cfg.max_sessions {
             self.inner.store.recount();
@@ -518,11 +592,15 @@ impl SessionEngine {
                 backups,
             },
             data: Some(Box::new(data)),
+            unsent: !replicate,
         };
-        let mut served = self.render(key, &entry);
+        let served = answer(key, &entry);
         self.inner.store.shard(key).insert(key, entry);
         self.inner.store.note_insert();
         self.inner.metrics.created.fetch_add(1, Ordering::Relaxed);
+        if !replicate {
+            return Ok((served, false));
+        }
         let (_, replicated) = self
             .carry_out(
                 &view,
@@ -535,8 +613,7 @@ impl SessionEngine {
                 self.inner.cfg.send_options,
             )
             .await;
-        served.replicated = replicated;
-        Ok(served)
+        Ok((served, replicated))
     }
 
     /// Reads (`ops` empty, `write` false) or changes a session. Counts as
@@ -548,6 +625,37 @@ impl SessionEngine {
         id: &str,
         ops: Vec<(String, Option<Box<RawValue>>)>,
     ) -> Result<Served, SessionError> {
+        let (mut served, replicated) = self
+            .access_with(id, ops, true, |k, e| self.render(k, e))
+            .await?;
+        served.replicated = replicated;
+        Ok(served)
+    }
+
+    /// [`access`](Self::access) for an embedding web layer: answers a
+    /// [`Snapshot`]. With `replicate` false (a request the layer's filter
+    /// excludes) a change is applied here only and sent, as a full copy,
+    /// with the session's next replicated change; a takeover or a rebind
+    /// is still announced at once (as Tomcat's JvmRouteBinderValve does
+    /// whatever the ReplicationValve's filter).
+    pub async fn access_snapshot(
+        &self,
+        id: &str,
+        ops: Vec<(String, Option<Box<RawValue>>)>,
+        replicate: bool,
+    ) -> Result<Snapshot, SessionError> {
+        let (mut snap, replicated) = self.access_with(id, ops, replicate, snapshot_of).await?;
+        snap.replicated = replicated;
+        Ok(snap)
+    }
+
+    async fn access_with<T>(
+        &self,
+        id: &str,
+        ops: Vec<(String, Option<Box<RawValue>>)>,
+        replicate: bool,
+        out: impl FnOnce(Key, &Entry) -> T,
+    ) -> Result<(T, bool), SessionError> {
         self.check_ready()?;
         let (key, _) = parse_id(id).ok_or(SessionError::NotFound)?;
         let now = crate::clock::now_ms();
@@ -616,7 +724,7 @@ impl SessionEngine {
             }
         }
         // 2. Change it, under its lock.
-        let (mut served, delta, holders, proxies_touch) = {
+        let (served, delta, holders, proxies_touch) = {
             let mut shard = self.inner.store.shard(key);
             let Some(e) = shard.get_mut(&key) else {
                 return Err(SessionError::NotFound);
@@ -651,20 +759,42 @@ impl SessionEngine {
             e.last_access_ms = now;
             let access_due = now.saturating_sub(e.replicated_access_ms)
                 >= i64::from(e.max_inactive_s) * 1000 / 4;
-            let send = write || rebind || access_due;
+            let send = rebind || (replicate && (write || access_due || e.unsent));
             if send {
                 e.replicated_access_ms = now;
+            } else if write {
+                e.unsent = true;
             }
-            let delta = send.then_some(Delta {
+            // Changes kept here earlier go out as a full copy.
+            let full = send && std::mem::take(&mut e.unsent);
+            let delta = (send && !full).then_some(Delta {
                 key,
                 version,
                 last_access_ms: now,
                 route,
                 ops,
             });
-            let touch = (send && !write).then(|| e.to_located(key));
-            (self.render(key, e), delta, e.loc.backups.clone(), touch)
+            let touch = (send && !write && !full).then(|| e.to_located(key));
+            (out(key, e), (delta, full), e.loc.backups.clone(), touch)
         };
+        let (delta, full) = delta;
+        if full {
+            let view = self.view();
+            let (_, replicated) = self
+                .carry_out(
+                    &view,
+                    vec![Move {
+                        key,
+                        before: Vec::new(),
+                        changed: true,
+                    }],
+                    None,
+                    self.inner.cfg.send_options,
+                )
+                .await;
+            return Ok((served, replicated));
+        }
+        let mut replicated = true;
         if let Some(delta) = delta {
             let view = self.view();
             let ids = ids_of(&view, &holders);
@@ -676,7 +806,7 @@ impl SessionEngine {
             let sent = self
                 .send(&ids, &Msg::Deltas(vec![delta]), self.send_options(mode))
                 .await;
-            served.replicated = sent && ids.len() == holders.len();
+            replicated = sent && ids.len() == holders.len();
             if let Some(l) = proxies_touch.filter(|_| self.inner.policy.load().proxies) {
                 let others: Vec<MemberId> = view
                     .iter()
@@ -688,7 +818,7 @@ impl SessionEngine {
                     .await;
             }
         }
-        Ok(served)
+        Ok((served, replicated))
     }
 
     /// Invalidates a session on every node.
@@ -1426,6 +1556,7 @@ impl SessionEngine {
                     max_inactive_s: self.inner.cfg.max_inactive_s as u32,
                     loc: Loc::default(),
                     data: Some(Box::new(data)),
+                    unsent: false,
                 };
                 store::apply_delta(&mut e, &d, &self.inner.limits)
                     .map_err(|err| ListenerError(err.to_string()))?;
@@ -1482,6 +1613,7 @@ impl SessionEngine {
                         max_inactive_s: l.max_inactive_s,
                         loc: l.loc,
                         data: None,
+                        unsent: false,
                     },
                 );
             }

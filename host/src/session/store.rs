@@ -75,6 +75,10 @@ pub struct Entry {
     pub loc: Loc,
     /// Contents (none for a proxy).
     pub data: Option<Box<Data>>,
+    /// Changed here by a write that was not replicated (a request the web
+    /// layer's filter excludes): the next replicated change sends a full
+    /// copy, not a delta.
+    pub unsent: bool,
 }
 
 impl Entry {
@@ -101,6 +105,7 @@ impl Entry {
             max_inactive_s: c.max_inactive_s,
             loc: c.loc.clone(),
             data: None,
+            unsent: false,
         }
     }
 
