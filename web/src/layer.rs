@@ -77,16 +77,56 @@ impl WebMetrics {
     /// Appends the counters to `out`.
     pub fn render(&self, out: &mut String) {
         let rows: [(&str, &str, &AtomicU64); 10] = [
-            ("requests_total", "Requests through the session layer.", &self.requests),
-            ("filtered_requests_total", "Requests whose path matched the filter (not replicated).", &self.filtered),
-            ("sessions_created_total", "Sessions created by a handler's first write.", &self.created),
-            ("changes_replicated_total", "Requests whose session changes were handed to the engine.", &self.replicated),
-            ("replication_incomplete_total", "Requests whose changes did not reach every member that must hold a copy.", &self.incomplete),
-            ("invalidated_total", "Sessions invalidated by a handler.", &self.invalidated),
-            ("rebound_total", "Sessions of another route rebound to this node (failover), with a new cookie.", &self.rebound),
-            ("malformed_cookies_total", "Session cookies ignored as malformed.", &self.malformed_cookies),
-            ("errors_total", "Requests answered with a session error (not ready, limit, serialization).", &self.errors),
-            ("late_changes_total", "Session changes refused because their request had ended.", &self.late_changes),
+            (
+                "requests_total",
+                "Requests through the session layer.",
+                &self.requests,
+            ),
+            (
+                "filtered_requests_total",
+                "Requests whose path matched the filter (not replicated).",
+                &self.filtered,
+            ),
+            (
+                "sessions_created_total",
+                "Sessions created by a handler's first write.",
+                &self.created,
+            ),
+            (
+                "changes_replicated_total",
+                "Requests whose session changes were handed to the engine.",
+                &self.replicated,
+            ),
+            (
+                "replication_incomplete_total",
+                "Requests whose changes did not reach every member that must hold a copy.",
+                &self.incomplete,
+            ),
+            (
+                "invalidated_total",
+                "Sessions invalidated by a handler.",
+                &self.invalidated,
+            ),
+            (
+                "rebound_total",
+                "Sessions of another route rebound to this node (failover), with a new cookie.",
+                &self.rebound,
+            ),
+            (
+                "malformed_cookies_total",
+                "Session cookies ignored as malformed.",
+                &self.malformed_cookies,
+            ),
+            (
+                "errors_total",
+                "Requests answered with a session error (not ready, limit, serialization).",
+                &self.errors,
+            ),
+            (
+                "late_changes_total",
+                "Session changes refused because their request had ended.",
+                &self.late_changes,
+            ),
         ];
         for (name, help, v) in rows {
             let _ = writeln!(
@@ -443,7 +483,13 @@ mod tests {
     #[test]
     fn the_default_filter_matches_static_paths_only() {
         let re = Regex::new(&full_match(crate::DEFAULT_FILTER)).expect("filter");
-        for p in ["/a.css", "/img/x.png", "/index.html", "/app.js", "/robots.txt"] {
+        for p in [
+            "/a.css",
+            "/img/x.png",
+            "/index.html",
+            "/app.js",
+            "/robots.txt",
+        ] {
             assert!(re.is_match(p), "{p}");
         }
         for p in ["/cart", "/cart/add", "/a.css/x", "/jsonp", "/x.json"] {

@@ -119,8 +119,10 @@ impl IntoResponse for Error {
             http::HeaderValue::from_static("application/json"),
         );
         if matches!(self, Error::NotReady) {
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
         }
         r
     }

@@ -99,11 +99,7 @@ impl Session {
                 let Some(id) = s.requested.as_deref() else {
                     return Ok(None);
                 };
-                match s
-                    .engine
-                    .access_snapshot(id, Vec::new(), s.replicate)
-                    .await
-                {
+                match s.engine.access_snapshot(id, Vec::new(), s.replicate).await {
                     Ok(snap) => Ok(Some(snap)),
                     Err(e) => match Error::from_engine(e) {
                         Some(err) => Err(err),

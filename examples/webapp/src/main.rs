@@ -50,17 +50,17 @@ fn bad_request(msg: String) -> Response {
         .into_response()
 }
 
-fn check_item(item: &str) -> Result<(), Response> {
+fn check_item(item: &str) -> Result<(), String> {
     if item.is_empty()
         || item.len() > 64
         || !item
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(bad_request(format!(
+        return Err(format!(
             "item must be 1-64 of A-Z a-z 0-9 - _, not {:?}",
             item.chars().take(80).collect::<String>()
-        )));
+        ));
     }
     Ok(())
 }
@@ -71,7 +71,10 @@ fn cart_json(app: &App, session: &Session) -> Result<serde_json::Value, shoal_we
         if let Some(item) = name.strip_prefix("cart:")
             && let Some(line) = session.get::<Line>(&name)?
         {
-            items.insert(item.to_owned(), serde_json::to_value(line).unwrap_or_default());
+            items.insert(
+                item.to_owned(),
+                serde_json::to_value(line).unwrap_or_default(),
+            );
         }
     }
     Ok(serde_json::json!({ "items": items, "node": &*app.name }))
@@ -97,8 +100,8 @@ async fn add(
     Query(q): Query<ItemQuery>,
     note: String,
 ) -> Result<Response, shoal_web::Error> {
-    if let Err(r) = check_item(&q.item) {
-        return Ok(r);
+    if let Err(msg) = check_item(&q.item) {
+        return Ok(bad_request(msg));
     }
     let qty = q.qty.unwrap_or(1);
     if !(1..=1000).contains(&qty) {
@@ -127,8 +130,8 @@ async fn remove(
     session: Session,
     Query(q): Query<RemoveQuery>,
 ) -> Result<Response, shoal_web::Error> {
-    if let Err(r) = check_item(&q.item) {
-        return Ok(r);
+    if let Err(msg) = check_item(&q.item) {
+        return Ok(bad_request(msg));
     }
     session.remove(&format!("cart:{}", q.item))?;
     Ok(Json(cart_json(&app, &session)?).into_response())
@@ -206,6 +209,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -632,6 +632,19 @@ impl SessionEngine {
         Ok(served)
     }
 
+    /// The session as this node holds it (a primary's or a backup's copy),
+    /// without counting an access or taking it over; none for an unknown,
+    /// expired or location-only session. For tests and diagnostics.
+    pub fn peek(&self, id: &str) -> Option<Snapshot> {
+        let (key, _) = parse_id(id)?;
+        let now = crate::clock::now_ms();
+        let shard = self.inner.store.shard(key);
+        let e = shard
+            .get(&key)
+            .filter(|e| e.has_data() && !e.expired_for_serving(now))?;
+        Some(snapshot_of(key, e))
+    }
+
     /// [`access`](Self::access) for an embedding web layer: answers a
     /// [`Snapshot`]. With `replicate` false (a request the layer's filter
     /// excludes) a change is applied here only and sent, as a full copy,
