@@ -78,14 +78,21 @@ impl Httpd {
     /// binding port 0, releasing it and retrying with another if httpd
     /// loses the race for it) in front of `members`, each `(route,
     /// address)`; the route must be the suffix after `.` in the member's
-    /// session ids (Tomcat's jvmRoute), without dots. Returns once httpd
+    /// session ids (Tomcat's jvmRoute, shoal's `node.jvm_route`: 1 to 64 of
+    /// A-Z a-z 0-9 - _, else `InvalidInput`). Returns once httpd
     /// answers [`MANAGER_PATH`]. Blocks for up to [`START_TIMEOUT`].
     pub fn start(listen_port: u16, members: &[(&str, SocketAddr)]) -> io::Result<Httpd> {
         for (route, _) in members {
-            if route.is_empty() || route.contains(['.', ' ', '"', ';', ',']) {
+            // The rule of shoal's `node.jvm_route` (a `.` would end the id).
+            if route.is_empty()
+                || route.len() > 64
+                || !route
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("route {route:?}: empty or has one of . space \" ; ,"),
+                    format!("route {route:?}: use 1 to 64 of A-Z a-z 0-9 - _"),
                 ));
             }
         }
@@ -151,20 +158,20 @@ impl Httpd {
     fn wait_ready(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    let log = format!("{}{}", self.stderr(), self.error_log());
-                    let kind = if log.contains("Address already in use") {
-                        io::ErrorKind::AddrInUse
-                    } else {
-                        io::ErrorKind::Other
-                    };
-                    return Err(io::Error::new(
-                        kind,
-                        format!("httpd exited ({status}) on start:\n{log}"),
-                    ));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                let log = format!("{}{}", self.stderr(), self.error_log());
+                let kind = if log.contains("Address already in use") {
+                    io::ErrorKind::AddrInUse
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(io::Error::new(
+                    kind,
+                    format!("httpd exited ({status}) on start:\n{log}"),
+                ));
             }
             if let Ok((200, _)) = self.get(MANAGER_PATH) {
                 return Ok(());
@@ -254,7 +261,10 @@ impl Httpd {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
         Ok((status, body))
     }
 
@@ -390,7 +400,8 @@ pub const MEMBER_PARAMS: &str = "connectiontimeout=1 retry=5 timeout=10 ttl=15";
 /// `;jsessionid=` path parameter ended by `;` too (mod_jk's behaviour, as in
 /// httpd's documented Tomcat example); failover on (the sessions are
 /// replicated, so a dead member's users may go to any other).
-pub const STICKY_PARAMS: &str = "stickysession=JSESSIONID|jsessionid scolonpathdelim=On nofailover=Off";
+pub const STICKY_PARAMS: &str =
+    "stickysession=JSESSIONID|jsessionid scolonpathdelim=On nofailover=Off";
 
 /// A fresh directory under the system temp dir, world-readable (httpd's
 /// children run as `nobody` when started by root).
@@ -401,10 +412,8 @@ fn temp_dir() -> io::Result<PathBuf> {
         .map_or(0, |d| d.subsec_nanos());
     for _ in 0..100 {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "shoal-httpd-{}-{n}-{nanos:x}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("shoal-httpd-{}-{n}-{nanos:x}", std::process::id()));
         match fs::create_dir(&dir) {
             Ok(()) => {
                 use std::os::unix::fs::PermissionsExt;
