@@ -366,10 +366,7 @@ async fn finish(
         let replicate = session.shared.replicate;
         let ops: Vec<(String, Option<Box<RawValue>>)> = changes.into_iter().collect();
         let written = match existing {
-            Some(snap) => match engine
-                .access_snapshot(&snap.id, ops.clone(), replicate)
-                .await
-            {
+            Some(snap) => match engine.write(&snap.id, ops.clone(), replicate).await {
                 // Expired or invalidated elsewhere meanwhile: the writes
                 // start a new session rather than vanish.
                 Err(shoal::session::SessionError::NotFound) => None,
@@ -384,7 +381,7 @@ async fn finish(
                     .into_iter()
                     .filter_map(|(n, v)| v.map(|v| (n, v)))
                     .collect();
-                let r = engine.create_snapshot(None, sets, replicate).await;
+                let r = engine.create_written(None, sets, replicate).await;
                 if r.is_ok() {
                     m.created.fetch_add(1, Ordering::Relaxed);
                 }
@@ -392,11 +389,11 @@ async fn finish(
             }
         };
         match written {
-            Ok(snap) => {
+            Ok((id, sent)) => {
                 m.replicated.fetch_add(1, Ordering::Relaxed);
-                replicated = snap.replicated;
-                if requested != Some(snap.id.as_str()) {
-                    cookie = Some(Ok(snap.id));
+                replicated = sent;
+                if requested != Some(id.as_str()) {
+                    cookie = Some(Ok(id));
                 }
             }
             Err(e) => {

@@ -527,23 +527,6 @@ impl SessionEngine {
         Ok(served)
     }
 
-    /// [`create`](Self::create) for an embedding web layer: answers a
-    /// [`Snapshot`]; with `replicate` false the session is only kept here
-    /// until its next replicated change (a request the layer's filter
-    /// excludes).
-    pub async fn create_snapshot(
-        &self,
-        max_inactive_s: Option<u32>,
-        attributes: Vec<(String, Box<RawValue>)>,
-        replicate: bool,
-    ) -> Result<Snapshot, SessionError> {
-        let (mut snap, replicated) = self
-            .create_with(max_inactive_s, attributes, replicate, snapshot_of)
-            .await?;
-        snap.replicated = replicated;
-        Ok(snap)
-    }
-
     async fn create_with<T>(
         &self,
         max_inactive_s: Option<u32>,
@@ -660,6 +643,35 @@ impl SessionEngine {
         let (mut snap, replicated) = self.access_with(id, ops, replicate, snapshot_of).await?;
         snap.replicated = replicated;
         Ok(snap)
+    }
+
+    /// [`access_snapshot`](Self::access_snapshot) answering only the
+    /// session's id now and whether the change was replicated (a web
+    /// layer's write at the end of a request needs no copy of the data).
+    pub async fn write(
+        &self,
+        id: &str,
+        ops: Vec<(String, Option<Box<RawValue>>)>,
+        replicate: bool,
+    ) -> Result<(String, bool), SessionError> {
+        self.access_with(id, ops, replicate, |k, e| format_id(k, &e.route))
+            .await
+    }
+
+    /// [`create`](Self::create) for an embedding web layer, answering
+    /// only the new session's id and whether it was replicated; with
+    /// `replicate` false the session is only kept here until its next
+    /// replicated change (a request the layer's filter excludes).
+    pub async fn create_written(
+        &self,
+        max_inactive_s: Option<u32>,
+        attributes: Vec<(String, Box<RawValue>)>,
+        replicate: bool,
+    ) -> Result<(String, bool), SessionError> {
+        self.create_with(max_inactive_s, attributes, replicate, |k, e| {
+            format_id(k, &e.route)
+        })
+        .await
     }
 
     async fn access_with<T>(
