@@ -1,5 +1,6 @@
 //! Nodes as separate `shoal run` processes: SIGKILL is detected by expiry,
-//! SIGTERM by the shutdown announcement; bad config files are refused.
+//! SIGTERM by the shutdown announcement; bad config files are refused;
+//! both `shoal demo`s run to the end.
 
 mod common;
 
@@ -184,6 +185,57 @@ fn bad_config_file_is_refused_naming_file_and_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/shoal.toml"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `shoal demo ARGS…` to its end (each wait in it is bounded);
+/// returns whether it exited 0 and its stdout, stderr appended.
+fn demo(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("demo")
+        .args(args)
+        .output()
+        .expect("run shoal demo");
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `shoal demo` (and `shoal demo sessions`) walks the nine steps of
+/// session replication, each one checked: every step line says ok.
+#[test]
+fn demo_walks_the_nine_session_steps_each_ok() {
+    let (ok, out) = demo(&[]);
+    assert!(ok, "shoal demo failed:\n{out}");
+    for k in 1..=9 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("[{k}/9] ")))
+            .unwrap_or_else(|| panic!("no line for step {k}:\n{out}"));
+        assert!(line.contains(" ... ok ("), "step {k} not ok: {line}");
+    }
+    assert!(out.contains("all 9 steps ok in "), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+/// `shoal demo transport`: discovery, ACKed messages, a SIGKILLed member
+/// dropped after dropTime, a SIGTERMed one at once.
+#[test]
+fn demo_transport_runs_discovery_acks_and_both_departures() {
+    let (ok, out) = demo(&["transport"]);
+    assert!(ok, "shoal demo transport failed:\n{out}");
+    for want in [
+        "converged in",
+        "c received \"hello from a\"",
+        "a dropped c after",
+        "b dropped c after",
+        "(shutdown announcement)",
+        "Demo complete; all nodes stopped.",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
 }
 
 /// Tribes' TcpFailureDetector semantics, with the built-in guest: a member
