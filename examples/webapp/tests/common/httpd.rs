@@ -379,7 +379,7 @@ pub fn config(dir: &Path, port: u16, members: &[(&str, SocketAddr)], as_root: bo
     }
     let _ = writeln!(
         c,
-        "    ProxySet lbmethod=byrequests\n\
+        "    ProxySet {BALANCER_PARAMS}\n\
          </Proxy>\n\
          <Location \"{MANAGER_PATH}\">\n\
          \x20   SetHandler balancer-manager\n\
@@ -396,6 +396,12 @@ pub fn config(dir: &Path, port: u16, members: &[(&str, SocketAddr)], as_root: bo
 /// 10 s for an answer; pooled connections idle for 15 s are closed
 /// (before the member's keep-alive timeout: Tomcat's server.xml 20 s).
 pub const MEMBER_PARAMS: &str = "connectiontimeout=1 retry=5 timeout=10 ttl=15";
+/// The balancer's own: new sessions to the member with the fewest requests
+/// so far; a member that let a request time out (`timeout`, a paused or
+/// stuck process: its connect still succeeds) is put in error state like a
+/// refused one, so its other users fail over instead of each waiting the
+/// full timeout (the timed-out request itself gets a 502).
+pub const BALANCER_PARAMS: &str = "lbmethod=byrequests failontimeout=On";
 /// On `ProxyPass`: the route from the `JSESSIONID` cookie, else from a
 /// `;jsessionid=` path parameter ended by `;` too (mod_jk's behaviour, as in
 /// httpd's documented Tomcat example); failover on (the sessions are
