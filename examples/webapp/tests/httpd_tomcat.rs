@@ -176,10 +176,7 @@ impl Tomcat {
         loop {
             let left = DEADLINE.saturating_sub(start.elapsed());
             let line = rx.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "Tomcat {route} did not start ({e}):\n{}",
-                    t.log_tail()
-                )
+                panic!("Tomcat {route} did not start ({e}):\n{}", t.log_tail())
             });
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["event"] == "started"
@@ -507,7 +504,10 @@ fn a_dead_tomcat_member_fails_over_with_the_cart_and_the_route_moves() {
         probe.push(a.took);
         c.failed.append(&mut f.failed);
     }
-    assert!(!probe_nodes.contains(&home), "served by the dead node: {probe_nodes:?}");
+    assert!(
+        !probe_nodes.contains(&home),
+        "served by the dead node: {probe_nodes:?}"
+    );
     let a = c.call("GET", "/cart", "");
     assert_eq!(a.node, new_home, "the session left its new home");
     let a = c.call("POST", "/cart/checkout", "");
