@@ -1,5 +1,6 @@
-//! The `shoal plugin swap` and `shoal members` commands: small clients of a
-//! running node's admin API (part of the binary, not of the library).
+//! The `shoal plugin swap|deploy|keygen` and `shoal members` commands: small
+//! clients of a running node's admin API (part of the binary, not of the
+//! library).
 
 use std::path::Path;
 use std::time::Duration;
@@ -116,6 +117,103 @@ pub fn members(api: &str) -> anyhow::Result<()> {
                 p["sha256"].as_str().unwrap_or("?")
             );
         }
+    }
+    Ok(())
+}
+
+/// `shoal plugin keygen --out FILE`.
+pub fn keygen(out: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let key = shoal::deploy::sign::DeployKey::generate();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(out).with_context(|| {
+        format!(
+            "creating {} (an existing file is never overwritten)",
+            out.display()
+        )
+    })?;
+    f.write_all(key.to_file_text().as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote the secret key to {} (mode 0600; keep it off the nodes)",
+        out.display()
+    );
+    println!(
+        "every node's config:\n\n[deploy]\nkeys = [\"{}\"]",
+        key.public()
+    );
+    Ok(())
+}
+
+/// `shoal plugin deploy NAME FILE --key KEY`: signs the component's
+/// manifest and has the node deploy it to every member; one line per
+/// member; an error if any failed.
+pub fn deploy(api: &str, name: &str, file: &Path, key: &Path) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let key_text = std::fs::read_to_string(key)
+        .with_context(|| format!("reading the key {}", key.display()))?;
+    let key = shoal::deploy::sign::DeployKey::from_file_text(&key_text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading the key {}", key.display()))?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let manifest = shoal::deploy::sign::Manifest {
+        name: name.to_owned(),
+        sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+        issued_ms: shoal::clock::now_ms(),
+        nonce: rand::random(),
+    };
+    let (manifest_json, signature) = key.sign(&manifest);
+    let url = format!("http://{api}/api/deploy/{name}");
+    let started = std::time::Instant::now();
+    let resp = agent(Duration::from_secs(300))
+        .post(&url)
+        .header("content-type", "application/wasm")
+        .header("x-shoal-manifest", &manifest_json)
+        .header("x-shoal-signature", &signature)
+        .send(&bytes[..]);
+    let (status, body) = answer(api, &url, resp)?;
+    if !status.is_success() {
+        bail!(
+            "the node refused the deploy (HTTP {}): {}; nothing changed",
+            status.as_u16(),
+            error_of(&body)
+        );
+    }
+    let short = |v: &serde_json::Value| {
+        v.as_str()
+            .map_or_else(|| "-".to_owned(), |h| h[..h.len().min(12)].to_owned())
+    };
+    let list = body.as_array().cloned().unwrap_or_default();
+    let mut failed = 0;
+    for r in &list {
+        let ok = r["ok"].as_bool() == Some(true);
+        if !ok {
+            failed += 1;
+        }
+        println!(
+            "{:<16} {:<22} {:<6} {} -> {}  {:>8.1} ms  {}",
+            r["node"].as_str().filter(|n| !n.is_empty()).unwrap_or("?"),
+            r["address"].as_str().unwrap_or("?"),
+            if ok { "ok" } else { "FAILED" },
+            short(&r["old_sha256"]),
+            short(&r["new_sha256"]),
+            r["ms"].as_f64().unwrap_or(0.0),
+            r["message"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "{name} {} deployed to {} of {} nodes in {:.1} ms",
+        &manifest.sha256[..12],
+        list.len() - failed,
+        list.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if failed > 0 {
+        bail!("{failed} node(s) did not take the deploy and keep their old version");
     }
     Ok(())
 }

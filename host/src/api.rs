@@ -10,6 +10,7 @@
 //! | `POST /api/send?options=7&to=all` | sends the request body; `to` = `all` or comma-separated member ids |
 //! | `GET /api/plugins` | the interceptor chain: source, hash, generation, failures, counters, stats; then the session policy |
 //! | `PUT /api/plugins/{name}` | replaces that interceptor with the component in the body (live swap) |
+//! | `POST /api/deploy/{name}` | deploys the component in the body to every member (headers `x-shoal-manifest`, `x-shoal-signature`: `shoal plugin deploy`) |
 //! | `GET /metrics` | Prometheus text, plug-in and session metrics included |
 //!
 //! The session routes (`/api/sessions…`, [`crate::session::api`]) are
@@ -50,6 +51,7 @@ struct AppState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     sessions: Option<crate::session::SessionEngine>,
+    deployer: Option<crate::deploy::Deployer>,
 }
 
 /// One member in `GET /api/members`.
@@ -126,6 +128,7 @@ impl ApiServer {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         sessions: Option<crate::session::SessionEngine>,
+        deployer: Option<crate::deploy::Deployer>,
         extra: Option<Router>,
     ) -> std::io::Result<Self> {
         let state = AppState {
@@ -135,6 +138,7 @@ impl ApiServer {
             metrics,
             ready,
             sessions,
+            deployer,
         };
         let app = Router::new()
             .route("/api/members", get(members))
@@ -147,6 +151,12 @@ impl ApiServer {
             .route(
                 "/api/plugins/{name}",
                 put(swap_plugin).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+            )
+            .route(
+                "/api/deploy/{name}",
+                post(deploy_plugin).layer(DefaultBodyLimit::max(
+                    crate::deploy::MAX_COMPONENT_BYTES as usize,
+                )),
             )
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(MAX_SEND_BODY))
@@ -245,6 +255,9 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     if let Some(e) = &s.sessions {
         e.render_metrics(&mut text);
     }
+    if let Some(d) = &s.deployer {
+        d.render_metrics(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -340,6 +353,64 @@ async fn swap_plugin(State(s): State<AppState>, Path(name): Path<String>, body: 
             };
             tracing::warn!(plugin = %name, "live swap refused: {e}");
             (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+    }
+}
+
+/// `POST /api/deploy/{name}`: deploys the component in the body, described
+/// by the signed manifest in `x-shoal-manifest` (JSON) and
+/// `x-shoal-signature` (hex), to this node and every member. 200 with one
+/// result per node (`ok` false for those that refused or failed); 401 for
+/// a signature this node does not accept; 422 for a manifest that does not
+/// fit the request, the body or this node.
+async fn deploy_plugin(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let err = |status: StatusCode, msg: String| {
+        (status, Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let Some(d) = &s.deployer else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "this node has no deploy service".into(),
+        );
+    };
+    let header = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(manifest), Some(signature)) =
+        (header("x-shoal-manifest"), header("x-shoal-signature"))
+    else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "a deploy needs the headers x-shoal-manifest and x-shoal-signature (use `shoal plugin deploy`)".into(),
+        );
+    };
+    match serde_json::from_str::<crate::deploy::sign::Manifest>(&manifest) {
+        Ok(m) if m.name == name => {}
+        Ok(m) => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the manifest names {:?}, the URL {name:?}", m.name),
+            );
+        }
+        Err(_) => {}
+    }
+    match d.deploy(manifest, signature, body.to_vec()).await {
+        Ok(results) => Json(results).into_response(),
+        Err(crate::deploy::DeployError::Auth(e)) => {
+            tracing::warn!(plugin = %name, "deploy refused: {e}");
+            err(StatusCode::UNAUTHORIZED, e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(plugin = %name, "deploy refused: {e}");
+            err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
     }
 }

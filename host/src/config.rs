@@ -80,6 +80,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// `[session]`: HTTP-session replication.
     pub session: SessionConfig,
+    /// `[deploy]`: cluster-wide deploys of plug-ins.
+    pub deploy: DeployConfig,
     /// `[[interceptor]]`: the channel's interceptor chain, top (nearest the
     /// application) first. Empty: the default chain (see `plugins.default_chain`).
     #[serde(rename = "interceptor")]
@@ -228,6 +230,55 @@ impl TryFrom<RawSendMode> for SessionSendMode {
             RawSendMode::Text(t) => Err(format!(
                 "send_options {t:?} is not one of \"async\", \"sync-ack\", 8, 6"
             )),
+        }
+    }
+}
+
+/// `[deploy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Public keys (`ed25519:` and 64 hex digits) whose signed deploys
+    /// this node accepts; empty (the default): it accepts none.
+    pub keys: Vec<String>,
+    /// Where deployed components are stored, so a restart runs them:
+    /// relative to the config file's directory; `"off"`: not stored.
+    pub dir: String,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            dir: "deployed".into(),
+        }
+    }
+}
+
+impl DeployConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.keys.len() > 64 {
+            return Err(Invalid::new("deploy.keys", "at most 64 keys".into()));
+        }
+        crate::deploy::sign::TrustedKeys::parse(&self.keys)
+            .map(|_| ())
+            .map_err(|e| Invalid::new("deploy.keys", e))
+    }
+
+    /// The directory deployed components are stored in, if any: relative
+    /// to `base` (the config file's directory; without one, the current
+    /// directory).
+    pub fn store_dir(&self, base: Option<&Path>) -> Option<PathBuf> {
+        match self.dir.trim() {
+            "" | "off" => None,
+            d => {
+                let d = Path::new(d);
+                Some(if d.is_absolute() {
+                    d.to_path_buf()
+                } else {
+                    base.unwrap_or(Path::new(".")).join(d)
+                })
+            }
         }
     }
 }
@@ -714,6 +765,11 @@ impl Config {
             format!("{:?}", self.session),
             format!("{:?}", new.session),
         );
+        differs(
+            "deploy",
+            format!("{:?}", self.deploy),
+            format!("{:?}", new.deploy),
+        );
         let plugins = |p: &PluginsConfig| {
             let mut p = p.clone();
             p.default_chain = true;
@@ -732,6 +788,7 @@ impl Config {
             self.dispatch.validate(),
             self.plugins.validate(),
             self.session.validate(),
+            self.deploy.validate(),
             validate_interceptors(&self.interceptors),
         ];
         for r in sections {

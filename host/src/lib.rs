@@ -16,6 +16,7 @@
 //! * [`Channel`] — send with option bits; message and membership listeners.
 //! * [`session`] — HTTP-session replication: host-owned sessions, WebAssembly
 //!   placement policies, state transfer, the session API.
+//! * [`deploy`] — cluster-wide, signed deploys of plug-ins.
 //! * [`Node`] — start-up, readiness and graceful shutdown of all of the above.
 //! * [`Config`] — the TOML configuration.
 
@@ -24,6 +25,7 @@ pub mod chain;
 mod channel;
 pub mod clock;
 pub mod config;
+pub mod deploy;
 mod dispatch;
 mod member;
 pub mod membership;

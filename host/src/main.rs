@@ -80,6 +80,32 @@ enum PluginCommand {
         #[arg(long, default_value = DEFAULT_API)]
         api: String,
     },
+    /// Deploy the component FILE as plug-in NAME (an interceptor, or
+    /// `session-policy`) to every member of the cluster: the node at --api
+    /// sends it to each member, which checks the signature and the
+    /// SHA-256, swaps it in, stores it (a restart keeps it) and reports.
+    /// One line per member; exits non-zero if any member failed (it keeps
+    /// its old version).
+    Deploy {
+        /// The plug-in's name in the nodes' chains, or `session-policy`.
+        name: String,
+        /// The new `.wasm` component.
+        file: PathBuf,
+        /// The operator's signing key (`shoal plugin keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The admin API address of any node of the cluster.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: String,
+    },
+    /// Make a deploy signing key: writes the secret key to --out (mode
+    /// 0600; never overwrites) and prints the public key for every node's
+    /// `[deploy] keys`.
+    Keygen {
+        /// The key file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,6 +149,18 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin {
             action: PluginCommand::Swap { name, file, api },
         } => admin_client::swap(&api, &name, &file),
+        Command::Plugin {
+            action:
+                PluginCommand::Deploy {
+                    name,
+                    file,
+                    key,
+                    api,
+                },
+        } => admin_client::deploy(&api, &name, &file, &key),
+        Command::Plugin {
+            action: PluginCommand::Keygen { out },
+        } => admin_client::keygen(&out),
         Command::Members { api } => admin_client::members(&api),
     }
 }

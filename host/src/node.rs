@@ -68,6 +68,7 @@ pub struct Node {
     plugins: Arc<ChainHandle>,
     sessions: Option<crate::session::SessionEngine>,
     session_api: Option<ApiServer>,
+    deployer: crate::deploy::Deployer,
 }
 
 /// Resolves `receiver.address`: an IP, or "auto" for the address of the
@@ -151,28 +152,52 @@ impl Node {
             opts: plugin_options.clone(),
             node: node_ctx.clone(),
         };
+        // Components deployed earlier (`shoal plugin deploy`) replace the
+        // config's versions of the same plug-ins.
+        let deploy_keys = crate::deploy::sign::TrustedKeys::parse(&cfg.deploy.keys)
+            .map_err(|e| std::io::Error::other(format!("deploy.keys: {e}")))?;
+        let deploy_store = cfg.deploy.store_dir(cfg.base_dir.as_deref());
+        let persisted = deploy_store
+            .as_deref()
+            .map(|d| crate::deploy::read_persisted(d, &deploy_keys))
+            .unwrap_or_default();
+        for p in &persisted {
+            tracing::info!(
+                plugin = %p.name,
+                sha256 = %&p.manifest.sha256[..12],
+                "running the deployed version (stored by `shoal plugin deploy`), not the config's"
+            );
+        }
+        let deployed_policy: Option<Vec<u8>> = persisted
+            .iter()
+            .find(|p| p.name == crate::session::policy::POLICY_NAME)
+            .map(|p| p.bytes.clone());
         let policy = if cfg.session.enabled {
             let (source, base, l) = (
                 cfg.session.policy.clone(),
                 cfg.base_dir.clone(),
                 loader.clone(),
             );
-            let loaded = tokio::task::spawn_blocking(move || l.load(&source, base.as_deref()))
-                .await
-                .map_err(|e| {
-                    std::io::Error::other(format!("loading the session policy panicked: {e}"))
-                })??;
+            let loaded = tokio::task::spawn_blocking(move || match deployed_policy {
+                Some(bytes) => l.load_bytes(&bytes),
+                None => l.load(&source, base.as_deref()),
+            })
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!("loading the session policy panicked: {e}"))
+            })??;
             Some(loaded)
         } else {
             None
         };
+        let mut specs = InterceptorSpec::list_from(&cfg);
+        for s in &mut specs {
+            if let Some(p) = persisted.iter().find(|p| p.name == s.name) {
+                s.source = crate::plugins::PluginSource::Uploaded(p.bytes.as_slice().into());
+            }
+        }
         let chain = Arc::new(ArcSwap::from_pointee(
-            Chain::load(
-                InterceptorSpec::list_from(&cfg),
-                &plugin_options,
-                node_ctx.clone(),
-            )
-            .await?,
+            Chain::load(specs, &plugin_options, node_ctx.clone()).await?,
         ));
         let plugins = Arc::new(ChainHandle::new(
             chain.clone(),
@@ -221,6 +246,15 @@ impl Node {
                 loader,
             )
         });
+        let deployer = crate::deploy::Deployer::start(
+            cfg.node.name.clone(),
+            channel.clone(),
+            plugins.clone(),
+            sessions.clone(),
+            deploy_keys,
+            deploy_store,
+            &persisted,
+        );
         let receiver =
             Receiver::start(listener, &cfg.receiver, channel.handler(), metrics.clone())?;
 
@@ -311,6 +345,7 @@ impl Node {
                     metrics.clone(),
                     ready.clone(),
                     sessions.clone(),
+                    Some(deployer.clone()),
                     merged,
                 )
                 .await
@@ -362,7 +397,13 @@ impl Node {
             plugins,
             sessions,
             session_api,
+            deployer,
         })
+    }
+
+    /// The deploy service (`shoal plugin deploy`).
+    pub fn deployer(&self) -> &crate::deploy::Deployer {
+        &self.deployer
     }
 
     /// The channel, to send and to register listeners.
@@ -392,9 +433,9 @@ impl Node {
         &self,
         cfg: &Config,
     ) -> Result<crate::chain::ChangeReport, crate::chain::SwapError> {
-        self.plugins
-            .apply_specs(InterceptorSpec::list_from(cfg))
-            .await
+        let mut specs = InterceptorSpec::list_from(cfg);
+        self.deployer.override_specs(&mut specs);
+        self.plugins.apply_specs(specs).await
     }
 
     /// This node's identity.
@@ -470,6 +511,8 @@ impl Node {
 #[derive(Default)]
 struct FingerprintWatch {
     warned: HashMap<MemberId, Bytes>,
+    /// Peers warned about running other versions, with the payload seen.
+    versions: HashMap<MemberId, Bytes>,
 }
 
 impl FingerprintWatch {
@@ -482,6 +525,7 @@ impl FingerprintWatch {
                 return;
             }
         };
+        self.check_versions(local, &chain, peer);
         let bad = fingerprint::wire_mismatches(local, &chain);
         if bad.is_empty() {
             self.warned.remove(&peer.id);
@@ -511,9 +555,37 @@ impl FingerprintWatch {
         );
     }
 
+    /// A peer that runs another version of a plug-in than this node (a
+    /// deploy that did not reach one of the two, or a node started with
+    /// an old config): one warning per peer and fingerprint.
+    fn check_versions(&mut self, local: &[ChainEntry], chain: &[ChainEntry], peer: &Member) {
+        let differ = fingerprint::version_mismatches(local, chain);
+        if differ.is_empty() {
+            self.versions.remove(&peer.id);
+            return;
+        }
+        if self.versions.get(&peer.id) == Some(&peer.payload) {
+            return;
+        }
+        if self.versions.len() >= 4096 {
+            self.versions.clear();
+        }
+        self.versions.insert(peer.id, peer.payload.clone());
+        let list = differ
+            .iter()
+            .map(|(n, here, there)| format!("{n}: here {}, there {}", &here[..12], &there[..12]))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::warn!(
+            peer = %peer.id,
+            "peer runs other versions of plug-ins ({list}); `shoal plugin deploy` the current one, or restart the stale node with it"
+        );
+    }
+
     /// The local chain changed: every peer is checked again.
     fn recheck(&mut self, local: &[ChainEntry], peers: &[Member]) {
         self.warned.clear();
+        self.versions.clear();
         for p in peers {
             self.check(local, p);
         }

@@ -12,6 +12,7 @@
 //! | `echo-settings` | exports every setting as a gauge named after its key |
 //! | `hold` | holds every membership event for `hold_ms` (a timer), then raises it |
 //! | `refuse-take-over` | refuses a live swap in `take-over` |
+//! | `flip` | on receive, inverts the last byte of every body of at least `min_size` bytes (a faulty or tampering path) |
 //!
 //! Settings `only_options` (option bits) and `max_size` (bytes) set the
 //! message filter of its capabilities; `version` and `changes_wire` (bool)
@@ -31,6 +32,7 @@ struct Testkit {
     held: Vec<(u64, Member, Option<LeaveReason>)>,
     version: String,
     changes_wire: bool,
+    min_size: usize,
 }
 
 impl Testkit {
@@ -112,6 +114,7 @@ impl Interceptor for Testkit {
             held: Vec::new(),
             version: s.raw("version").unwrap_or("").to_string(),
             changes_wire: s.get_or("changes_wire", false)?,
+            min_size: s.get_or("min_size", 0)?,
         })
     }
 
@@ -139,6 +142,21 @@ impl Interceptor for Testkit {
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
+        if self.mode == "flip" {
+            return match msg.body {
+                Some(b) if !b.is_empty() && b.len() >= self.min_size => {
+                    let mut b = b.to_vec();
+                    if let Some(last) = b.last_mut() {
+                        *last = !*last;
+                    }
+                    Verdict::Modify {
+                        options: None,
+                        body: Some(b),
+                    }
+                }
+                _ => Verdict::Pass,
+            };
+        }
         self.act(msg.body)
     }
 

@@ -244,9 +244,45 @@ pub fn wire_mismatches(local: &[ChainEntry], peer: &[ChainEntry]) -> Vec<String>
     out
 }
 
+/// Plug-ins both chains run under one name but in different versions
+/// (another SHA-256): name, hash here, hash there (16 hex digits).
+pub fn version_mismatches(
+    local: &[ChainEntry],
+    peer: &[ChainEntry],
+) -> Vec<(String, String, String)> {
+    local
+        .iter()
+        .filter_map(|e| {
+            let there = peer.iter().find(|x| x.name == e.name)?;
+            (there.sha256_prefix != e.sha256_prefix)
+                .then(|| (e.name.clone(), e.sha256_hex(), there.sha256_hex()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_mismatches_name_plugins_in_both_chains_with_other_hashes() {
+        let here = [
+            entry("a", 1, false),
+            entry("b", 2, false),
+            entry("c", 3, true),
+        ];
+        let there = [
+            entry("a", 1, false),
+            entry("b", 9, false),
+            entry("d", 4, false),
+        ];
+        let m = version_mismatches(&here, &there);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, "b");
+        assert_eq!(m[0].1, hex::encode([2u8; 8]));
+        assert_eq!(m[0].2, hex::encode([9u8; 8]));
+        assert!(version_mismatches(&here, &here).is_empty());
+    }
 
     fn entry(name: &str, b: u8, wire: bool) -> ChainEntry {
         ChainEntry {
