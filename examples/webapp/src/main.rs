@@ -121,6 +121,35 @@ async fn add(
 }
 
 #[derive(Debug, Deserialize)]
+struct SetQuery {
+    item: String,
+    qty: u32,
+}
+
+/// Sets a line's quantity (0 removes it): unlike `add`, repeating it changes
+/// nothing, so a client may retry it safely on another node.
+async fn set_qty(
+    State(app): State<App>,
+    session: Session,
+    Query(q): Query<SetQuery>,
+) -> Result<Response, shoal_web::Error> {
+    if let Err(msg) = check_item(&q.item) {
+        return Ok(bad_request(msg));
+    }
+    if q.qty > 1000 {
+        return Ok(bad_request(format!("qty must be 0-1000, not {}", q.qty)));
+    }
+    let name = format!("cart:{}", q.item);
+    if q.qty == 0 {
+        session.remove(&name)?;
+    } else {
+        let mut line = session.get_mut_or_default::<Line>(&name)?;
+        line.qty = q.qty;
+    }
+    Ok(Json(cart_json(&app, &session)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
 struct RemoveQuery {
     item: String,
 }
@@ -241,6 +270,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .route("/visit", get(visit))
         .route("/cart", get(cart))
         .route("/cart/add", post(add))
+        .route("/cart/set", post(set_qty))
         .route("/cart/remove", post(remove))
         .route("/cart/checkout", post(checkout))
         .route("/static/app.css", get(stylesheet))
