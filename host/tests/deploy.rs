@@ -71,9 +71,9 @@ fn keygen(path: &Path) -> String {
 }
 
 impl Cluster {
-    fn new() -> Self {
+    fn new(tag: &str) -> Self {
         require_loopback_multicast();
-        let dir = std::env::temp_dir().join(format!("shoal-deploy-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("shoal-deploy-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self {
@@ -86,6 +86,10 @@ impl Cluster {
     /// Node `name` with the interceptor `filter` (the testkit: passes),
     /// trusting `key`, plus `extra` config text.
     fn start(&mut self, name: &str, key: &str, extra: &str) -> usize {
+        self.start_with(name, key, extra, "[session]\nenabled = false")
+    }
+
+    fn start_with(&mut self, name: &str, key: &str, extra: &str, session: &str) -> usize {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let cfg = self.dir.join(name).join("node.toml");
         std::fs::create_dir_all(cfg.parent().expect("dir")).expect("node dir");
@@ -97,7 +101,7 @@ impl Cluster {
                  [membership]\nport = {}\nbind = \"127.0.0.1\"\n\
                  [receiver]\naddress = \"127.0.0.1\"\nport = {}\nauto_bind = 50\n\
                  [api]\nlisten = \"{api}\"\n[plugins]\ncache_dir = \"{cache}\"\n\
-                 [session]\nenabled = false\n[deploy]\nkeys = [\"{key}\"]\n\
+                 {session}\n[deploy]\nkeys = [\"{key}\"]\n\
                  [[interceptor]]\nname = \"filter\"\nwasm = \"{}\"\n{extra}\n",
                 self.group_port,
                 free_port(),
@@ -146,21 +150,29 @@ impl Cluster {
     }
 
     fn filter_hash(&self, i: usize) -> String {
+        self.plugin_hash(i, "filter")
+    }
+
+    fn plugin_hash(&self, i: usize, name: &str) -> String {
         let p = get_json(self.nodes[i].api, "/api/plugins").expect("plugins");
         p.as_array()
             .into_iter()
             .flatten()
-            .find(|x| x["name"] == "filter")
+            .find(|x| x["name"] == name)
             .and_then(|x| x["sha256"].as_str())
             .expect("filter listed")
             .to_owned()
     }
 
     fn deploy(&self, via: usize, file: &Path, key: &Path) -> Output {
+        self.deploy_as(via, "filter", file, key)
+    }
+
+    fn deploy_as(&self, via: usize, name: &str, file: &Path, key: &Path) -> Output {
         shoal(&[
             "plugin",
             "deploy",
-            "filter",
+            name,
             file.to_str().expect("utf-8"),
             "--key",
             key.to_str().expect("utf-8"),
@@ -190,7 +202,7 @@ fn sha256_hex(path: &Path) -> String {
 
 #[test]
 fn a_signed_deploy_reaches_every_member_and_bad_ones_change_nothing() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new("filter");
     let key = c.dir.join("operator.key");
     let public = keygen(&key);
     // A second key file is never overwritten.
@@ -336,4 +348,49 @@ fn a_signed_deploy_reaches_every_member_and_bad_ones_change_nothing() {
     );
     let log = std::fs::read_to_string(&c.nodes[b].log).expect("log");
     assert!(log.contains("running the deployed version"), "{log}");
+}
+
+#[test]
+fn a_session_policy_is_deployed_and_the_sessions_stay() {
+    let mut c = Cluster::new("policy");
+    let key = c.dir.join("operator.key");
+    let public = keygen(&key);
+    let session = "[session]\nsend_options = \"sync-ack\"";
+    let a = c.start_with("a", &public, "", session);
+    let b = c.start_with("b", &public, "", session);
+    c.wait_converged();
+    for i in [a, b] {
+        wait_blocking("ready", || get_json(c.nodes[i].api, "/api/ready").map(|_| ()));
+    }
+    // Sessions on a (the delta policy: a copy on b too).
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut r = ureq::post(format!("http://{}/api/sessions", c.nodes[a].api))
+            .send_json(serde_json::json!({ "attributes": { "n": i } }))
+            .expect("create");
+        let v: Value = r.body_mut().read_json().expect("json");
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    let old = c.plugin_hash(a, "session-policy");
+    let new_file = guest("backup_policy");
+    let out = c.deploy_as(b, "session-policy", &new_file, &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = sha256_hex(&new_file);
+    assert_ne!(old, new);
+    for i in [a, b] {
+        assert_eq!(c.plugin_hash(i, "session-policy"), new);
+    }
+    // Every session is still there, on both nodes.
+    for (n, id) in ids.iter().enumerate() {
+        for i in [a, b] {
+            let v = get_json(c.nodes[i].api, &format!("/api/sessions/{id}"))
+                .unwrap_or_else(|| panic!("session {id} lost on node {i}"));
+            assert_eq!(v["attributes"]["n"], n);
+        }
+    }
 }
