@@ -447,3 +447,29 @@ async fn concurrent_requests_changing_different_attributes_both_survive() {
     }
     c.stop().await;
 }
+
+fn metric(e: &SessionEngine, name: &str) -> u64 {
+    let mut text = String::new();
+    e.render_metrics(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cookie_asks_the_cluster_once_not_on_every_request() {
+    let c = Cluster::start(2, "delta").await;
+    let stale = jar("0123456789ABCDEF0123456789ABCDEF.nodeA");
+    let before = metric(c.engine(0), "shoal_session_fetches_total");
+    for _ in 0..5 {
+        let r = call(&c.apps[0], "GET", "/get?name=a", Some(&stale)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "null");
+    }
+    assert_eq!(
+        metric(c.engine(0), "shoal_session_fetches_total") - before,
+        1,
+        "every request with the stale cookie asked the other members"
+    );
+    c.stop().await;
+}

@@ -68,6 +68,14 @@ const JOINER_WAIT: Duration = Duration::from_secs(10);
 const REJOIN_GRACE: Duration = Duration::from_secs(3);
 /// Members remembered as having asked for their share.
 const SERVED: usize = 4096;
+/// Fetches of ids this node does not know at all, under way at once (each
+/// asks every member); more are answered "no such session" at once.
+const UNKNOWN_FETCHES: usize = 32;
+/// An id no member knew is not asked for again for this long (a browser
+/// sends a stale cookie with every request).
+const MISS_TTL: Duration = Duration::from_secs(5);
+/// Ids remembered as unknown.
+const MISSES: usize = 4096;
 /// Member label: the node runs a session engine (value: the policy).
 pub const LABEL_SESSIONS: &str = "sessions";
 /// Member label: the node's zone.
@@ -109,6 +117,7 @@ pub struct SessionMetrics {
     orphans: AtomicU64,
     fetches: AtomicU64,
     fetch_misses: AtomicU64,
+    unknown_refused: AtomicU64,
     transfer_ms: AtomicU64,
     transfer_timeouts: AtomicU64,
     transfer_sent: AtomicU64,
@@ -204,6 +213,9 @@ struct Inner {
     /// sent its share without asking).
     served: Mutex<HashMap<Uid, Instant>>,
     tombstones: Mutex<(HashSet<Key>, VecDeque<Key>)>,
+    /// Ids no member knew, and when that was found.
+    misses: Mutex<HashMap<Key, Instant>>,
+    unknown_fetches: tokio::sync::Semaphore,
     placing: tokio::sync::Mutex<()>,
     metrics: SessionMetrics,
 }
@@ -278,6 +290,8 @@ impl SessionEngine {
             transfer: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
             tombstones: Mutex::new((HashSet::new(), VecDeque::new())),
+            misses: Mutex::new(HashMap::new()),
+            unknown_fetches: tokio::sync::Semaphore::new(UNKNOWN_FETCHES),
             placing: tokio::sync::Mutex::new(()),
             metrics: SessionMetrics::default(),
         });
@@ -734,9 +748,18 @@ impl SessionEngine {
                 }
             }
             None => {
-                if self.tombstoned(key) {
+                if self.tombstoned(key) || self.recently_missed(key) {
                     return Err(SessionError::NotFound);
                 }
+                // Bounded: a flood of made-up ids must not become a flood
+                // of cluster-wide fetches.
+                let Ok(_permit) = self.inner.unknown_fetches.try_acquire() else {
+                    self.inner
+                        .metrics
+                        .unknown_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionError::NotFound);
+                };
                 let everyone: Vec<Uid> = self.view().iter().skip(1).map(|n| n.uid).collect();
                 match self.fetch(key, &everyone).await {
                     Some(copy) => {
@@ -744,7 +767,10 @@ impl SessionEngine {
                             return Err(SessionError::NotFound);
                         }
                     }
-                    None => return Err(SessionError::NotFound),
+                    None => {
+                        self.note_miss(key);
+                        return Err(SessionError::NotFound);
+                    }
                 }
             }
         }
@@ -988,6 +1014,29 @@ impl SessionEngine {
     }
 
     /// Asks `holders` (in parallel) for a copy of `key`; the first copy wins.
+    fn recently_missed(&self, key: Key) -> bool {
+        let mut m = self.inner.misses.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&key) {
+            Some(at) if at.elapsed() < MISS_TTL => true,
+            Some(_) => {
+                m.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn note_miss(&self, key: Key) {
+        let mut m = self.inner.misses.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MISSES {
+            m.retain(|_, at| at.elapsed() < MISS_TTL);
+            if m.len() >= MISSES {
+                m.clear();
+            }
+        }
+        m.insert(key, Instant::now());
+    }
+
     async fn fetch(&self, key: Key, holders: &[Uid]) -> Option<Copy> {
         let view = self.view();
         let ids = ids_of(&view, holders);
@@ -1786,6 +1835,13 @@ impl SessionEngine {
             "Fetches no member could answer.",
             "counter",
             l(&m.fetch_misses),
+        );
+        g(
+            out,
+            "session_unknown_fetches_refused_total",
+            "Reads of ids this node does not know that were not asked of the other members (too many under way).",
+            "counter",
+            l(&m.unknown_refused),
         );
         g(
             out,
