@@ -360,7 +360,9 @@ fn a_session_policy_is_deployed_and_the_sessions_stay() {
     let b = c.start_with("b", &public, "", session);
     c.wait_converged();
     for i in [a, b] {
-        wait_blocking("ready", || get_json(c.nodes[i].api, "/api/ready").map(|_| ()));
+        wait_blocking("ready", || {
+            get_json(c.nodes[i].api, "/api/ready").map(|_| ())
+        });
     }
     // Sessions on a (the delta policy: a copy on b too).
     let mut ids = Vec::new();
