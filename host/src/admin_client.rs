@@ -15,6 +15,32 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// `Authorization` for a node whose API has a token: the first line of the
+/// file named by `SHOAL_API_TOKEN_FILE`, if set.
+fn bearer() -> anyhow::Result<Option<String>> {
+    let Some(path) = std::env::var_os("SHOAL_API_TOKEN_FILE").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the API token file {} (SHOAL_API_TOKEN_FILE)",
+            Path::new(&path).display()
+        )
+    })?;
+    Ok(Some(format!(
+        "Bearer {}",
+        text.lines().next().unwrap_or("").trim()
+    )))
+}
+
+/// A request with the bearer token, if there is one.
+fn authed<B>(req: ureq::RequestBuilder<B>) -> anyhow::Result<ureq::RequestBuilder<B>> {
+    Ok(match bearer()? {
+        Some(b) => req.header("authorization", &b),
+        None => req,
+    })
+}
+
 /// The status and JSON body of an admin API answer, or what went wrong.
 fn answer(
     api: &str,
@@ -41,10 +67,12 @@ fn error_of(body: &serde_json::Value) -> String {
 pub fn swap(api: &str, name: &str, file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let url = format!("http://{api}/api/plugins/{name}");
-    let resp = agent(Duration::from_secs(60))
-        .put(&url)
-        .header("content-type", "application/wasm")
-        .send(&bytes[..]);
+    let resp = authed(
+        agent(Duration::from_secs(60))
+            .put(&url)
+            .header("content-type", "application/wasm"),
+    )?
+    .send(&bytes[..]);
     let (status, body) = answer(api, &url, resp)?;
     if !status.is_success() {
         bail!(
@@ -90,7 +118,7 @@ pub fn swap(api: &str, name: &str, file: &Path) -> anyhow::Result<()> {
 /// once members advertise it).
 pub fn members(api: &str) -> anyhow::Result<()> {
     let url = format!("http://{api}/api/members");
-    let resp = agent(Duration::from_secs(5)).get(&url).call();
+    let resp = authed(agent(Duration::from_secs(5)).get(&url))?.call();
     let (status, body) = answer(api, &url, resp)?;
     if !status.is_success() {
         bail!("HTTP {}: {}", status.as_u16(), error_of(&body));
@@ -169,12 +197,14 @@ pub fn deploy(api: &str, name: &str, file: &Path, key: &Path) -> anyhow::Result<
     let (manifest_json, signature) = key.sign(&manifest);
     let url = format!("http://{api}/api/deploy/{name}");
     let started = std::time::Instant::now();
-    let resp = agent(Duration::from_secs(300))
-        .post(&url)
-        .header("content-type", "application/wasm")
-        .header("x-shoal-manifest", &manifest_json)
-        .header("x-shoal-signature", &signature)
-        .send(&bytes[..]);
+    let resp = authed(
+        agent(Duration::from_secs(300))
+            .post(&url)
+            .header("content-type", "application/wasm")
+            .header("x-shoal-manifest", &manifest_json)
+            .header("x-shoal-signature", &signature),
+    )?
+    .send(&bytes[..]);
     let (status, body) = answer(api, &url, resp)?;
     if !status.is_success() {
         bail!(

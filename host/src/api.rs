@@ -43,6 +43,60 @@ const MAX_SEND_BODY: usize = 4 * 1024 * 1024;
 /// Largest component `PUT /api/plugins/{name}` accepts.
 const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Who may use the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    /// The bearer token every request must carry; none: no check (the API
+    /// then listens on loopback only, `[api]` validation).
+    pub token: Option<String>,
+    /// `/metrics` and `/api/ready` answer without the token.
+    pub open_health: bool,
+}
+
+/// Compares in time independent of where the two differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(auth): State<Arc<ApiAuth>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if auth.open_health && (path == "/metrics" || path == "/api/ready") {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match (&auth.token, given) {
+        (Some(t), Some(g)) => same_secret(t.as_bytes(), g.as_bytes()),
+        _ => false,
+    };
+    if ok {
+        return next.run(req).await;
+    }
+    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 3 || n.is_multiple_of(100) {
+        tracing::warn!(path = %path, count = n, "admin API request refused: no valid bearer token");
+    }
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": "this admin API needs `Authorization: Bearer TOKEN` (api.token_file)" })),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
 #[derive(Clone)]
 struct AppState {
     name: Arc<str>,
@@ -130,6 +184,7 @@ impl ApiServer {
         sessions: Option<crate::session::SessionEngine>,
         deployer: Option<crate::deploy::Deployer>,
         extra: Option<Router>,
+        auth: ApiAuth,
     ) -> std::io::Result<Self> {
         let state = AppState {
             name: name.into(),
@@ -163,6 +218,13 @@ impl ApiServer {
             .with_state(state);
         let app = match extra {
             Some(r) => app.merge(r),
+            None => app,
+        };
+        let app = match auth.token {
+            Some(_) => app.layer(axum::middleware::from_fn_with_state(
+                Arc::new(auth),
+                require_token,
+            )),
             None => app,
         };
         Self::serve(addr, app).await

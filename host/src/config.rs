@@ -567,17 +567,67 @@ pub struct ApiConfig {
     /// Listen address of the HTTP admin API; `""` or `"off"` disables it.
     /// Default 127.0.0.1:8080.
     pub listen: ApiListen,
+    /// A file holding the bearer token every request must carry
+    /// (`Authorization: Bearer TOKEN`), relative to the config file; `""`
+    /// (the default): no token, and then the API listens on loopback only.
+    pub token_file: String,
+    /// With a token: `/metrics` and `/api/ready` answer without it (for
+    /// scrapers and health checks).
+    pub open_health: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: ApiListen::At(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))),
+            token_file: String::new(),
+            open_health: true,
         }
     }
 }
 
 impl ApiConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if let ApiListen::At(a) = self.listen
+            && !a.ip().is_loopback()
+            && self.token_file.trim().is_empty()
+        {
+            return Err(Invalid::new(
+                "api.listen",
+                format!(
+                    "{a} is not a loopback address: the admin API can change the node's code, so it \
+                     listens elsewhere only with a token (set api.token_file)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the token file (relative to `base`), if one is set: its first
+    /// line, at least 16 characters.
+    pub fn token(&self, base: Option<&Path>) -> Result<Option<String>, String> {
+        let f = self.token_file.trim();
+        if f.is_empty() {
+            return Ok(None);
+        }
+        let path = Path::new(f);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.unwrap_or(Path::new(".")).join(path)
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("api.token_file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "api.token_file {}: the token must be at least 16 visible ASCII characters on the first line",
+                path.display()
+            ));
+        }
+        Ok(Some(token))
+    }
+
     /// The listen address, if the API is enabled.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         match self.listen {
@@ -789,6 +839,7 @@ impl Config {
             self.plugins.validate(),
             self.session.validate(),
             self.deploy.validate(),
+            self.api.validate(),
             validate_interceptors(&self.interceptors),
         ];
         for r in sections {

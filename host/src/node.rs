@@ -319,6 +319,13 @@ impl Node {
             }
         });
 
+        let api_auth = crate::api::ApiAuth {
+            token: cfg
+                .api
+                .token(cfg.base_dir.as_deref())
+                .map_err(std::io::Error::other)?,
+            open_health: cfg.api.open_health,
+        };
         let ready = Arc::new(AtomicBool::new(false));
         let session_routes = sessions.as_ref().map(|e| {
             crate::session::api::router(e.clone(), cfg.session.max_session_bytes + 64 * 1024)
@@ -347,6 +354,7 @@ impl Node {
                     sessions.clone(),
                     Some(deployer.clone()),
                     merged,
+                    api_auth,
                 )
                 .await
                 .map_err(|cause| StartError::Api { addr, cause })?,
