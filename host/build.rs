@@ -13,11 +13,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "tcp_failure_detector",
     "message_dispatch",
     "throughput",
     "domain_filter",
+    "size_filter",
     "testkit",
     "delta_policy",
     "backup_policy",
