@@ -141,6 +141,20 @@ impl Cluster {
 
     fn wait_converged(&self) {
         let want = self.nodes.len() - 1;
+        // A node answers once started: on a fresh clone it first compiles
+        // its plug-ins (a debug build, the cache cold, the other test
+        // compiling too), which can take longer than any other wait.
+        for n in &self.nodes {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+            while get_json(n.api, "/api/node").is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} did not start within 240 s",
+                    n.name
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         for n in &self.nodes {
             wait_blocking(&format!("{} sees {want} members", n.name), || {
                 let m = get_json(n.api, "/api/members")?;
