@@ -768,7 +768,11 @@ impl SessionEngine {
                         }
                     }
                     None => {
-                        self.note_miss(key);
+                        // Remembered only when someone was asked: a node
+                        // that sees no member yet must ask again later.
+                        if !everyone.is_empty() {
+                            self.note_miss(key);
+                        }
                         return Err(SessionError::NotFound);
                     }
                 }
