@@ -598,19 +598,22 @@ impl SessionEngine {
         if !replicate {
             return Ok((served, false));
         }
+        Ok((served, self.send_whole(&view, key).await))
+    }
+
+    /// Sends the whole session `key` (this node is its primary) to every
+    /// member that must hold it, and its location to the others; whether
+    /// all were reached.
+    async fn send_whole(&self, view: &[ViewNode], key: Key) -> bool {
+        let mv = Move {
+            key,
+            before: Vec::new(),
+            changed: true,
+        };
         let (_, replicated) = self
-            .carry_out(
-                &view,
-                vec![Move {
-                    key,
-                    before: Vec::new(),
-                    changed: true,
-                }],
-                None,
-                self.inner.cfg.send_options,
-            )
+            .carry_out(view, vec![mv], None, self.inner.cfg.send_options)
             .await;
-        Ok((served, replicated))
+        replicated
     }
 
     /// Reads (`ops` empty, `write` false) or changes a session. Counts as
@@ -834,20 +837,7 @@ impl SessionEngine {
         };
         let (delta, full) = delta;
         if full {
-            let view = self.view();
-            let (_, replicated) = self
-                .carry_out(
-                    &view,
-                    vec![Move {
-                        key,
-                        before: Vec::new(),
-                        changed: true,
-                    }],
-                    None,
-                    self.inner.cfg.send_options,
-                )
-                .await;
-            return Ok((served, replicated));
+            return Ok((served, self.send_whole(&self.view(), key).await));
         }
         let mut replicated = true;
         if let Some(delta) = delta {
