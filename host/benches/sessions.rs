@@ -74,13 +74,12 @@
 //! their stdin, and a watchdog kills everything when the run overstays.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -91,7 +90,14 @@ use measure::{CpuWindow, Stat, cpu_model, java_version};
 #[path = "../tests/common/java.rs"]
 #[allow(dead_code)]
 mod java;
-use java::{JULI_JAR, TRIBES_JAR, jdk_tool};
+use java::jdk_tool;
+#[path = "common/nodes.rs"]
+#[allow(dead_code)]
+mod nodes;
+use nodes::{
+    PIDS, Proc, StopBy, agent, compile_tomcat_sessions, free_port, get_json, http_get, load_avg,
+    stop_all, tomcat_classpath, wait_for,
+};
 
 /// Concurrent clients (default of `--clients`).
 const CLIENTS: usize = 8;
@@ -116,28 +122,10 @@ const MAX_ERRORS: u64 = 1000;
 /// Share of a core used by others above which a round is flagged.
 const BUSY_ROUND: f64 = 0.10;
 
-/// Tomcat's jars from Debian's `libtomcat10-java` that an embedded
-/// clustered webapp needs (reference/tomcat-embedded-notes.md).
-const TOMCAT_JARS: [&str; 10] = [
-    "catalina",
-    "catalina-ha",
-    "coyote",
-    "util",
-    "util-scan",
-    "api",
-    "jni",
-    "servlet-api",
-    "annotations-api",
-    "jaspic-api",
-];
-
 /// The allocator `shoal run` uses (for the floor peers and the clients).
 #[cfg(feature = "cli")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Every process this run started, for the watchdog.
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// The processes this run started (for the CPU accounting).
 fn own_pids() -> Vec<u32> {
@@ -316,225 +304,9 @@ environment: SESSIONS_JAVA_OPTS adds JVM flags to every Tomcat node";
 // Processes
 // ---------------------------------------------------------------------------
 
-/// How a process is asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopBy {
-    /// End of its stdin (the JVM nodes: they also exit if we die).
-    Stdin,
-    /// SIGTERM (shoal: leave gracefully; Redis: shut down).
-    Sigterm,
-}
-
-/// A child process with its output in a log file; SIGKILLed when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    pid: u32,
-    log: PathBuf,
-    stop_by: StopBy,
-    spawned: Instant,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, name: &str, logs: &Path, stop_by: StopBy) -> Result<Self, String> {
-        let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.stdout(out).stderr(err).stdin(match stop_by {
-            StopBy::Stdin => Stdio::piped(),
-            StopBy::Sigterm => Stdio::null(),
-        });
-        let spawned = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning {name} ({:?}): {e}", cmd.get_program()))?;
-        let pid = child.id();
-        PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
-        Ok(Self {
-            name: name.to_owned(),
-            stdin: child.stdin.take(),
-            child: Some(child),
-            pid,
-            log,
-            stop_by,
-            spawned,
-        })
-    }
-
-    /// `Some(why)` once the process has exited.
-    fn exited(&mut self) -> Option<String> {
-        let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(st)) => Some(format!(
-                "{} exited ({st}); log {}: {}",
-                self.name,
-                self.log.display(),
-                self.log_tail(3)
-            )),
-            _ => None,
-        }
-    }
-
-    /// The last `n` non-empty lines of the log, joined.
-    fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(n)..].join(" | ")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Asks the process to stop (does not wait).
-    fn ask_stop(&mut self) {
-        match self.stop_by {
-            StopBy::Stdin => {
-                if let Some(mut s) = self.stdin.take() {
-                    let _ = writeln!(s, "stop").and_then(|()| s.flush());
-                }
-            }
-            StopBy::Sigterm => {
-                if self.child.is_some()
-                    && let Ok(p) = i32::try_from(self.pid)
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-            }
-        }
-    }
-
-    /// True once the process is gone (reaped).
-    fn reaped(&mut self) -> bool {
-        match self.child.as_mut() {
-            None => true,
-            Some(c) => {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    self.child = None;
-                    true
-                } else {
-                    false
-                }
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        self.stdin = None;
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn rss_kb(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Stops every process gracefully, all at once; SIGKILL after 15 s.
-fn stop_all<'a>(procs: impl IntoIterator<Item = &'a mut Proc>) {
-    let mut procs: Vec<&mut Proc> = procs.into_iter().collect();
-    for p in procs.iter_mut() {
-        p.ask_stop();
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline && !procs.iter_mut().all(|p| p.reaped()) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in procs {
-        if !p.reaped() {
-            eprintln!("   {} did not stop within 15 s: SIGKILL", p.name);
-            p.kill();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
-}
-
-/// Polls `probe` every `every` until it returns `Some`, the process exits,
-/// or `timeout` passes.
-fn wait_for<T>(
-    p: &mut Proc,
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut probe: impl FnMut(&mut Proc) -> Option<T>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe(p) {
-            return Ok(v);
-        }
-        if let Some(why) = p.exited() {
-            return Err(format!("waiting for {what}: {why}"));
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "{}: no {what} after {timeout:?}; log {}: {}",
-                p.name,
-                p.log.display(),
-                p.log_tail(2)
-            ));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // HTTP helpers (ureq, keep-alive)
 // ---------------------------------------------------------------------------
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .new_agent()
-}
-
-/// `GET url` → (status, body).
-fn http_get(a: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
-    let mut r = a.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
-    let body = r
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    Ok((r.status().as_u16(), body))
-}
-
-/// `GET url`, 200 and a JSON body, else `None`.
-fn get_json(a: &ureq::Agent, url: &str) -> Option<Value> {
-    match http_get(a, url) {
-        Ok((200, b)) => serde_json::from_str(&b).ok(),
-        _ => None,
-    }
-}
 
 /// A 1 KiB ASCII value that differs per client and per write.
 fn value(client: usize, seq: u64) -> String {
@@ -745,52 +517,10 @@ struct Ctx {
     tag: String,
 }
 
-/// The Tomcat class path: the compiled node and Debian's jars.
-fn tomcat_classpath(classes: &Path) -> String {
-    let mut cp = vec![
-        classes.display().to_string(),
-        TRIBES_JAR.to_owned(),
-        JULI_JAR.to_owned(),
-    ];
-    cp.extend(
-        TOMCAT_JARS
-            .iter()
-            .map(|j| format!("/usr/share/java/tomcat10-{j}.jar")),
-    );
-    cp.join(":")
-}
-
 /// Compiles TomcatSessions.java into the work dir (every run: ~1–3 s).
 fn compile_java(work: &Path) -> Result<PathBuf, String> {
-    let cp = tomcat_classpath(Path::new("."));
-    for jar in cp.split(':').skip(1) {
-        if !Path::new(jar).is_file() {
-            return Err(format!(
-                "{jar} missing: apt-get install libtomcat10-java (scripts/setup.sh)"
-            ));
-        }
-    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/TomcatSessions.java");
-    let classes = work.join("classes");
-    let _ = std::fs::remove_dir_all(&classes);
-    std::fs::create_dir_all(&classes).map_err(|e| e.to_string())?;
-    let out = Command::new(jdk_tool("javac"))
-        .arg("-nowarn")
-        .arg("-d")
-        .arg(&classes)
-        .arg("-cp")
-        .arg(&cp)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("running javac: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "javac failed on {}:\n{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(classes)
+    compile_tomcat_sessions(work, &src, true)
 }
 
 /// One Tomcat node: spawned, not yet waited for.
@@ -2502,10 +2232,4 @@ fn report(
         }
     }
     println!("\nlogs: {}", ctx.logs.display());
-}
-
-fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

@@ -76,11 +76,10 @@
 //! when the run overstays. Only 127.0.0.1.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,10 +93,17 @@ mod java;
 #[path = "../../../host/benches/common/measure.rs"]
 #[allow(dead_code)]
 mod measure;
+#[path = "../../../host/benches/common/nodes.rs"]
+#[allow(dead_code)]
+mod nodes;
 
 use httpd::Httpd;
-use java::{JULI_JAR, TRIBES_JAR, jdk_tool};
+use java::jdk_tool;
 use measure::{CpuWindow, Stat, cpu_model, java_version, kernel_thread_ticks, pid_ticks};
+use nodes::{
+    PIDS, Proc, StopBy, agent, compile_tomcat_sessions, free_port, get_json, http_get, load_avg,
+    lock, rss_kb, signal, stop_all, tomcat_classpath, wait_for,
+};
 
 /// Concurrent users (default of `--users`).
 const USERS: usize = 8;
@@ -132,31 +138,8 @@ const TARGET_P99: f64 = 2.0;
 /// Clock ticks per second in /proc (USER_HZ).
 const TICKS: f64 = 100.0;
 
-/// Tomcat's jars from Debian's `libtomcat10-java` that an embedded
-/// clustered webapp needs besides Tribes and JULI
-/// (reference/tomcat-embedded-notes.md).
-const TOMCAT_JARS: [&str; 10] = [
-    "catalina",
-    "catalina-ha",
-    "coyote",
-    "util",
-    "util-scan",
-    "api",
-    "jni",
-    "servlet-api",
-    "annotations-api",
-    "jaspic-api",
-];
-
-/// Every process this run started (httpd: its parent), for the watchdog
-/// and the CPU accounting.
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// The httpd parents among them (their children are ours too).
 static HTTPD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The processes this run started, httpd's children included.
 fn own_pids() -> Vec<u32> {
@@ -342,148 +325,6 @@ environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
 // Processes
 // ---------------------------------------------------------------------------
 
-/// How a process is asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopBy {
-    /// "stop" and the end of its stdin (the JVMs and the floor servers: they
-    /// also exit if we die).
-    Stdin,
-    /// SIGTERM (webapp: leaves the cluster gracefully).
-    Sigterm,
-}
-
-/// A child process with its output in a log file; SIGKILLed when dropped.
-#[derive(Debug)]
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    pid: u32,
-    log: PathBuf,
-    stop_by: StopBy,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, name: &str, logs: &Path, stop_by: StopBy) -> Result<Self, String> {
-        let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.stdout(out).stderr(err).stdin(match stop_by {
-            StopBy::Stdin => Stdio::piped(),
-            StopBy::Sigterm => Stdio::null(),
-        });
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning {name} ({:?}): {e}", cmd.get_program()))?;
-        let pid = child.id();
-        lock(&PIDS).push(pid);
-        Ok(Self {
-            name: name.to_owned(),
-            stdin: child.stdin.take(),
-            child: Some(child),
-            pid,
-            log,
-            stop_by,
-        })
-    }
-
-    /// `Some(why)` once the process has exited.
-    fn exited(&mut self) -> Option<String> {
-        let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(st)) => Some(format!(
-                "{} exited ({st}); log {}: {}",
-                self.name,
-                self.log.display(),
-                self.log_tail(3)
-            )),
-            _ => None,
-        }
-    }
-
-    /// The last `n` non-empty lines of the log, joined.
-    fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(n)..].join(" | ")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Asks the process to stop (does not wait).
-    fn ask_stop(&mut self) {
-        match self.stop_by {
-            StopBy::Stdin => {
-                if let Some(mut s) = self.stdin.take() {
-                    let _ = writeln!(s, "stop").and_then(|()| s.flush());
-                }
-            }
-            StopBy::Sigterm => {
-                if self.child.is_some() {
-                    signal(self.pid, nix::sys::signal::Signal::SIGTERM);
-                }
-            }
-        }
-    }
-
-    /// True once the process is gone (reaped).
-    fn reaped(&mut self) -> bool {
-        match self.child.as_mut() {
-            None => true,
-            Some(c) => {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    self.child = None;
-                    true
-                } else {
-                    false
-                }
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        self.stdin = None;
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
-    }
-}
-
-/// Stops every process gracefully, all at once; SIGKILL after 15 s.
-fn stop_all<'a>(procs: impl IntoIterator<Item = &'a mut Proc>) {
-    let mut procs: Vec<&mut Proc> = procs.into_iter().collect();
-    for p in procs.iter_mut() {
-        p.ask_stop();
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline && !procs.iter_mut().all(|p| p.reaped()) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in procs {
-        if !p.reaped() {
-            eprintln!("   {} did not stop within 15 s: SIGKILL", p.name);
-            p.kill();
-        }
-    }
-}
-
 /// The processes whose parent is `pid` (from /proc).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -502,93 +343,12 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A port for a child's config that cannot bind port 0 and report it
-/// (webapp's `--listen`, the node's API). Racy by nature: a start that
-/// loses the race fails and is retried with other ports.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
-}
-
-/// Polls `probe` every `every` until it returns `Some`, the process exits,
-/// or `timeout` passes.
-fn wait_for<T>(
-    p: &mut Proc,
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut probe: impl FnMut(&mut Proc) -> Option<T>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe(p) {
-            return Ok(v);
-        }
-        if let Some(why) = p.exited() {
-            return Err(format!("waiting for {what}: {why}"));
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "{}: no {what} after {timeout:?}; log {}: {}",
-                p.name,
-                p.log.display(),
-                p.log_tail(2)
-            ));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 /// The first line of `p`'s log that starts with `prefix`.
 fn log_line(p: &Proc, prefix: &str) -> Option<String> {
     p.log_text()
         .lines()
         .find(|l| l.starts_with(prefix))
         .map(str::to_owned)
-}
-
-// ---------------------------------------------------------------------------
-// Control calls (ureq)
-// ---------------------------------------------------------------------------
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .new_agent()
-}
-
-/// `GET url` → (status, body).
-fn http_get(a: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
-    let mut r = a.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
-    let body = r
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    Ok((r.status().as_u16(), body))
-}
-
-/// `GET url`, 200 and a JSON body, else `None`.
-fn get_json(a: &ureq::Agent, url: &str) -> Option<Value> {
-    match http_get(a, url) {
-        Ok((200, b)) => serde_json::from_str(&b).ok(),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -898,51 +658,10 @@ fn start_webapps(ctx: &Ctx, kind: Kind, prefix: &str, mcast: u16) -> Result<Clus
     Ok(c)
 }
 
-/// The Tomcat class path: the compiled node and Debian's jars.
-fn tomcat_classpath(classes: &Path) -> String {
-    let mut cp = vec![
-        classes.display().to_string(),
-        TRIBES_JAR.to_owned(),
-        JULI_JAR.to_owned(),
-    ];
-    cp.extend(
-        TOMCAT_JARS
-            .iter()
-            .map(|j| format!("/usr/share/java/tomcat10-{j}.jar")),
-    );
-    cp.join(":")
-}
-
 /// Compiles TomcatSessions.java into the work dir (every run: ~2–5 s).
 fn compile_java(work: &Path) -> Result<PathBuf, String> {
-    let cp = tomcat_classpath(Path::new("."));
-    for jar in cp.split(':').skip(1) {
-        if !Path::new(jar).is_file() {
-            return Err(format!(
-                "{jar} missing: apt-get install libtomcat10-java (scripts/setup.sh)"
-            ));
-        }
-    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/TomcatSessions.java");
-    let classes = work.join("classes");
-    std::fs::create_dir_all(&classes).map_err(|e| e.to_string())?;
-    let out = Command::new(jdk_tool("javac"))
-        .arg("-nowarn")
-        .arg("-d")
-        .arg(&classes)
-        .arg("-cp")
-        .arg(&cp)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("running javac: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "javac failed on {}:\n{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(classes)
+    compile_tomcat_sessions(work, &src, false)
 }
 
 /// One Tomcat node, spawned (`http=0`: its port is read from its
@@ -1970,12 +1689,6 @@ fn watchdog(limit: Duration) {
         }
         std::process::exit(2);
     });
-}
-
-fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn orchestrate(opts: &Opts, args: &[String]) {

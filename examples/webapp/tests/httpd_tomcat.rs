@@ -20,6 +20,9 @@ mod httpd;
 #[allow(dead_code)]
 #[path = "../../../host/tests/common/java.rs"]
 mod java;
+#[allow(dead_code)]
+#[path = "../../../host/benches/common/nodes.rs"]
+mod nodes;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -29,23 +32,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use httpd::Httpd;
-use java::{JULI_JAR, TRIBES_JAR, jdk_tool};
+use java::jdk_tool;
+use nodes::{compile_tomcat_sessions, tomcat_classpath};
 use serde_json::{Value, json};
 
-/// Tomcat's jars (Debian's `libtomcat10-java`) an embedded clustered webapp
-/// needs besides Tribes and JULI (reference/tomcat-embedded-notes.md).
-const TOMCAT_JARS: [&str; 10] = [
-    "catalina",
-    "catalina-ha",
-    "coyote",
-    "util",
-    "util-scan",
-    "api",
-    "jni",
-    "servlet-api",
-    "annotations-api",
-    "jaspic-api",
-];
 /// The routes (Engine jvmRoute) of the three Tomcat nodes.
 const ROUTES: [&str; 3] = ["t1", "t2", "t3"];
 /// A JVM's start, or a cluster's convergence, takes at most this long.
@@ -77,48 +67,10 @@ impl Drop for WorkDir {
     }
 }
 
-fn classpath(classes: &Path) -> String {
-    let mut cp = vec![
-        classes.display().to_string(),
-        TRIBES_JAR.to_owned(),
-        JULI_JAR.to_owned(),
-    ];
-    cp.extend(
-        TOMCAT_JARS
-            .iter()
-            .map(|j| format!("/usr/share/java/tomcat10-{j}.jar")),
-    );
-    cp.join(":")
-}
-
 /// Compiles TomcatSessions.java into `work/classes`.
 fn compile(work: &Path) -> PathBuf {
-    let cp = classpath(Path::new("."));
-    for jar in cp.split(':').skip(1) {
-        assert!(
-            Path::new(jar).is_file(),
-            "{jar} missing: apt-get install libtomcat10-java (scripts/setup.sh)"
-        );
-    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/TomcatSessions.java");
-    let classes = work.join("classes");
-    std::fs::create_dir_all(&classes).expect("classes dir");
-    let out = Command::new(jdk_tool("javac"))
-        .arg("-nowarn")
-        .arg("-d")
-        .arg(&classes)
-        .arg("-cp")
-        .arg(&cp)
-        .arg(&src)
-        .output()
-        .expect("running javac");
-    assert!(
-        out.status.success(),
-        "javac failed on {}:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    classes
+    compile_tomcat_sessions(work, &src, false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One embedded Tomcat node (TomcatSessions), stopped by closing its stdin.
@@ -138,7 +90,7 @@ impl Tomcat {
             .arg("-Djava.net.preferIPv4Stack=true")
             .arg("-Xmx256m")
             .arg("-cp")
-            .arg(classpath(classes))
+            .arg(tomcat_classpath(classes))
             .arg("TomcatSessions")
             .arg("http=0")
             // The first free port from here (Tribes' autoBind): the nodes
