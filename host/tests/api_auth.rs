@@ -41,6 +41,7 @@ async fn with_a_token_every_route_needs_it_and_the_cli_sends_it() {
         .expect("node");
     let api = node.api_addr().expect("api");
     let base = format!("http://{api}");
+    let token_path = dir.join("token");
     let (t, b) = tokio::task::spawn_blocking(move || {
         let s = |p: &str, t: Option<&str>| status(&format!("{base}{p}"), t);
         let results = [
@@ -60,7 +61,7 @@ async fn with_a_token_every_route_needs_it_and_the_cli_sends_it() {
             }
             c.output().expect("shoal members").status.success()
         };
-        (results, (cli(None), cli(Some(&dir.join("token")))))
+        (results, (cli(None), cli(Some(&token_path))))
     })
     .await
     .expect("blocking");
@@ -72,6 +73,7 @@ async fn with_a_token_every_route_needs_it_and_the_cli_sends_it() {
     );
     assert_eq!(b, (false, true), "the CLI without / with the token");
     node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +107,7 @@ async fn health_can_be_closed_too_and_a_bad_token_file_stops_the_start() {
         .await
         .expect_err("a short token is refused");
     assert!(err.to_string().contains("api.token_file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
