@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::measure::{kernel_thread_ticks, machine_busy_ticks, pid_ticks};
+use crate::measure::{children_of, kernel_thread_ticks, machine_busy_ticks, pid_ticks};
 
 /// Sampling period.
 pub const PERIOD: Duration = Duration::from_millis(250);
@@ -122,21 +122,4 @@ impl CpuSampler {
             }
         })
     }
-}
-
-/// The processes whose parent is `pid` (httpd's serving children).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(pid)
-            })
-        })
-        .collect()
 }

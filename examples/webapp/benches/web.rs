@@ -99,7 +99,9 @@ mod nodes;
 
 use httpd::Httpd;
 use java::jdk_tool;
-use measure::{CpuWindow, Stat, cpu_model, java_version, kernel_thread_ticks, pid_ticks};
+use measure::{
+    CpuWindow, Stat, children_of, cpu_model, java_version, kernel_thread_ticks, pid_ticks,
+};
 use nodes::{
     PIDS, Proc, StopBy, agent, compile_tomcat_sessions, free_port, get_json, http_get, load_avg,
     lock, rss_kb, signal, stop_all, tomcat_classpath, wait_for,
@@ -324,24 +326,6 @@ environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-/// The processes whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                // "pid (comm) state ppid ...": comm may hold spaces.
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(pid)
-            })
-        })
-        .collect()
-}
 
 /// The first line of `p`'s log that starts with `prefix`.
 fn log_line(p: &Proc, prefix: &str) -> Option<String> {

@@ -29,6 +29,25 @@ pub fn pid_ticks(pid: u32) -> u64 {
         .map_or(0, |x| x.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
 }
 
+/// The processes whose parent is `pid` (from /proc).
+#[allow(dead_code)] // used by the web bench and the rolling-restart driver
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                // "pid (comm) state ppid ...": comm may hold spaces.
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
 /// CPU of every kernel thread (ksoftirqd, kworkers: loopback traffic is
 /// partly processed there, so it is the benchmark's own load), in ticks.
 pub fn kernel_thread_ticks() -> u64 {
