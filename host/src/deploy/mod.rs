@@ -89,6 +89,21 @@ pub struct MemberResult {
     pub ms: f64,
 }
 
+impl MemberResult {
+    /// A member's report, seen from `address`, `ms` after the offer.
+    fn from_report(r: Report, address: String, ms: f64) -> Self {
+        Self {
+            node: r.node,
+            address,
+            ok: r.ok,
+            message: r.message,
+            old_sha256: r.old_sha256,
+            new_sha256: r.new_sha256,
+            ms,
+        }
+    }
+}
+
 struct Assembly {
     manifest: Manifest,
     manifest_json: String,
@@ -362,15 +377,8 @@ impl Deployer {
                 let r = me
                     .apply(deploy, &manifest, &json, &sig, &bytes, started)
                     .await;
-                MemberResult {
-                    node: r.node,
-                    address: me.inner.channel.local_id().to_string(),
-                    ok: r.ok,
-                    message: r.message,
-                    old_sha256: r.old_sha256,
-                    new_sha256: r.new_sha256,
-                    ms: r.ms,
-                }
+                let ms = r.ms;
+                MemberResult::from_report(r, me.inner.channel.local_id().to_string(), ms)
             }
         };
         let remote = self.inner.channel.members().into_iter().map(|member| {
@@ -444,15 +452,11 @@ impl Deployer {
         let report = tokio::time::timeout(wait, &mut rx).await;
         lock(&self.inner.waiting).remove(&(deploy, to.unique_id));
         match (report, sent) {
-            (Ok(Ok(r)), _) => MemberResult {
-                node: r.node,
-                address: to.to_string(),
-                ok: r.ok,
-                message: r.message,
-                old_sha256: r.old_sha256,
-                new_sha256: r.new_sha256,
-                ms: started.elapsed().as_secs_f64() * 1000.0,
-            },
+            (Ok(Ok(r)), _) => MemberResult::from_report(
+                r,
+                to.to_string(),
+                started.elapsed().as_secs_f64() * 1000.0,
+            ),
             (_, Err(e)) => failed(e),
             (_, Ok(())) => failed(format!(
                 "no report within {} s after the last byte",
