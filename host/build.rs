@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 8] = [
+const GUESTS: [&str; 9] = [
     "tcp_failure_detector",
+    "phi_accrual_detector",
     "message_dispatch",
     "throughput",
     "domain_filter",

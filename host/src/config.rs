@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 /// Names of the interceptors built into the binary (the plug-in host embeds
 /// their code under these names).
-pub const BUILTIN_NAMES: [&str; 4] = [
+pub const BUILTIN_NAMES: [&str; 5] = [
     "tcp-failure-detector",
+    "phi-accrual-detector",
     "message-dispatch",
     "throughput",
     "domain-filter",
@@ -433,6 +434,11 @@ pub struct MembershipConfig {
     /// node heartbeats over UDP to the same host and port number; its own entry
     /// may be listed (it is skipped).
     pub members: Vec<String>,
+    /// Keep one idle TCP connection to every member's receiver, so that a
+    /// crashed member (its kernel closes the connection at once) is
+    /// reported to the failure detector within milliseconds rather than
+    /// after `drop_time_ms`, also on a cluster with no traffic. Default: on.
+    pub watch: bool,
 }
 
 impl Default for MembershipConfig {
@@ -447,6 +453,7 @@ impl Default for MembershipConfig {
             bind: None,
             local_loopback_disabled: false,
             members: Vec::new(),
+            watch: true,
         }
     }
 }

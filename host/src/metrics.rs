@@ -65,6 +65,12 @@ counters! {
     heartbeats_sent_total: counter,
     /// Heartbeats received (own excluded).
     heartbeats_received_total: counter,
+    /// Heartbeat arrivals not reported to the failure detector because its queue was full.
+    heartbeat_arrivals_dropped_total: counter,
+    /// Watch connections to members (one idle connection each, to see a crash at once) currently open.
+    watch_connections: gauge,
+    /// Watch connections that broke or could not be opened, reported to the failure detector.
+    watch_connections_lost_total: counter,
     /// Members currently in the channel's view.
     members: gauge,
     /// Members added since start.

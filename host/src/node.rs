@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::plugins::{InterceptorSpec, NodeCtx, PluginOptions, Reporter};
 use crate::transport::receiver::{self, Receiver, ReceiverError};
 use crate::transport::sender::Sender;
+use crate::transport::watch::Watcher;
 use crate::wire::fingerprint::{self, ChainEntry, FingerprintError};
 use crate::wire::{FrameEncoder, MemberPacket};
 use std::collections::HashMap;
@@ -69,6 +70,7 @@ pub struct Node {
     sessions: Option<crate::session::SessionEngine>,
     session_api: Option<ApiServer>,
     deployer: crate::deploy::Deployer,
+    watcher: Option<Arc<Watcher>>,
 }
 
 /// Resolves `receiver.address`: an IP, or "auto" for the address of the
@@ -199,6 +201,7 @@ impl Node {
         let chain = Arc::new(ArcSwap::from_pointee(
             Chain::load(specs, &plugin_options, node_ctx.clone()).await?,
         ));
+        let watch_reports = control_tx.clone();
         let plugins = Arc::new(ChainHandle::new(
             chain.clone(),
             node_ctx.clone(),
@@ -277,6 +280,21 @@ impl Node {
             .expect("payload changes taken once");
         let table = membership.table();
         let mut watch = FingerprintWatch::default();
+        let mut arrivals = membership
+            .take_arrivals()
+            .expect("heartbeat arrivals taken once");
+        // One idle connection to every member in the table: a crash breaks
+        // it at once, and the failure detector hears of it.
+        let watcher = cfg.membership.watch.then(|| {
+            Arc::new(Watcher::new(
+                Arc::new(move |m, cause| {
+                    let _ = watch_reports.send(ControlEvent::ConnectionLost(m, cause));
+                }),
+                metrics.clone(),
+            ))
+        });
+        let loop_watcher = watcher.clone();
+        let started = node_ctx.started;
         let events_task = tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -284,10 +302,19 @@ impl Node {
             loop {
                 let ev = tokio::select! {
                     ev = events.recv() => match ev {
-                        Some(ev) => ControlEvent::Member(ev),
+                        Some(ev) => {
+                            if let Some(w) = &loop_watcher {
+                                w.reconcile(&crate::membership::lock(&table).members());
+                            }
+                            ControlEvent::Member(ev)
+                        }
                         None => break,
                     },
                     Some(ev) = control_rx.recv() => ev,
+                    Some((m, at)) = arrivals.recv() => {
+                        let at = at.saturating_duration_since(started).as_millis() as u64;
+                        ControlEvent::MemberHeartbeat(m, at)
+                    }
                     Some(peer) = payload_changes.recv() => {
                         watch.check(&ch.chain().fingerprint(), &peer);
                         continue;
@@ -399,6 +426,7 @@ impl Node {
             receiver: Some(receiver),
             api,
             events: Some(events_task),
+            watcher,
             ready,
             metrics,
             drain_deadline: Duration::from_millis(cfg.sender.timeout_ms),
@@ -490,6 +518,9 @@ impl Node {
         }
         if let Some(m) = self.membership.take() {
             m.stop().await;
+        }
+        if let Some(w) = self.watcher.take() {
+            w.stop();
         }
         if !self.channel.drain(self.drain_deadline).await {
             tracing::warn!(

@@ -460,7 +460,7 @@ async fn bad_plugins_are_refused_at_start_naming_the_file() {
         ),
         (
             interceptor("e", Some(&empty), false, &[]),
-            "does not implement the shoal:cluster@0.1.0 interceptor world",
+            "does not implement the shoal:cluster@0.2.0 interceptor world",
         ),
         (
             testkit("f", false, &[("mode", "fail-create")]),

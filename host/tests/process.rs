@@ -1,6 +1,8 @@
-//! Nodes as separate `shoal run` processes: SIGKILL is detected by expiry,
-//! SIGTERM by the shutdown announcement; bad config files are refused;
-//! both `shoal demo`s run to the end.
+//! Nodes as separate `shoal run` processes: SIGKILL is detected at once by
+//! its broken connection (or by expiry without the watch), SIGTERM by the
+//! shutdown announcement; a paused member is kept while it answers TCP, by
+//! both failure detectors; bad config files are refused; both `shoal
+//! demo`s run to the end.
 
 mod common;
 
@@ -49,18 +51,46 @@ fn member_ids(api: SocketAddr) -> Option<Vec<String>> {
 }
 
 fn start(dir: &std::path::Path, name: &str, group_port: u16, api: SocketAddr) -> Child {
+    start_with(dir, name, group_port, api, "")
+}
+
+/// [`start`] with more `[membership]` lines (after the defaults, which they
+/// may not repeat).
+fn start_with(
+    dir: &std::path::Path,
+    name: &str,
+    group_port: u16,
+    api: SocketAddr,
+    membership: &str,
+) -> Child {
     let cfg = dir.join(format!("{name}.toml"));
+    let drop_time = if membership.contains("drop_time_ms") {
+        String::new()
+    } else {
+        format!("drop_time_ms = {DROP_TIME_MS}\n")
+    };
     std::fs::write(
         &cfg,
         format!(
             "[node]\nname = \"{name}\"\ndomain = \"proc\"\n[membership]\nport = {group_port}\nbind = \"127.0.0.1\"\n\
-             frequency_ms = {FREQUENCY_MS}\ndrop_time_ms = {DROP_TIME_MS}\n[receiver]\naddress = \"127.0.0.1\"\nport = {}\n\
+             frequency_ms = {FREQUENCY_MS}\n{drop_time}{membership}\n[receiver]\naddress = \"127.0.0.1\"\nport = {}\n\
              auto_bind = 1\n[api]\nlisten = \"{api}\"\n",
             free_port()
         ),
     )
     .expect("write config");
     spawn_shoal(&cfg, &dir.join(format!("{name}.log")))
+}
+
+fn metric(api: SocketAddr, name: &str) -> Option<f64> {
+    let text = ureq::get(format!("http://{api}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {
@@ -71,8 +101,10 @@ fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Tomcat's rule, with the watch connections off: a SIGKILLed member is
+/// dropped once it has been silent for dropTime.
 #[test]
-fn sigkill_is_detected_by_expiry_and_sigterm_by_announcement() {
+fn without_the_watch_sigkill_is_detected_by_expiry_and_sigterm_by_announcement() {
     require_loopback_multicast();
     let dir = tmpdir("kill");
     let group_port = free_port();
@@ -83,7 +115,7 @@ fn sigkill_is_detected_by_expiry_and_sigterm_by_announcement() {
         ["a", "b", "c"]
             .iter()
             .zip(&apis)
-            .map(|(n, api)| Some(start(&dir, n, group_port, *api)))
+            .map(|(n, api)| Some(start_with(&dir, n, group_port, *api, "watch = false")))
             .collect(),
     );
     for api in &apis {
@@ -238,6 +270,69 @@ fn demo_transport_runs_discovery_acks_and_both_departures() {
     }
 }
 
+/// A SIGKILLed member's kernel closes its connections at once: the watch
+/// connection every node keeps to every member breaks, the failure detector
+/// probes, the probe is refused, and the member is dropped, on a cluster
+/// with no traffic at all. dropTime is a minute here, longer than the test
+/// waits, so nothing else can have dropped it.
+#[test]
+fn a_sigkilled_member_is_dropped_at_once_through_its_broken_watch_connection() {
+    require_loopback_multicast();
+    let dir = tmpdir("watch");
+    let group_port = free_port();
+    let apis: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut procs = Procs(
+        ["a", "b", "c"]
+            .iter()
+            .zip(&apis)
+            .map(|(n, api)| {
+                Some(start_with(
+                    &dir,
+                    n,
+                    group_port,
+                    *api,
+                    "drop_time_ms = 60000",
+                ))
+            })
+            .collect(),
+    );
+    for api in &apis {
+        wait_blocking("each node to see two members", || {
+            member_ids(*api).filter(|m| m.len() == 2)
+        });
+        wait_blocking("each node to watch both members", || {
+            metric(*api, "shoal_watch_connections").filter(|n| *n == 2.0)
+        });
+    }
+    let c_id = get(apis[2], "/api/node")
+        .and_then(|n| n["id"].as_str().map(str::to_owned))
+        .expect("c's id");
+    let mut c = procs.0[2].take().expect("c running");
+    c.kill().expect("SIGKILL");
+    c.wait().expect("reaped");
+    let killed = Instant::now();
+    for api in &apis[..2] {
+        let ev = wait_blocking("c to be dropped", || disappearance(*api, &c_id));
+        assert_eq!(ev["reason"], "expired");
+        assert!(metric(*api, "shoal_watch_connections_lost_total").expect("metric") >= 1.0);
+        assert_eq!(
+            metric(
+                *api,
+                "shoal_plugin_members_dropped_on_connection_loss{plugin=\"tcp-failure-detector\"}"
+            ),
+            Some(1.0),
+            "dropped by the detector after the broken connection"
+        );
+    }
+    eprintln!(
+        "SIGKILL → dropped by both peers after {:?} (dropTime 60 s)",
+        killed.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Tribes' TcpFailureDetector semantics, with the built-in guest: a member
 /// that stops heartbeating but still accepts TCP (here: a SIGSTOPped process,
 /// as in a long GC pause) is kept; one that is gone (SIGKILL) is dropped.
@@ -295,6 +390,117 @@ async fn tcp_failure_detector_keeps_a_paused_member_and_drops_a_dead_one() {
     assert_eq!(ev.reason.as_deref(), Some("expired"));
 
     nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
+    drop(procs);
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Node `a` (in this process) with the phi-accrual detector as its whole
+/// chain and `settings`, and two `shoal run` members b and c.
+async fn phi_cluster(
+    tag: &str,
+    drop_time_ms: u64,
+    settings: &[(&str, &str)],
+) -> (shoal::Node, Procs, [String; 2], PathBuf) {
+    require_loopback_multicast();
+    let dir = tmpdir(tag);
+    let group_port = free_port();
+    let mut cfg = base_config("a", free_port());
+    cfg.membership.port = group_port;
+    cfg.membership.bind = Some("127.0.0.1".parse().expect("ip"));
+    cfg.membership.drop_time_ms = drop_time_ms;
+    cfg.plugins.cache_dir =
+        shoal::config::CacheDir::from(format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR")));
+    cfg.interceptors = vec![interceptor("phi-accrual-detector", None, false, settings)];
+    let a = shoal::Node::start(cfg).await.expect("a starts");
+    let apis: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let procs = Procs(vec![
+        Some(start(&dir, "b", group_port, apis[0])),
+        Some(start(&dir, "c", group_port, apis[1])),
+    ]);
+    wait_for("a to see b and c", || async {
+        (a.members().len() == 2).then_some(())
+    })
+    .await;
+    let id_of =
+        |api: SocketAddr| get(api, "/api/node").and_then(|n| n["id"].as_str().map(str::to_owned));
+    let ids = [
+        id_of(apis[0]).expect("b's id"),
+        id_of(apis[1]).expect("c's id"),
+    ];
+    (a, procs, ids, dir)
+}
+
+fn pid_of(c: &Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"))
+}
+
+fn member_hexes(node: &shoal::Node) -> Vec<String> {
+    node.members().iter().map(|m| m.id.unique_hex()).collect()
+}
+
+/// The phi-accrual detector with its defaults (verify on): a paused member
+/// (SIGSTOP, silent for three times dropTime) is suspected but kept because
+/// it answers TCP, and the membership table's own expiry is held; a
+/// SIGKILLed one is dropped through its broken connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_accrual_keeps_a_paused_member_that_answers_and_drops_a_dead_one() {
+    let (a, mut procs, [b_id, c_id], dir) = phi_cluster("phi-verify", 1000, &[]).await;
+    let b_pid = pid_of(procs.0[0].as_ref().expect("b"));
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP b");
+    let mut c = procs.0[1].take().expect("c");
+    c.kill().expect("SIGKILL c");
+    c.wait().expect("reaped");
+    wait_for("phi to drop c", || async {
+        (!member_hexes(&a).contains(&c_id)).then_some(())
+    })
+    .await;
+    wait_for("phi to suspect b and keep it", || async {
+        (plugin_counter(&a, "phi-accrual-detector", "phi_suspects_kept_alive") >= 1).then_some(())
+    })
+    .await;
+    // b stays silent well past the table's dropTime (1 s): still a member.
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(3) {
+        assert!(member_hexes(&a).contains(&b_id), "paused b is kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        plugin_counter(&a, "phi-accrual-detector", "phi_members_dropped"),
+        1,
+        "only c was dropped"
+    );
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
+    drop(procs);
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `verify = false` phi alone decides: a paused member is dropped as
+/// soon as its phi passes the threshold, long before the table's dropTime
+/// (a minute here, longer than the test waits), and re-added when its
+/// heartbeats come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_accrual_without_verify_drops_a_silent_member_before_drop_time_and_readds_it() {
+    let (a, procs, [b_id, _], dir) =
+        phi_cluster("phi-noverify", 60_000, &[("verify", "false")]).await;
+    let b_pid = pid_of(procs.0[0].as_ref().expect("b"));
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP b");
+    wait_for("phi to drop paused b", || async {
+        (!member_hexes(&a).contains(&b_id)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        plugin_counter(&a, "phi-accrual-detector", "phi_members_dropped"),
+        1
+    );
+    nix::sys::signal::kill(b_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
+    wait_for("b to be re-added once it heartbeats", || async {
+        member_hexes(&a).contains(&b_id).then_some(())
+    })
+    .await;
     drop(procs);
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -218,7 +218,7 @@ async fn refused_swaps_keep_the_old_version_serving() {
             "throughput",
             b"\0asm\x0d\x00\x01\x00".to_vec(), // a valid, empty component
             422,
-            "does not implement the shoal:cluster@0.1.0 interceptor world",
+            "does not implement the shoal:cluster@0.2.0 interceptor world",
         ),
         (
             // throughput refuses testkit's `mode` setting in `create`

@@ -40,7 +40,6 @@
 //! without calling you; a queueing plug-in can hand the host a
 //! [`Capabilities::defer_without_call`] rule for its common case.
 
-
 use core::cell::RefCell;
 use core::str::FromStr;
 
@@ -58,7 +57,8 @@ pub mod bindings {
 use bindings::exports::shoal::cluster::hooks as wit;
 use bindings::shoal::cluster::types::BatchMeta;
 pub use bindings::shoal::cluster::types::{
-    BodyAccess, Capabilities, DeferRule, Hooks, MessageFilter, LeaveReason, Level, Member, MemberId, MessageMeta, ProbeOptions, Stat, StatKind,
+    BodyAccess, Capabilities, DeferRule, Hooks, LeaveReason, Level, Member, MemberId,
+    MessageFilter, MessageMeta, ProbeOptions, Stat, StatKind,
 };
 
 impl Capabilities {
@@ -244,7 +244,10 @@ impl Settings {
 
     /// The raw value of `key`.
     pub fn raw(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `key` parsed as `T`; `Ok(None)` when absent, an error naming the key
@@ -269,7 +272,10 @@ impl Settings {
     /// typos are caught at start.
     pub fn only(&self, known: &[&str]) -> Result<(), String> {
         match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-            Some((k, _)) => Err(format!("unknown setting `{k}` (known: {})", known.join(", "))),
+            Some((k, _)) => Err(format!(
+                "unknown setting `{k}` (known: {})",
+                known.join(", ")
+            )),
             None => Ok(()),
         }
     }
@@ -315,6 +321,13 @@ pub trait Interceptor: Sized + 'static {
     fn on_timer(&mut self, _timer: u64) {}
     /// The channel heartbeat.
     fn heartbeat(&mut self) {}
+    /// A connection to `m` broke, or could not be opened (ask for it with
+    /// `Hooks::CONNECTION_EVENTS`). Verify before dropping anyone: a live
+    /// member may close a connection too.
+    fn connection_lost(&mut self, _m: &Member, _cause: &str) {}
+    /// A heartbeat from `m` arrived at `at_ms` ([`host::monotonic_ms`]'s
+    /// clock; ask for it with `Hooks::MEMBER_HEARTBEATS`).
+    fn member_heartbeat(&mut self, _m: &Member, _at_ms: u64) {}
     /// Statistics for `/metrics`.
     fn stats(&self) -> Vec<Stat> {
         Vec::new()
@@ -484,7 +497,12 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         self.0.borrow().capabilities()
     }
 
-    fn on_send(&self, meta: MessageMeta, destinations: Vec<MemberId>, body: Option<Vec<u8>>) -> bindings::shoal::cluster::types::Verdict {
+    fn on_send(
+        &self,
+        meta: MessageMeta,
+        destinations: Vec<MemberId>,
+        body: Option<Vec<u8>>,
+    ) -> bindings::shoal::cluster::types::Verdict {
         let msg = Outgoing {
             meta,
             destinations: &destinations,
@@ -493,7 +511,12 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         to_wit(self.0.borrow_mut().on_send(&msg))
     }
 
-    fn on_receive(&self, meta: MessageMeta, sender: Member, body: Option<Vec<u8>>) -> bindings::shoal::cluster::types::Verdict {
+    fn on_receive(
+        &self,
+        meta: MessageMeta,
+        sender: Member,
+        body: Option<Vec<u8>>,
+    ) -> bindings::shoal::cluster::types::Verdict {
         let msg = Incoming {
             meta,
             sender: &sender,
@@ -546,7 +569,9 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         let mut verdicts = verdicts.into_iter();
         (0..n)
             .map(|i| match sender(i) {
-                Some(_) => verdicts.next().map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit),
+                Some(_) => verdicts
+                    .next()
+                    .map_or(bindings::shoal::cluster::types::Verdict::Pass, to_wit),
                 None => bindings::shoal::cluster::types::Verdict::Pass,
             })
             .collect()
@@ -556,7 +581,11 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
         member_to_wit(self.0.borrow_mut().member_added(&m))
     }
 
-    fn member_disappeared(&self, m: Member, reason: LeaveReason) -> bindings::shoal::cluster::types::MemberVerdict {
+    fn member_disappeared(
+        &self,
+        m: Member,
+        reason: LeaveReason,
+    ) -> bindings::shoal::cluster::types::MemberVerdict {
         member_to_wit(self.0.borrow_mut().member_disappeared(&m, reason))
     }
 
@@ -570,6 +599,14 @@ impl<T: Interceptor> wit::GuestPlugin for PluginWrapper<T> {
 
     fn heartbeat(&self) {
         self.0.borrow_mut().heartbeat()
+    }
+
+    fn connection_lost(&self, m: Member, cause: String) {
+        self.0.borrow_mut().connection_lost(&m, &cause)
+    }
+
+    fn member_heartbeat(&self, m: Member, at_ms: u64) {
+        self.0.borrow_mut().member_heartbeat(&m, at_ms)
     }
 
     fn stats(&self) -> Vec<Stat> {

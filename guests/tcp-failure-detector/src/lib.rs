@@ -8,7 +8,13 @@
 //! * every heartbeat re-probes the suspects: a dead one is removed, a live one
 //!   stops being a suspect after `removeSuspectsTimeout` (and stays);
 //! * the probe message Tomcat's detector sends (TCP_FAIL_DETECT) is swallowed
-//!   on receive, never delivered.
+//!   on receive, never delivered;
+//! * beyond Tribes: a broken connection to a member (the host's watch
+//!   connection, `connection-lost`) is verified at once; a member that does
+//!   not answer is dropped then, in milliseconds after a crash, not after
+//!   `dropTime`. One that answers stays, not even a suspect (a live member
+//!   may close a connection). If a member dropped this way turns out to be
+//!   heartbeating still, it is probed again and re-added once it answers.
 //!
 //! Live swap: a new version takes the current members as its view
 //! (`take-over`); events the old one held are offered to it again by the
@@ -25,10 +31,10 @@ use shoal_guest_sdk::*;
 
 /// Tribes' `TcpFailureDetector.TCP_FAIL_DETECT`.
 const TCP_FAIL_DETECT: [u8; 64] = [
-    0x4f, 0xa7, 0x73, 0x48, 0x79, 0x82, 0x43, 0xc9, 0x9f, 0x6f, 0x89, 0x80, 0xa1, 0x5b, 0x07, 0x14, 0x7d, 0xd9, 0x52,
-    0x5b, 0xeb, 0xf1, 0x43, 0x9a, 0xb7, 0x7e, 0xbe, 0x8f, 0x81, 0x67, 0x1e, 0xb6, 0x37, 0x15, 0xbe, 0x87, 0x45, 0x7e,
-    0x4c, 0xa8, 0xbf, 0x0a, 0x4d, 0x13, 0x53, 0x38, 0x15, 0x32, 0x55, 0xf6, 0x94, 0xb7, 0x3a, 0xfa, 0x40, 0x78, 0x91,
-    0x04, 0x7d, 0xd7, 0x72, 0x84, 0xc0, 0xd5,
+    0x4f, 0xa7, 0x73, 0x48, 0x79, 0x82, 0x43, 0xc9, 0x9f, 0x6f, 0x89, 0x80, 0xa1, 0x5b, 0x07, 0x14,
+    0x7d, 0xd9, 0x52, 0x5b, 0xeb, 0xf1, 0x43, 0x9a, 0xb7, 0x7e, 0xbe, 0x8f, 0x81, 0x67, 0x1e, 0xb6,
+    0x37, 0x15, 0xbe, 0x87, 0x45, 0x7e, 0x4c, 0xa8, 0xbf, 0x0a, 0x4d, 0x13, 0x53, 0x38, 0x15, 0x32,
+    0x55, 0xf6, 0x94, 0xb7, 0x3a, 0xfa, 0x40, 0x78, 0x91, 0x04, 0x7d, 0xd7, 0x72, 0x84, 0xc0, 0xd5,
 ];
 
 /// A member's identity: unique id, host and port.
@@ -46,6 +52,8 @@ enum Purpose {
     Remove,
     /// Heartbeat re-check of a suspect.
     RecheckSuspect,
+    /// A connection to the member broke: drop it now if it does not answer.
+    ConnectionLost,
 }
 
 struct Detector {
@@ -56,7 +64,11 @@ struct Detector {
     add_suspects: HashMap<Key, Member>,
     pending: HashMap<u64, Purpose>,
     in_flight: HashMap<Key, u64>,
+    /// Dropped after a broken connection and a failed probe, while the
+    /// membership table below may still list it (until `dropTime`).
+    dropped_early: HashMap<Key, Member>,
     kept_alive: Counter,
+    dropped_on_connection_loss: Counter,
     confirmed_dead: Counter,
     probes_swallowed: Counter,
 }
@@ -74,11 +86,15 @@ impl Detector {
             }
             Err(e) => {
                 // Not probed now: the heartbeat tries again, as for a suspect.
-                host::warn(&format!("{}: {e}; retrying at the next heartbeat", Self::name(m)));
+                host::warn(&format!(
+                    "{}: {e}; retrying at the next heartbeat",
+                    Self::name(m)
+                ));
                 match purpose {
                     Purpose::Add => {
                         self.add_suspects.insert(k, m.clone());
                     }
+                    Purpose::ConnectionLost => {} // the watch reports again
                     Purpose::Remove | Purpose::RecheckSuspect => {
                         self.remove_suspects
                             .entry(k)
@@ -116,18 +132,38 @@ impl Interceptor for Detector {
             add_suspects: HashMap::new(),
             pending: HashMap::new(),
             in_flight: HashMap::new(),
-            kept_alive: Counter::register("suspects_kept_alive", "Members that missed heartbeats but answered TCP"),
-            confirmed_dead: Counter::register("members_confirmed_dead", "Disappearances confirmed by a failed TCP probe"),
-            probes_swallowed: Counter::register("probe_messages_swallowed", "TCP_FAIL_DETECT messages swallowed"),
+            dropped_early: HashMap::new(),
+            dropped_on_connection_loss: Counter::register(
+                "members_dropped_on_connection_loss",
+                "Members dropped at once: a connection to them broke and they did not answer a probe",
+            ),
+            kept_alive: Counter::register(
+                "suspects_kept_alive",
+                "Members that missed heartbeats but answered TCP",
+            ),
+            confirmed_dead: Counter::register(
+                "members_confirmed_dead",
+                "Disappearances confirmed by a failed TCP probe",
+            ),
+            probes_swallowed: Counter::register(
+                "probe_messages_swallowed",
+                "TCP_FAIL_DETECT messages swallowed",
+            ),
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS | Hooks::HEARTBEAT)
-            .version(env!("CARGO_PKG_VERSION"))
-            .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
-            // Only a message of the probe's length can be the probe.
-            .only_sizes_up_to(TCP_FAIL_DETECT.len() as u32)
+        Capabilities::new(
+            Hooks::ON_RECEIVE
+                | Hooks::MEMBER_EVENTS
+                | Hooks::HEARTBEAT
+                | Hooks::CONNECTION_EVENTS
+                | Hooks::MEMBER_HEARTBEATS,
+        )
+        .version(env!("CARGO_PKG_VERSION"))
+        .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
+        // Only a message of the probe's length can be the probe.
+        .only_sizes_up_to(TCP_FAIL_DETECT.len() as u32)
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {
@@ -141,7 +177,10 @@ impl Interceptor for Detector {
     fn member_added(&mut self, m: &Member) -> MemberVerdict {
         let k = key(m);
         if self.remove_suspects.remove(&k).is_some() {
-            host::info(&format!("{} is heartbeating again; no longer a suspect", Self::name(m)));
+            host::info(&format!(
+                "{} is heartbeating again; no longer a suspect",
+                Self::name(m)
+            ));
             return MemberVerdict::Drop("was never removed".into());
         }
         if self.view.contains_key(&k) {
@@ -153,6 +192,9 @@ impl Interceptor for Detector {
 
     fn member_disappeared(&mut self, m: &Member, reason: LeaveReason) -> MemberVerdict {
         let k = key(m);
+        if self.dropped_early.remove(&k).is_some() {
+            return MemberVerdict::Drop("already dropped after its connection broke".into());
+        }
         if reason == LeaveReason::Shutdown {
             self.view.remove(&k);
             self.remove_suspects.remove(&k);
@@ -176,12 +218,16 @@ impl Interceptor for Detector {
         match (purpose, alive) {
             (Purpose::Add, true) => {
                 self.add_suspects.remove(&k);
+                self.dropped_early.remove(&k);
                 if self.view.insert(k, m.clone()).is_none() {
                     host::raise_member_added(m);
                 }
             }
             (Purpose::Add, false) => {
-                host::info(&format!("{} heartbeats but does not answer TCP; not added yet", Self::name(m)));
+                host::info(&format!(
+                    "{} heartbeats but does not answer TCP; not added yet",
+                    Self::name(m)
+                ));
                 self.add_suspects.insert(k, m.clone());
             }
             (Purpose::Remove, true) => {
@@ -190,7 +236,8 @@ impl Interceptor for Detector {
                     "{} missed its heartbeats but answers TCP: kept as a suspect",
                     Self::name(m)
                 ));
-                self.remove_suspects.insert(k, (m.clone(), host::monotonic_ms()));
+                self.remove_suspects
+                    .insert(k, (m.clone(), host::monotonic_ms()));
             }
             (Purpose::Remove | Purpose::RecheckSuspect, false) => {
                 self.remove_suspects.remove(&k);
@@ -200,11 +247,29 @@ impl Interceptor for Detector {
                     host::raise_member_disappeared(m, LeaveReason::Expired);
                 }
             }
+            (Purpose::ConnectionLost, true) => {
+                host::debug(&format!(
+                    "{}: a connection broke but it answers; kept",
+                    Self::name(m)
+                ));
+            }
+            (Purpose::ConnectionLost, false) => {
+                if self.view.remove(&k).is_some() {
+                    self.remove_suspects.remove(&k);
+                    self.dropped_on_connection_loss.add(1);
+                    self.confirmed_dead.add(1);
+                    host::info(&format!(
+                        "{}: its connection broke and it does not answer; dropped",
+                        Self::name(m)
+                    ));
+                    self.dropped_early.insert(k, m.clone());
+                    host::raise_member_disappeared(m, LeaveReason::Expired);
+                }
+            }
             (Purpose::RecheckSuspect, true) => {
-                let expired = self
-                    .remove_suspects
-                    .get(&k)
-                    .is_some_and(|(_, since)| host::monotonic_ms().saturating_sub(*since) > self.remove_suspects_timeout_ms);
+                let expired = self.remove_suspects.get(&k).is_some_and(|(_, since)| {
+                    host::monotonic_ms().saturating_sub(*since) > self.remove_suspects_timeout_ms
+                });
                 if expired {
                     // Tribes: the suspicion lapses; the member stays in view.
                     self.remove_suspects.remove(&k);
@@ -214,13 +279,34 @@ impl Interceptor for Detector {
     }
 
     fn heartbeat(&mut self) {
-        let suspects: Vec<Member> = self.remove_suspects.values().map(|(m, _)| m.clone()).collect();
+        let suspects: Vec<Member> = self
+            .remove_suspects
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect();
         for m in suspects {
             self.start_probe(&m, Purpose::RecheckSuspect);
         }
         let adds: Vec<Member> = self.add_suspects.values().cloned().collect();
         for m in adds {
             self.start_probe(&m, Purpose::Add);
+        }
+    }
+
+    fn connection_lost(&mut self, m: &Member, _cause: &str) {
+        let k = key(m);
+        if self.remove_suspects.contains_key(&k) {
+            self.start_probe(m, Purpose::RecheckSuspect);
+        } else if self.view.contains_key(&k) {
+            self.start_probe(m, Purpose::ConnectionLost);
+        }
+    }
+
+    fn member_heartbeat(&mut self, m: &Member, _at_ms: u64) {
+        // Dropped after a broken connection, yet heartbeating: a false
+        // alarm (its receiver restarted, say). Re-add it once it answers.
+        if self.dropped_early.contains_key(&key(m)) {
+            self.start_probe(m, Purpose::Add);
         }
     }
 
@@ -233,8 +319,16 @@ impl Interceptor for Detector {
 
     fn stats(&self) -> Vec<Stat> {
         vec![
-            Stat::gauge("view_members", self.view.len() as f64, "Members in the detector's view"),
-            Stat::gauge("suspects", self.remove_suspects.len() as f64, "Members kept although they missed heartbeats"),
+            Stat::gauge(
+                "view_members",
+                self.view.len() as f64,
+                "Members in the detector's view",
+            ),
+            Stat::gauge(
+                "suspects",
+                self.remove_suspects.len() as f64,
+                "Members kept although they missed heartbeats",
+            ),
         ]
     }
 }

@@ -18,6 +18,12 @@ pub enum ControlEvent {
     Plugin(HostEvent),
     /// The channel heartbeat.
     Heartbeat,
+    /// A connection to a member broke or could not be opened (the
+    /// transport's watch, [`crate::transport::watch`]), with the cause.
+    ConnectionLost(crate::member::Member, String),
+    /// A heartbeat from a member arrived at this time
+    /// (`host.monotonic-ms`'s clock).
+    MemberHeartbeat(crate::member::Member, u64),
     /// A change of the chain on the running node (live swap).
     Apply(Box<ChainChange>),
 }
@@ -56,18 +62,39 @@ impl Chain {
                 change.refuse("chain changes are applied by the node's control loop");
             }
             ControlEvent::Heartbeat => {
-                for (i, ic) in self.interceptors.iter().enumerate() {
-                    if !ic.caps.heartbeat {
-                        continue;
-                    }
-                    if let Ok(raised) = ic.heartbeat() {
-                        ic.note_raised(&raised);
-                        push_raised(&mut work, i, raised);
-                    }
-                }
+                self.each_control(&mut work, |c| c.heartbeat, |ic| ic.heartbeat())
             }
+            ControlEvent::ConnectionLost(m, cause) => self.each_control(
+                &mut work,
+                |c| c.connections,
+                |ic| ic.connection_lost(&m, &cause),
+            ),
+            ControlEvent::MemberHeartbeat(m, at) => self.each_control(
+                &mut work,
+                |c| c.member_heartbeats,
+                |ic| ic.member_heartbeat(&m, at),
+            ),
         }
         self.run_up(work).await
+    }
+
+    /// Calls every interceptor that asked for a hook (`wants`), in chain
+    /// order, and queues the membership events they raise.
+    fn each_control(
+        &self,
+        work: &mut Vec<(usize, MemberEvent)>,
+        wants: impl Fn(&crate::plugins::Caps) -> bool,
+        call: impl Fn(&crate::plugins::Interceptor) -> Result<Vec<Raised>, crate::plugins::FailureKind>,
+    ) {
+        for (i, ic) in self.interceptors.iter().enumerate() {
+            if !wants(&ic.caps) {
+                continue;
+            }
+            if let Ok(raised) = call(ic) {
+                ic.note_raised(&raised);
+                push_raised(work, i, raised);
+            }
+        }
     }
 
     /// Passes each `(above, event)` up from its position, in order, with the

@@ -27,6 +27,9 @@ pub use table::{LeaveReason, MemberEvent, MemberTable};
 const MAX_DATAGRAM: usize = 65_535;
 /// Membership events waiting for the channel; the service waits when full.
 const EVENT_QUEUE: usize = 1024;
+/// Heartbeat arrivals waiting for the node's control loop; when full, new
+/// ones are dropped (counted).
+const ARRIVAL_QUEUE: usize = 4096;
 /// Log one warning per this many malformed datagrams (like DomainFilter's logInterval).
 const WARN_EVERY: u64 = 100;
 
@@ -51,6 +54,7 @@ pub struct Membership {
     task: Option<JoinHandle<()>>,
     payload: Arc<Mutex<Bytes>>,
     payload_changes: Option<mpsc::Receiver<Member>>,
+    arrivals: Option<mpsc::Receiver<(Member, Instant)>>,
 }
 
 /// Largest payload a node advertises in its heartbeats.
@@ -82,6 +86,7 @@ struct Service {
     local: MemberPacket,
     payload: Arc<Mutex<Bytes>>,
     payload_changes: mpsc::Sender<Member>,
+    arrivals: mpsc::Sender<(Member, Instant)>,
     started: Instant,
     frequency: Duration,
     table: Arc<Mutex<MemberTable>>,
@@ -125,12 +130,14 @@ impl Membership {
         let (stop_tx, stop_rx) = watch::channel(false);
         let payload = Arc::new(Mutex::new(local.payload.clone()));
         let (changes_tx, changes_rx) = mpsc::channel(EVENT_QUEUE);
+        let (arrivals_tx, arrivals_rx) = mpsc::channel(ARRIVAL_QUEUE);
         let svc = Service {
             socket,
             targets,
             local,
             payload: payload.clone(),
             payload_changes: changes_tx,
+            arrivals: arrivals_tx,
             started: Instant::now(),
             frequency: Duration::from_millis(cfg.frequency_ms),
             table: table.clone(),
@@ -146,6 +153,7 @@ impl Membership {
                 task: Some(task),
                 payload,
                 payload_changes: Some(changes_rx),
+                arrivals: Some(arrivals_rx),
             },
             rx,
         ))
@@ -167,6 +175,13 @@ impl Membership {
     /// table always has the latest payload).
     pub fn take_payload_changes(&mut self) -> Option<mpsc::Receiver<Member>> {
         self.payload_changes.take()
+    }
+
+    /// Every heartbeat received from a member, with its arrival time; taken
+    /// once. Bounded: when the reader lags, arrivals are dropped (counted in
+    /// `shoal_heartbeat_arrivals_dropped_total`).
+    pub fn take_arrivals(&mut self) -> Option<mpsc::Receiver<(Member, Instant)>> {
+        self.arrivals.take()
     }
 
     /// The live table, for readers that need the latest alive times.
@@ -274,13 +289,19 @@ impl Service {
                 !is_local && t.payload(&member.id) != Some(&member.payload),
             )
         };
+        let now = Instant::now();
         if !is_local {
             Metrics::inc(&self.metrics.heartbeats_received_total);
+            if member.command.as_ref() != SHUTDOWN_COMMAND
+                && self.arrivals.try_send((member.clone(), now)).is_err()
+            {
+                Metrics::inc(&self.metrics.heartbeat_arrivals_dropped_total);
+            }
         }
         if payload_changed {
             let _ = self.payload_changes.try_send(member.clone());
         }
-        let ev = lock(&self.table).heartbeat(member, Instant::now());
+        let ev = lock(&self.table).heartbeat(member, now);
         if let Some(ev) = ev {
             let _ = self.events.send(ev).await;
         }

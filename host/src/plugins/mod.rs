@@ -61,6 +61,13 @@ pub const BUILTINS: [(&str, &[u8]); crate::config::BUILTIN_NAMES.len()] = [
         )),
     ),
     (
+        "phi-accrual-detector",
+        include_bytes!(concat!(
+            env!("SHOAL_GUEST_DIR"),
+            "/phi_accrual_detector.wasm"
+        )),
+    ),
+    (
         "message-dispatch",
         include_bytes!(concat!(env!("SHOAL_GUEST_DIR"), "/message_dispatch.wasm")),
     ),
@@ -250,7 +257,7 @@ pub enum PluginLoadError {
     /// The component does not implement the `shoal:cluster/interceptor` world
     /// (or imports something the host does not provide).
     #[error(
-        "interceptor `{name}`: {source_desc} does not implement the shoal:cluster@0.1.0 interceptor world: {cause:#}"
+        "interceptor `{name}`: {source_desc} does not implement the shoal:cluster@0.2.0 interceptor world: {cause:#}"
     )]
     WrongWorld {
         /// Interceptor name.
@@ -280,6 +287,10 @@ pub(crate) struct Caps {
     pub(crate) receive: bool,
     pub(crate) members: bool,
     pub(crate) heartbeat: bool,
+    /// `connection-lost`.
+    pub(crate) connections: bool,
+    /// `member-heartbeat`.
+    pub(crate) member_heartbeats: bool,
     pub(crate) single: bool,
     /// Largest body passed (0: none; u32::MAX: all).
     pub(crate) body_limit: u32,
@@ -300,6 +311,8 @@ impl Caps {
             receive: c.hooks.contains(wit::Hooks::ON_RECEIVE),
             members: c.hooks.contains(wit::Hooks::MEMBER_EVENTS),
             heartbeat: c.hooks.contains(wit::Hooks::HEARTBEAT),
+            connections: c.hooks.contains(wit::Hooks::CONNECTION_EVENTS),
+            member_heartbeats: c.hooks.contains(wit::Hooks::MEMBER_HEARTBEATS),
             single: c.single_instance,
             body_limit: match c.bodies {
                 wit::BodyAccess::None => 0,
@@ -851,6 +864,34 @@ impl Interceptor {
             .control(|s| {
                 let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
                 hooks.call_heartbeat(&mut s.store, s.instance.plugin)
+            })
+            .map(|((), raised)| raised)
+    }
+
+    pub(crate) fn connection_lost(
+        &self,
+        m: &Member,
+        cause: &str,
+    ) -> Result<Vec<Raised>, FailureKind> {
+        let t = member_to_wit(m);
+        self.pool
+            .control(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_connection_lost(&mut s.store, s.instance.plugin, &t, cause)
+            })
+            .map(|((), raised)| raised)
+    }
+
+    pub(crate) fn member_heartbeat(
+        &self,
+        m: &Member,
+        at_ms: u64,
+    ) -> Result<Vec<Raised>, FailureKind> {
+        let t = member_to_wit(m);
+        self.pool
+            .control(|s| {
+                let hooks = s.instance.bindings.shoal_cluster_hooks().plugin();
+                hooks.call_member_heartbeat(&mut s.store, s.instance.plugin, &t, at_ms)
             })
             .map(|((), raised)| raised)
     }

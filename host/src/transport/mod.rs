@@ -1,5 +1,6 @@
 //! TCP transport: the [`receiver`] accepts peers and decodes frames, the
-//! [`sender`] keeps pooled connections to members and fans messages out.
+//! [`sender`] keeps pooled connections to members and fans messages out,
+//! [`watch`] keeps one idle connection to each member to see it crash.
 
 mod busy_poll;
 mod iov;
@@ -7,3 +8,4 @@ mod pipe;
 pub mod receiver;
 pub mod sender;
 mod socket;
+pub mod watch;

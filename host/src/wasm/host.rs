@@ -94,7 +94,8 @@ pub struct NodeCtx {
     pub control: Reporter,
     next_id: AtomicU64,
     next_generation: AtomicU64,
-    started: Instant,
+    /// The zero of `host.monotonic-ms`.
+    pub started: Instant,
 }
 
 impl NodeCtx {
