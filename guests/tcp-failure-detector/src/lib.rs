@@ -14,7 +14,14 @@
 //!   not answer is dropped then, in milliseconds after a crash, not after
 //!   `dropTime`. One that answers stays, not even a suspect (a live member
 //!   may close a connection). If a member dropped this way turns out to be
-//!   heartbeating still, it is probed again and re-added once it answers.
+//!   heartbeating still, it is probed again and re-added once it answers;
+//! * beyond Tribes: a member silent for `verifyAfter` (dropTime minus
+//!   connectTimeout) is probed ahead of its expiry. If that probe fails and
+//!   no heartbeat arrives until the membership table expires it, it goes up
+//!   at the expiry without a second probe: a silent failure (host gone, no
+//!   reset) is dropped at dropTime, not dropTime plus a connect timeout.
+//!   The rule for dropping is unchanged: silent for dropTime *and* not
+//!   answering TCP.
 //!
 //! Live swap: a new version takes the current members as its view
 //! (`take-over`); events the old one held are offered to it again by the
@@ -22,7 +29,9 @@
 //!
 //! Settings (Tribes' names and defaults): `connectTimeout` 1000 ms,
 //! `performSendTest` true, `performReadTest` false, `readTestTimeout` 5000 ms,
-//! `removeSuspectsTimeout` 300 s.
+//! `removeSuspectsTimeout` 300 s; shoal's own: `verifyAfter` 2000 ms (0: off),
+//! `checkInterval` 250 ms (how often silences are looked at while there are
+//! members).
 
 use std::collections::HashMap;
 
@@ -54,6 +63,8 @@ enum Purpose {
     RecheckSuspect,
     /// A connection to the member broke: drop it now if it does not answer.
     ConnectionLost,
+    /// Silent for `verifyAfter`: probed ahead of its expiry.
+    Early,
 }
 
 struct Detector {
@@ -67,6 +78,15 @@ struct Detector {
     /// Dropped after a broken connection and a failed probe, while the
     /// membership table below may still list it (until `dropTime`).
     dropped_early: HashMap<Key, Member>,
+    /// Last heartbeat arrival per member in view (host monotonic ms).
+    last_heard: HashMap<Key, u64>,
+    /// Members whose early probe failed, with the time it failed.
+    early_dead: HashMap<Key, u64>,
+    /// Expired by the table while another probe of it was under way.
+    expired_pending: std::collections::HashSet<Key>,
+    verify_after_ms: u64,
+    check_interval_ms: u32,
+    timer: Option<u64>,
     kept_alive: Counter,
     dropped_on_connection_loss: Counter,
     confirmed_dead: Counter,
@@ -94,7 +114,7 @@ impl Detector {
                     Purpose::Add => {
                         self.add_suspects.insert(k, m.clone());
                     }
-                    Purpose::ConnectionLost => {} // the watch reports again
+                    Purpose::ConnectionLost | Purpose::Early => {} // reported or checked again
                     Purpose::Remove | Purpose::RecheckSuspect => {
                         self.remove_suspects
                             .entry(k)
@@ -102,6 +122,21 @@ impl Detector {
                     }
                 }
             }
+        }
+    }
+
+    /// Keeps the silence check running while members are heard from.
+    fn ensure_timer(&mut self) {
+        if self.verify_after_ms == 0 || self.timer.is_some() || self.last_heard.is_empty() {
+            return;
+        }
+        self.last_heard.retain(|k, _| self.view.contains_key(k));
+        if self.last_heard.is_empty() {
+            return;
+        }
+        match host::set_timer(self.check_interval_ms) {
+            Ok(id) => self.timer = Some(id),
+            Err(e) => host::warn(&format!("no silence check: {e}")),
         }
     }
 
@@ -118,7 +153,15 @@ impl Interceptor for Detector {
             "performReadTest",
             "readTestTimeout",
             "removeSuspectsTimeout",
+            "verifyAfter",
+            "checkInterval",
         ])?;
+        let check_interval_ms: u32 = s.get_or("checkInterval", 250)?;
+        if !(10..=60_000).contains(&check_interval_ms) {
+            return Err(format!(
+                "checkInterval must be 10..=60000 ms, not {check_interval_ms}"
+            ));
+        }
         Ok(Self {
             probe: ProbeOptions {
                 connect_timeout_ms: s.get_or("connectTimeout", 1000)?,
@@ -133,6 +176,12 @@ impl Interceptor for Detector {
             pending: HashMap::new(),
             in_flight: HashMap::new(),
             dropped_early: HashMap::new(),
+            last_heard: HashMap::new(),
+            early_dead: HashMap::new(),
+            expired_pending: std::collections::HashSet::new(),
+            verify_after_ms: s.get_or::<u64>("verifyAfter", 2000)?,
+            check_interval_ms,
+            timer: None,
             dropped_on_connection_loss: Counter::register(
                 "members_dropped_on_connection_loss",
                 "Members dropped at once: a connection to them broke and they did not answer a probe",
@@ -205,16 +254,36 @@ impl Interceptor for Detector {
             // Never passed up: nothing to take back.
             return MemberVerdict::Drop("not in view".into());
         }
-        self.start_probe(m, Purpose::Remove);
+        let heard = self.last_heard.remove(&k);
+        if let Some(failed_at) = self.early_dead.remove(&k)
+            && heard.is_none_or(|h| h < failed_at)
+        {
+            // Silent for dropTime, and its probe ahead of the expiry failed.
+            self.view.remove(&k);
+            self.remove_suspects.remove(&k);
+            self.confirmed_dead.add(1);
+            host::info(&format!("{} confirmed dead by TCP probe", Self::name(m)));
+            return MemberVerdict::Pass;
+        }
+        if self.in_flight.contains_key(&k) {
+            // Another probe of it is under way: its answer decides this too.
+            self.expired_pending.insert(k);
+        } else {
+            self.start_probe(m, Purpose::Remove);
+        }
         MemberVerdict::Hold
     }
 
     fn on_probe_result(&mut self, probe: u64, m: &Member, alive: bool) {
         let k = key(m);
         self.in_flight.remove(&k);
-        let Some(purpose) = self.pending.remove(&probe) else {
+        let Some(mut purpose) = self.pending.remove(&probe) else {
             return;
         };
+        if self.expired_pending.remove(&k) && self.view.contains_key(&k) {
+            // The table expired it while this probe ran.
+            purpose = Purpose::Remove;
+        }
         match (purpose, alive) {
             (Purpose::Add, true) => {
                 self.add_suspects.remove(&k);
@@ -245,6 +314,14 @@ impl Interceptor for Detector {
                     self.confirmed_dead.add(1);
                     host::info(&format!("{} confirmed dead by TCP probe", Self::name(m)));
                     host::raise_member_disappeared(m, LeaveReason::Expired);
+                }
+            }
+            (Purpose::Early, true) => {
+                self.early_dead.remove(&k);
+            }
+            (Purpose::Early, false) => {
+                if self.view.contains_key(&k) {
+                    self.early_dead.insert(k, host::monotonic_ms());
                 }
             }
             (Purpose::ConnectionLost, true) => {
@@ -302,12 +379,41 @@ impl Interceptor for Detector {
         }
     }
 
-    fn member_heartbeat(&mut self, m: &Member, _at_ms: u64) {
+    fn member_heartbeat(&mut self, m: &Member, at_ms: u64) {
+        let k = key(m);
         // Dropped after a broken connection, yet heartbeating: a false
         // alarm (its receiver restarted, say). Re-add it once it answers.
-        if self.dropped_early.contains_key(&key(m)) {
+        if self.dropped_early.contains_key(&k) {
             self.start_probe(m, Purpose::Add);
+            return;
         }
+        if self.view.contains_key(&k) {
+            self.early_dead.remove(&k);
+            self.last_heard.insert(k, at_ms);
+            self.ensure_timer();
+        }
+    }
+
+    fn on_timer(&mut self, timer: u64) {
+        if self.timer != Some(timer) {
+            return;
+        }
+        self.timer = None;
+        let now = host::monotonic_ms();
+        let late: Vec<Member> = self
+            .last_heard
+            .iter()
+            .filter(|(k, at)| {
+                now.saturating_sub(**at) >= self.verify_after_ms
+                    && !self.early_dead.contains_key(*k)
+                    && !self.remove_suspects.contains_key(*k)
+            })
+            .filter_map(|(k, _)| self.view.get(k).cloned())
+            .collect();
+        for m in late {
+            self.start_probe(&m, Purpose::Early);
+        }
+        self.ensure_timer();
     }
 
     fn take_over(&mut self, _state: Option<&[u8]>, members: &[Member]) -> Result<(), String> {
