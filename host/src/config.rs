@@ -439,6 +439,18 @@ pub struct MembershipConfig {
     /// reported to the failure detector within milliseconds rather than
     /// after `drop_time_ms`, also on a cluster with no traffic. Default: on.
     pub watch: bool,
+    /// Members held at most; heartbeats of further new members are refused
+    /// and counted (`shoal_heartbeats_refused_total`).
+    pub max_members: usize,
+    /// New members admitted per second at most (a flood of forged members
+    /// cannot crowd out the node's own work); the others are heard again at
+    /// their next heartbeat.
+    pub max_new_members_per_s: u32,
+    /// Accept a heartbeat only from the address its member advertises, so
+    /// that a forged shutdown cannot evict a live member nor a forged
+    /// refresh keep a dead one. Turn off only for nodes that send from
+    /// another interface than they advertise.
+    pub check_source: bool,
 }
 
 impl Default for MembershipConfig {
@@ -454,6 +466,9 @@ impl Default for MembershipConfig {
             local_loopback_disabled: false,
             members: Vec::new(),
             watch: true,
+            max_members: 1024,
+            max_new_members_per_s: 100,
+            check_source: true,
         }
     }
 }
@@ -956,6 +971,18 @@ impl MembershipConfig {
             return Err(Invalid::new(
                 "membership.members",
                 "kind = \"static\" needs at least one member".into(),
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_members) {
+            return Err(Invalid::new(
+                "membership.max_members",
+                format!("must be 1..=65536, not {}", self.max_members),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_new_members_per_s) {
+            return Err(Invalid::new(
+                "membership.max_new_members_per_s",
+                format!("must be 1..=100000, not {}", self.max_new_members_per_s),
             ));
         }
         Ok(())

@@ -21,11 +21,12 @@ use crate::config::{MembershipConfig, MembershipKind};
 use crate::member::Member;
 use crate::metrics::Metrics;
 use crate::wire::{MemberPacket, SHUTDOWN_COMMAND};
-pub use table::{LeaveReason, MemberEvent, MemberTable};
+pub use table::{LeaveReason, Limits, MemberEvent, MemberTable, Refusal};
 
 /// Receive buffer: one UDP datagram at most (Tribes' MAX_PACKET_SIZE).
 const MAX_DATAGRAM: usize = 65_535;
-/// Membership events waiting for the channel; the service waits when full.
+/// Payload changes waiting for the node (dropped when full: the table has
+/// the latest payloads).
 const EVENT_QUEUE: usize = 1024;
 /// Heartbeat arrivals waiting for the node's control loop; when full, new
 /// ones are dropped (counted).
@@ -90,7 +91,11 @@ struct Service {
     started: Instant,
     frequency: Duration,
     table: Arc<Mutex<MemberTable>>,
-    events: mpsc::Sender<MemberEvent>,
+    /// Unbounded so that the service never waits on its reader (its own
+    /// heartbeats and expiry go on); bounded in practice by the table's
+    /// limits: a member is added at most `max_new_members_per_s` times a
+    /// second and leaves once.
+    events: mpsc::UnboundedSender<MemberEvent>,
     metrics: Arc<Metrics>,
 }
 
@@ -105,7 +110,7 @@ impl Membership {
         local: MemberPacket,
         unicast_bind: SocketAddr,
         metrics: Arc<Metrics>,
-    ) -> Result<(Self, mpsc::Receiver<MemberEvent>), MembershipError> {
+    ) -> Result<(Self, mpsc::UnboundedReceiver<MemberEvent>), MembershipError> {
         let (socket, targets) = match cfg.kind {
             MembershipKind::Multicast => {
                 let group = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
@@ -122,11 +127,16 @@ impl Membership {
             }
         };
         let local_id = Member::from_packet(&local).ok().map(|m| m.id);
-        let table = Arc::new(Mutex::new(MemberTable::new(
-            local_id,
-            Duration::from_millis(cfg.drop_time_ms),
-        )));
-        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let table = Arc::new(Mutex::new(
+            MemberTable::new(local_id, Duration::from_millis(cfg.drop_time_ms)).with_limits(
+                Limits {
+                    max_members: cfg.max_members,
+                    max_new_per_s: cfg.max_new_members_per_s,
+                    check_source: cfg.check_source,
+                },
+            ),
+        ));
+        let (events, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let payload = Arc::new(Mutex::new(local.payload.clone()));
         let (changes_tx, changes_rx) = mpsc::channel(EVENT_QUEUE);
@@ -301,16 +311,37 @@ impl Service {
         if payload_changed {
             let _ = self.payload_changes.try_send(member.clone());
         }
-        let ev = lock(&self.table).heartbeat(member, now);
-        if let Some(ev) = ev {
-            let _ = self.events.send(ev).await;
+        let id = member.id;
+        match lock(&self.table).heard(member, now, from.ip()) {
+            Ok(Some(ev)) => {
+                let _ = self.events.send(ev);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                let n = self
+                    .metrics
+                    .heartbeats_refused_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(WARN_EVERY) {
+                    tracing::warn!(
+                        %from, member = %id, refused = n + 1,
+                        "heartbeat refused: {why}{}",
+                        if why == Refusal::WrongSource {
+                            " (a forged packet, or a node that sends from another \
+                             interface than it advertises: then set membership.check_source = false)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
         }
     }
 
     async fn expire(&self) {
         let evs = lock(&self.table).expire(Instant::now());
         for ev in evs {
-            let _ = self.events.send(ev).await;
+            let _ = self.events.send(ev);
         }
     }
 }

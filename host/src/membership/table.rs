@@ -2,6 +2,7 @@
 //! state machine fed with packets and explicit time. No sockets here.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub use crate::member::{LeaveReason, MemberEvent};
@@ -19,6 +20,47 @@ pub struct MemberTable {
     local: Option<MemberId>,
     drop_time: Duration,
     entries: HashMap<MemberId, Entry>,
+    limits: Limits,
+    /// Start of the current one-second window and the members added in it.
+    new_window: Option<(Instant, u32)>,
+}
+
+/// What the table admits from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Members held at most; a heartbeat from a new member beyond it is refused.
+    pub max_members: usize,
+    /// New members added per second at most; more are refused (they are
+    /// heard again at their next heartbeat).
+    pub max_new_per_s: u32,
+    /// A heartbeat counts only if it comes from the address its member
+    /// packet advertises, so that a packet forged elsewhere cannot evict a
+    /// live member (a shutdown), keep a dead one (a refresh) or add one.
+    pub check_source: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_members: 1024,
+            max_new_per_s: 100,
+            check_source: true,
+        }
+    }
+}
+
+/// Why a heartbeat was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// It came from another address than the one its packet advertises.
+    #[error("it came from another address than the member advertises")]
+    WrongSource,
+    /// The table holds `max_members` already.
+    #[error("the member table is full (membership.max_members)")]
+    Full,
+    /// `max_new_per_s` members were added in the last second.
+    #[error("too many new members this second (membership.max_new_members_per_s)")]
+    TooManyNew,
 }
 
 impl MemberTable {
@@ -29,7 +71,56 @@ impl MemberTable {
             local,
             drop_time,
             entries: HashMap::new(),
+            limits: Limits {
+                max_members: usize::MAX,
+                max_new_per_s: u32::MAX,
+                check_source: false,
+            },
+            new_window: None,
         }
+    }
+
+    /// The same table, admitting only what `limits` allow (through
+    /// [`MemberTable::heard`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Applies one heartbeat that arrived from `source` at `now`, within the
+    /// table's [`Limits`]: as [`MemberTable::heartbeat`], or refused.
+    pub fn heard(
+        &mut self,
+        member: Member,
+        now: Instant,
+        source: IpAddr,
+    ) -> Result<Option<MemberEvent>, Refusal> {
+        if Some(member.id) == self.local {
+            return Ok(None);
+        }
+        if self.limits.check_source && source.to_canonical() != member.id.host.to_canonical() {
+            return Err(Refusal::WrongSource);
+        }
+        let shutdown = member.command.as_ref() == crate::wire::SHUTDOWN_COMMAND;
+        if !shutdown && !self.entries.contains_key(&member.id) {
+            if self.entries.len() >= self.limits.max_members {
+                return Err(Refusal::Full);
+            }
+            let (start, n) = match self.new_window {
+                Some((start, n))
+                    if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+                {
+                    (start, n)
+                }
+                _ => (now, 0),
+            };
+            if n >= self.limits.max_new_per_s {
+                self.new_window = Some((start, n));
+                return Err(Refusal::TooManyNew);
+            }
+            self.new_window = Some((start, n + 1));
+        }
+        Ok(self.heartbeat(member, now))
     }
 
     /// Applies one heartbeat received at `now`.
@@ -95,7 +186,9 @@ impl MemberTable {
     /// time it reported plus the time since we received it.
     pub fn uptime_ms(&self, id: &MemberId, now: Instant) -> Option<i64> {
         self.entries.get(id).map(|e| {
-            e.member.alive_ms + now.saturating_duration_since(e.last_heard).as_millis() as i64
+            let since = i64::try_from(now.saturating_duration_since(e.last_heard).as_millis())
+                .unwrap_or(i64::MAX);
+            e.member.alive_ms.saturating_add(since)
         })
     }
 
@@ -203,6 +296,66 @@ mod tests {
         // a shutdown from an unknown member raises nothing
         assert_eq!(t.heartbeat(bye, t0), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_packet_from_another_address_cannot_add_refresh_or_evict() {
+        let t0 = Instant::now();
+        let mut t = MemberTable::new(None, DROP).with_limits(Limits::default());
+        let a = member(4000, 1, 100); // advertises 127.0.0.1
+        let elsewhere: IpAddr = "127.0.0.2".parse().expect("ip");
+        let own: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(t.heard(a.clone(), t0, elsewhere), Err(Refusal::WrongSource));
+        assert!(t.is_empty(), "not added");
+        assert!(matches!(
+            t.heard(a.clone(), t0, own),
+            Ok(Some(MemberEvent::Added(_)))
+        ));
+        let mut bye = a.clone();
+        bye.command = Bytes::from_static(crate::wire::SHUTDOWN_COMMAND);
+        assert_eq!(
+            t.heard(bye.clone(), t0, elsewhere),
+            Err(Refusal::WrongSource)
+        );
+        assert_eq!(t.len(), 1, "a forged shutdown does not evict");
+        // A forged refresh does not keep it alive past its drop time.
+        let later = t0 + Duration::from_millis(2500);
+        assert_eq!(
+            t.heard(a.clone(), later, elsewhere),
+            Err(Refusal::WrongSource)
+        );
+        assert_eq!(t.expire(t0 + Duration::from_millis(3001)).len(), 1);
+        // The real one's shutdown is honoured.
+        t.heard(a, t0, own).expect("re-added");
+        assert!(matches!(
+            t.heard(bye, t0, own),
+            Ok(Some(MemberEvent::Disappeared(_, LeaveReason::Shutdown)))
+        ));
+    }
+
+    #[test]
+    fn new_members_are_capped_in_number_and_per_second() {
+        let t0 = Instant::now();
+        let own: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut t = MemberTable::new(None, DROP).with_limits(Limits {
+            max_members: 5,
+            max_new_per_s: 3,
+            check_source: true,
+        });
+        for i in 0..3 {
+            t.heard(member(4000 + i, 1, 1), t0, own).expect("admitted");
+        }
+        assert_eq!(
+            t.heard(member(4010, 1, 1), t0, own),
+            Err(Refusal::TooManyNew)
+        );
+        // A known member's refresh is not a new member.
+        assert_eq!(t.heard(member(4000, 1, 2), t0, own), Ok(None));
+        let t1 = t0 + Duration::from_secs(1);
+        t.heard(member(4010, 1, 1), t1, own).expect("next second");
+        t.heard(member(4011, 1, 1), t1, own).expect("next second");
+        assert_eq!(t.heard(member(4012, 1, 1), t1, own), Err(Refusal::Full));
+        assert_eq!(t.len(), 5);
     }
 
     #[test]
