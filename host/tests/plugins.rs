@@ -593,3 +593,36 @@ async fn a_refused_timer_is_an_error_the_plugin_sees() {
     assert_eq!(nodes[0].members().len(), 1);
     shutdown(nodes).await;
 }
+
+/// `host.probe` reaches only members' receivers: a plug-in cannot make the
+/// node connect to an address of its choosing (issue 13, item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_may_probe_members_but_no_other_address() {
+    // Something listens there, so only the host's rule can refuse it.
+    let bystander = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = bystander.local_addr().expect("addr").port().to_string();
+    let chain = vec![testkit(
+        "prober",
+        false,
+        &[
+            ("mode", "probe"),
+            ("probe_host", "127.0.0.1"),
+            ("probe_port", &port),
+        ],
+    )];
+    let nodes = pair([chain.clone(), chain], |_| {}).await;
+    wait_for("the prober to probe its peer", || async {
+        (plugin_counter(&nodes[0], "prober", "member_probes_started") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        plugin_counter(&nodes[0], "prober", "probes_refused"),
+        1,
+        "the bystander's address is refused"
+    );
+    assert_eq!(
+        plugin_counter(&nodes[0], "prober", "other_probes_started"),
+        0
+    );
+    shutdown(nodes).await;
+}

@@ -12,6 +12,7 @@
 //! | `echo-settings` | exports every setting as a gauge named after its key |
 //! | `hold` | holds every membership event for `hold_ms` (a timer), then raises it |
 //! | `refuse-take-over` | refuses a live swap in `take-over` |
+//! | `probe` | when a member is added, probes it and also `probe_host`:`probe_port` (counters `member_probes_started`, `other_probes_started`, `probes_refused`) |
 //! | `flip` | on receive, inverts the last byte of every body of at least `min_size` bytes (a faulty or tampering path) |
 //!
 //! Settings `only_options` (option bits) and `max_size` (bytes) set the
@@ -33,6 +34,7 @@ struct Testkit {
     version: String,
     changes_wire: bool,
     min_size: usize,
+    probe_target: Option<(String, u16)>,
 }
 
 impl Testkit {
@@ -115,11 +117,15 @@ impl Interceptor for Testkit {
             version: s.raw("version").unwrap_or("").to_string(),
             changes_wire: s.get_or("changes_wire", false)?,
             min_size: s.get_or("min_size", 0)?,
+            probe_target: match (s.raw("probe_host"), s.get::<u16>("probe_port")?) {
+                (Some(h), Some(p)) => Some((h.to_string(), p)),
+                _ => None,
+            },
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        let hooks = if self.mode == "hold" {
+        let hooks = if self.mode == "hold" || self.mode == "probe" {
             Hooks::ON_SEND | Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS
         } else {
             Hooks::ON_SEND | Hooks::ON_RECEIVE
@@ -161,6 +167,23 @@ impl Interceptor for Testkit {
     }
 
     fn member_added(&mut self, m: &Member) -> MemberVerdict {
+        if self.mode == "probe" {
+            let count = |name: &str, ok: bool| {
+                host::Counter::register(if ok { name } else { "probes_refused" }, "testkit probes").add(1);
+            };
+            let opts = ProbeOptions {
+                connect_timeout_ms: 500,
+                send_test: false,
+                read_test: false,
+                read_timeout_ms: 0,
+            };
+            count("member_probes_started", host::probe(m, opts).is_ok());
+            if let Some((h, p)) = &self.probe_target {
+                let other = Member { host: h.clone(), port: *p, ..m.clone() };
+                count("other_probes_started", host::probe(&other, opts).is_ok());
+            }
+            return MemberVerdict::Pass;
+        }
         self.hold(m, None)
     }
 

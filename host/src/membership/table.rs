@@ -2,7 +2,7 @@
 //! state machine fed with packets and explicit time. No sockets here.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use crate::member::{LeaveReason, MemberEvent};
@@ -23,7 +23,15 @@ pub struct MemberTable {
     limits: Limits,
     /// Start of the current one-second window and the members added in it.
     new_window: Option<(Instant, u32)>,
+    /// Receiver addresses of members that left recently, and when: a
+    /// failure detector may still probe them (see [`MemberTable::may_probe`]).
+    departed: HashMap<SocketAddr, Instant>,
 }
+
+/// How long a departed member's receiver may still be probed.
+const PROBE_AFTER_LEAVING: Duration = Duration::from_secs(600);
+/// Departed receivers remembered at most.
+const MAX_DEPARTED: usize = 4096;
 
 /// What the table admits from the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +85,30 @@ impl MemberTable {
                 check_source: false,
             },
             new_window: None,
+            departed: HashMap::new(),
+        }
+    }
+
+    /// Whether a plug-in may probe `addr`: the receiver of a member in the
+    /// table, or of one that left in the last ten minutes (a detector
+    /// verifies a member after the table dropped it, and re-checks its
+    /// suspects). Any other address is refused, so that a plug-in cannot
+    /// make the node connect anywhere it likes.
+    pub fn may_probe(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.entries.keys().any(|id| id.addr() == addr)
+            || self
+                .departed
+                .get(&addr)
+                .is_some_and(|t| now.saturating_duration_since(*t) <= PROBE_AFTER_LEAVING)
+    }
+
+    fn note_departed(&mut self, addr: SocketAddr, now: Instant) {
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed
+                .retain(|_, t| now.saturating_duration_since(*t) <= PROBE_AFTER_LEAVING);
+        }
+        if self.departed.len() < MAX_DEPARTED {
+            self.departed.insert(addr, now);
         }
     }
 
@@ -133,10 +165,9 @@ impl MemberTable {
             return None;
         }
         if member.command.as_ref() == crate::wire::SHUTDOWN_COMMAND {
-            return self
-                .entries
-                .remove(&member.id)
-                .map(|e| MemberEvent::Disappeared(e.member, LeaveReason::Shutdown));
+            let gone = self.entries.remove(&member.id)?;
+            self.note_departed(member.id.addr(), now);
+            return Some(MemberEvent::Disappeared(gone.member, LeaveReason::Shutdown));
         }
         match self.entries.get_mut(&member.id) {
             Some(e) => {
@@ -168,10 +199,17 @@ impl MemberTable {
             .filter(|(_, e)| now.saturating_duration_since(e.last_heard) > drop_time)
             .map(|(id, _)| *id)
             .collect();
-        gone.into_iter()
+        let evs: Vec<MemberEvent> = gone
+            .into_iter()
             .filter_map(|id| self.entries.remove(&id))
             .map(|e| MemberEvent::Disappeared(e.member, LeaveReason::Expired))
-            .collect()
+            .collect();
+        for ev in &evs {
+            if let MemberEvent::Disappeared(m, _) = ev {
+                self.note_departed(m.id.addr(), now);
+            }
+        }
+        evs
     }
 
     /// Current members, longest-running first (Tribes' `Membership` order: by

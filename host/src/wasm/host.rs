@@ -574,6 +574,16 @@ impl host::Host for HostState {
                 target.host
             ));
         };
+        let addr = member.id.addr();
+        let allowed =
+            self.node.table.get().is_some_and(|t| {
+                crate::membership::lock(t).may_probe(addr, std::time::Instant::now())
+            });
+        if !allowed {
+            return Err(format!(
+                "probe of {addr} refused: not the receiver of a current or recent member"
+            ));
+        }
         self.spawn_reporting("a probe", move |node, plugin, id| async move {
             let alive = probe_member(member.id.addr(), &options, &node.local_address).await;
             tracing::debug!(plugin = %plugin.name, member = %member.id, alive, "probe finished");
