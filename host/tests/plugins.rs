@@ -581,6 +581,79 @@ async fn compiled_components_are_cached_on_disk() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The cache holds native code the node runs: a directory someone else
+/// could write to (another owner, or writable by group or others) is
+/// neither read nor written, and the node still starts (compiling in
+/// memory). So is a cached file planted by another user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_directory_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("shoal-cache-perm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let start = |dir: &std::path::Path| {
+        let mut c = base_config("cache", 0);
+        c.membership.kind = shoal::config::MembershipKind::Static;
+        c.membership.members = vec!["127.0.0.1:1".into()];
+        c.interceptors = vec![interceptor("throughput", None, false, &[])];
+        c.plugins.cache_dir = shoal::config::CacheDir::Dir(dir.to_path_buf());
+        Node::start(c)
+    };
+    let count = |dir: &std::path::Path| std::fs::read_dir(dir).expect("dir").count();
+
+    let open = base.join("world-writable");
+    std::fs::create_dir_all(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    start(&open)
+        .await
+        .expect("starts without the cache")
+        .shutdown()
+        .await;
+    assert_eq!(
+        count(&open),
+        0,
+        "nothing cached in a world-writable directory"
+    );
+
+    let foreign = base.join("foreign");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534))
+        .expect("chown (tests run as root)");
+    start(&foreign)
+        .await
+        .expect("starts without the cache")
+        .shutdown()
+        .await;
+    assert_eq!(
+        count(&foreign),
+        0,
+        "nothing cached in another user's directory"
+    );
+
+    // A good directory, whose cached file then changes owner: not loaded,
+    // not replaced.
+    let good = base.join("good");
+    start(&good).await.expect("start").shutdown().await;
+    let file = std::fs::read_dir(&good)
+        .expect("dir")
+        .flatten()
+        .next()
+        .expect("cached")
+        .path();
+    std::os::unix::fs::chown(&file, Some(65534), None).expect("chown");
+    std::fs::write(&file, b"planted").expect("plant");
+    start(&good)
+        .await
+        .expect("starts without loading it")
+        .shutdown()
+        .await;
+    assert_eq!(
+        std::fs::read(&file).expect("still there"),
+        b"planted",
+        "not loaded nor rewritten"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// Host imports that can fail say so: a timer longer than an hour is
 /// refused with an error the plug-in sees (testkit then passes the event it
 /// would have held), so the pair converges at once.

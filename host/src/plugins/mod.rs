@@ -201,7 +201,7 @@ impl PluginOptions {
             o.instances = p.instances;
         }
         o.cache_dir = match &p.cache_dir {
-            CacheDir::Default => Some(default_cache_dir()),
+            CacheDir::Default => default_cache_dir(),
             CacheDir::Off => None,
             CacheDir::Dir(d) => Some(d.clone()),
         };
@@ -216,7 +216,7 @@ impl Default for PluginOptions {
             create_deadline: Duration::from_millis(1000),
             memory_limit: 64 << 20,
             instances: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            cache_dir: Some(default_cache_dir()),
+            cache_dir: default_cache_dir(),
         }
     }
 }

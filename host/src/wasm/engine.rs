@@ -118,16 +118,63 @@ pub fn engine() -> &'static Engine {
 }
 
 /// Where compiled components are cached: `$SHOAL_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/shoal/components`, else `~/.cache/shoal/components`.
-pub fn default_cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/shoal/components`, else `~/.cache/shoal/components`;
+/// `None` (no cache: components are compiled at each start) when none of
+/// these is set. Never a shared directory such as `/tmp`: the cache holds
+/// native code the node runs.
+pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SHOAL_CACHE_DIR") {
-        return PathBuf::from(d);
+        return Some(PathBuf::from(d));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("shoal").join("components")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("shoal").join("components"))
+}
+
+/// The effective user id of this process.
+#[allow(unsafe_code)]
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why `path` (the cache directory or a file in it) must not be trusted:
+/// owned by another user, or writable by group or others, so someone else
+/// could plant native code in it. `None`: it may be used.
+fn untrusted(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot read its metadata: {e}")),
+    };
+    if m.uid() != euid() {
+        return Some(format!(
+            "it is owned by uid {}, not by this node's user (uid {})",
+            m.uid(),
+            euid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by group or others (mode {:o}); chmod go-w it",
+            m.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Warns once per directory that the cache is not used, and why.
+fn refuse_cache(dir: &Path, why: &str) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.iter().any(|d| d == dir) && warned.len() < 64 {
+        warned.push(dir.to_path_buf());
+        tracing::warn!(
+            dir = %dir.display(),
+            "not using the compiled-component cache: {why}; components are compiled at each start"
+        );
+    }
 }
 
 /// SHA-256 of `bytes`, hex.
@@ -153,7 +200,19 @@ pub fn load_component(
     let Some(dir) = cache_dir else {
         return Component::new(engine, bytes);
     };
+    if dir.exists()
+        && let Some(why) = untrusted(dir)
+    {
+        refuse_cache(dir, &why);
+        return Component::new(engine, bytes);
+    }
     let file = dir.join(format!("{hash}-{}.cwasm", engine_key(engine)));
+    if file.exists()
+        && let Some(why) = untrusted(&file)
+    {
+        refuse_cache(dir, &format!("{}: {why}", file.display()));
+        return Component::new(engine, bytes);
+    }
     if file.exists() {
         match deserialize(engine, &file) {
             Ok(c) => {
@@ -175,7 +234,8 @@ pub fn load_component(
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
     // SAFETY: the file was written by `store_cache` from `Component::serialize`
-    // into a cache directory created by this process with mode 0700, under a
+    // into a cache directory owned by this node's user and writable by no one
+    // else (checked before, with the file itself), under a
     // name that binds it to the source's SHA-256 and this engine's
     // compatibility hash; wasmtime checks the header and version on load.
     unsafe { Component::deserialize_file(engine, file) }
