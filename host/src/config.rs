@@ -503,6 +503,19 @@ pub struct ReceiverConfig {
     /// time; a connection whose waits keep lasting longer than twice this
     /// stops polling until a wait is short again); 0 = never. Not in Tomcat.
     pub busy_poll_us: u64,
+    /// Read buffers of all inbound connections together, at most; a
+    /// connection whose frame would take the node past it is closed and
+    /// counted. Buffers grow with the bytes that actually arrive, never
+    /// from a frame header's claim. Default 256 MiB (16 frames of the
+    /// largest size).
+    pub max_buffer_bytes: usize,
+    /// A connection that carries no byte this long is closed (0: never).
+    /// Peers reconnect as needed. Default one hour.
+    pub idle_timeout_ms: u64,
+    /// Inbound connections from one IP address at most (a member opens up
+    /// to `sender.pool_size` plus one watch connection); more are refused
+    /// and counted, so one address cannot take every connection slot.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -515,6 +528,9 @@ impl Default for ReceiverConfig {
             max_frame_bytes: crate::wire::DEFAULT_MAX_FRAME_BYTES,
             stall_timeout_ms: 3000,
             busy_poll_us: 50,
+            max_buffer_bytes: 256 << 20,
+            idle_timeout_ms: 3_600_000,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -1012,6 +1028,18 @@ impl ReceiverConfig {
         if self.stall_timeout_ms == 0 {
             return Err(Invalid::new(
                 "receiver.stall_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_buffer_bytes < self.max_frame_bytes + 64 || self.max_buffer_bytes > 1 << 40 {
+            return Err(Invalid::new(
+                "receiver.max_buffer_bytes",
+                "must hold at least one frame of max_frame_bytes, and be at most 1 TiB".into(),
+            ));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(Invalid::new(
+                "receiver.max_connections_per_address",
                 "must be at least 1".into(),
             ));
         }

@@ -57,6 +57,14 @@ counters! {
     stalled_connections_total: counter,
     /// Inbound connections refused because the connection limit was reached.
     refused_connections_total: counter,
+    /// Inbound connections refused because their address already had `receiver.max_connections_per_address`.
+    refused_connections_per_address_total: counter,
+    /// Inbound connections closed because their frame would have taken the read buffers past `receiver.max_buffer_bytes`.
+    over_budget_connections_total: counter,
+    /// Inbound connections closed after `receiver.idle_timeout_ms` without a byte.
+    idle_connections_closed_total: counter,
+    /// Bytes held by inbound connections' read buffers.
+    receiver_buffer_bytes: gauge,
     /// Inbound TCP connections currently open.
     inbound_connections: gauge,
     /// Membership datagrams dropped as malformed or unusable.

@@ -481,3 +481,91 @@ async fn a_burst_of_pipelined_frames_is_delivered_whole() {
     drop(s);
     shutdown_all(nodes).await;
 }
+
+/// Receiver bounds (issue 13, item 5): a thousand idle connections from one
+/// address, a peer that trickles a frame in one byte at a time (each byte
+/// well within the stall timeout, the frame not), and headers claiming the
+/// largest frame do not lock a real peer out or reserve what they claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_floods_slow_loris_and_big_claims_do_not_lock_out_a_real_peer() {
+    let mut cfgs = static_configs(2);
+    cfgs[1].receiver.stall_timeout_ms = 1000;
+    cfgs[1].receiver.max_connections_per_address = 100;
+    let nodes = start_all(cfgs).await;
+    wait_converged(&nodes).await;
+    let b_addr = nodes[1].receiver_addr();
+    let dest = [nodes[1].id()];
+    let ack = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    let m = nodes[1].metrics();
+    let got = collector(&nodes[1]);
+
+    // 1 000 idle connections from 127.0.0.2.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+        if let Ok(c) = s.connect(b_addr).await {
+            idle.push(c);
+        }
+    }
+    wait_for(
+        "the connections beyond the per-address cap to be refused",
+        || async {
+            (shoal::Metrics::get(&m.refused_connections_per_address_total) >= 900).then_some(())
+        },
+    )
+    .await;
+
+    // Headers claiming 16 MiB frames, from 50 connections: nothing is
+    // reserved for the claim.
+    let mut claims = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(b_addr)
+            .await
+            .expect("connect");
+        s.write_all(b"FLT2002\x00\xff\xff\xf0")
+            .await
+            .expect("write");
+        claims.push(s);
+    }
+    // A slow loris: a frame header, then one byte every 200 ms.
+    let mut loris = tokio::net::TcpStream::connect(b_addr)
+        .await
+        .expect("connect");
+    loris
+        .write_all(b"FLT2002\x00\x00\x01\x00")
+        .await
+        .expect("write");
+    let loris_task = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if loris.write_all(b"x").await.is_err() {
+                return true; // closed by B
+            }
+        }
+        false
+    });
+
+    for i in 0..20 {
+        nodes[0]
+            .channel()
+            .send(&dest, format!("real-{i}").as_bytes(), ack)
+            .await
+            .expect("the real peer is served");
+    }
+    let buffered = m
+        .receiver_buffer_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        buffered < 16 << 20,
+        "50 claims of 16 MiB reserved {buffered} bytes"
+    );
+    assert!(
+        loris_task.await.expect("loris"),
+        "the trickling peer is disconnected"
+    );
+    assert!(shoal::Metrics::get(&m.stalled_connections_total) >= 1);
+    assert_eq!(got.lock().expect("lock").len(), 20);
+    drop((idle, claims));
+    shutdown_all(nodes).await;
+}

@@ -2,14 +2,19 @@
 //! frames, acknowledges them by Tribes' rules (tribes.md §2.4) and hands each
 //! message to a [`MessageHandler`].
 //!
-//! Bounded: at most `max_connections` peers, frames of at most
-//! `max_frame_bytes`. A peer that sends garbage, or stalls in the middle of a
-//! frame for `stall_timeout_ms`, is disconnected with a warning and a counter;
-//! other peers are not affected.
+//! Bounded: at most `max_connections` peers and `max_connections_per_address`
+//! from one IP; frames of at most `max_frame_bytes`; read buffers that grow
+//! with the bytes that arrive (at most doubling per read, never from a
+//! header's claim), all of them together within `max_buffer_bytes`. A peer
+//! that sends garbage, takes longer than `stall_timeout_ms` over one frame
+//! (however it trickles the bytes in), would take the node past its buffer
+//! budget, or stays silent for `idle_timeout_ms`, is disconnected with a
+//! counter (and a warning at a bounded rate); other peers are not affected.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -25,8 +30,8 @@ use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder, SenderCache};
 
 /// Most messages delivered as one batch.
 const MAX_BATCH: usize = 64;
-/// Initial per-connection read buffer; grows up to the frame limit.
-const INITIAL_BUFFER: usize = 64 * 1024;
+/// One warning per this many refusals of a kind (each is counted).
+const WARN_EVERY: u64 = 100;
 /// Bounds of the bytes asked of one read when no frame is pending.
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -107,6 +112,53 @@ struct Shared<H> {
     serving: AtomicUsize,
     /// When each connection last carried bytes.
     activity: Activity,
+    /// `receiver.max_buffer_bytes`.
+    buffer_budget: usize,
+    /// `receiver.idle_timeout_ms` (none: never).
+    idle: Option<Duration>,
+    /// `receiver.max_connections_per_address`, and the count per address.
+    per_address: usize,
+    open_by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Logs a warning for the first refusal of a kind and then every
+/// [`WARN_EVERY`]th, with the running count.
+fn warn_bounded(counter: &AtomicU64, what: &str, peer: SocketAddr) {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    if n.is_multiple_of(WARN_EVERY) {
+        tracing::warn!(%peer, count = n + 1, "{what}");
+    }
+}
+
+/// A connection's share of the node's read-buffer budget, given back when
+/// it ends.
+struct BufferShare<'a> {
+    gauge: &'a std::sync::atomic::AtomicI64,
+    held: usize,
+}
+
+impl<'a> BufferShare<'a> {
+    /// Accounts for the buffer now holding `capacity` bytes; `false` if that
+    /// takes the node past `budget` (then nothing is taken).
+    fn resize(&mut self, capacity: usize, budget: usize) -> bool {
+        if capacity == self.held {
+            return true; // the common case: no shared counter touched
+        }
+        let delta = capacity as i64 - self.held as i64;
+        let total = self.gauge.fetch_add(delta, Ordering::Relaxed) + delta;
+        if delta > 0 && total > budget as i64 {
+            self.gauge.fetch_sub(delta, Ordering::Relaxed);
+            return false;
+        }
+        self.held = capacity;
+        true
+    }
+}
+
+impl Drop for BufferShare<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.held as i64, Ordering::Relaxed);
+    }
 }
 
 impl Receiver {
@@ -127,6 +179,10 @@ impl Receiver {
             stall: Duration::from_millis(cfg.stall_timeout_ms),
             serving: AtomicUsize::new(0),
             activity: Activity::new(),
+            buffer_budget: cfg.max_buffer_bytes,
+            idle: (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms)),
+            per_address: cfg.max_connections_per_address,
+            open_by_address: Mutex::new(HashMap::new()),
         });
         let limit = Arc::new(Semaphore::new(cfg.max_connections));
         let task = tokio::spawn(accept_loop(listener, shared, limit, stop_rx));
@@ -176,11 +232,32 @@ async fn accept_loop<H: MessageHandler>(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    Metrics::inc(&shared.metrics.refused_connections_total);
-                    tracing::warn!(%peer, "refusing connection: receiver.max_connections reached");
+                    warn_bounded(
+                        &shared.metrics.refused_connections_total,
+                        "refusing connection: receiver.max_connections reached",
+                        peer,
+                    );
                     drop(stream);
                     continue;
                 };
+                {
+                    let mut open = shared
+                        .open_by_address
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let n = open.entry(peer.ip()).or_insert(0);
+                    if *n >= shared.per_address {
+                        drop(open);
+                        warn_bounded(
+                            &shared.metrics.refused_connections_per_address_total,
+                            "refusing connection: receiver.max_connections_per_address reached for its address",
+                            peer,
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -193,6 +270,18 @@ async fn accept_loop<H: MessageHandler>(
                         .metrics
                         .inbound_connections
                         .fetch_sub(1, Ordering::Relaxed);
+                    {
+                        let mut open = shared
+                            .open_by_address
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        if let Some(n) = open.get_mut(&peer.ip()) {
+                            *n -= 1;
+                            if *n == 0 {
+                                open.remove(&peer.ip());
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -215,6 +304,8 @@ enum End {
     Io(std::io::Error),
     Bad(DecodeError),
     Stalled,
+    OverBudget,
+    Idle,
 }
 
 async fn serve<H: MessageHandler>(
@@ -234,7 +325,15 @@ async fn serve<H: MessageHandler>(
     // read fills zeroed room first, so asking 64 KiB for a 1 KiB frame
     // costs a 64 KiB memset).
     let mut last_read = 0usize;
-    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
+    // Empty until bytes arrive: an idle connection holds no buffer.
+    let mut buf = BytesMut::new();
+    let mut share = BufferShare {
+        gauge: &shared.metrics.receiver_buffer_bytes,
+        held: 0,
+    };
+    // When the frame now buffered began: its deadline is `stall` from
+    // there, however the bytes trickle in.
+    let mut frame_started: Option<Instant> = None;
     let mut out = Vec::<u8>::new();
     let mut poll = PollHistory::default();
     let mut senders = SenderCache::default();
@@ -247,6 +346,7 @@ async fn serve<H: MessageHandler>(
         // bounded by one frame, and the stall timer only ever times a frame
         // that is really incomplete).
         let mut failed = None;
+        let mut completed = false;
         loop {
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH {
@@ -271,6 +371,7 @@ async fn serve<H: MessageHandler>(
                 }
             }
             let full = batch.len() == MAX_BATCH;
+            completed |= !batch.is_empty();
             if !batch.is_empty() {
                 deliver(batch, shared, &mut out).await;
             }
@@ -287,14 +388,22 @@ async fn serve<H: MessageHandler>(
         if let Some(e) = failed {
             break End::Bad(e);
         }
-        // Room for the rest of the current frame, or twice the last read
-        // (bounded by the frame limit).
-        let room = shared
-            .decoder
-            .pending_len(&buf)
-            .unwrap_or(0)
+        if buf.is_empty() {
+            frame_started = None;
+        } else if completed || frame_started.is_none() {
+            frame_started = Some(Instant::now());
+        }
+        // Room for the rest of the current frame, but at most as much again
+        // as is buffered (a header's claim alone reserves nothing), or twice
+        // the last read; bounded by the frame limit.
+        let pending = shared.decoder.pending_len(&buf).unwrap_or(0);
+        let room = pending
+            .min(buf.len().max(MAX_READ))
             .max((last_read * 2).clamp(MIN_READ, MAX_READ))
             .min(shared.decoder.max_frame() + 64);
+        if !share.resize(buf.capacity().max(buf.len() + room), shared.buffer_budget) {
+            break End::OverBudget;
+        }
         // Poll for the next bytes only when no other connection carried
         // bytes lately, and only while none has frames to handle (a poller
         // holds a runtime worker, and on a small machine a core).
@@ -308,19 +417,25 @@ async fn serve<H: MessageHandler>(
         {
             r
         } else {
-            let r = if buf.is_empty() {
-                tokio::select! {
+            let r = match (frame_started, shared.idle) {
+                (Some(began), _) => tokio::select! {
                     _ = stop.changed() => break End::Stopped,
-                    r = sock.read(&mut buf, room) => r,
-                }
-            } else {
-                tokio::select! {
-                    _ = stop.changed() => break End::Stopped,
-                    r = tokio::time::timeout(shared.stall, sock.read(&mut buf, room)) => match r {
+                    r = tokio::time::timeout_at((began + shared.stall).into(), sock.read(&mut buf, room)) => match r {
                         Ok(r) => r,
                         Err(_) => break End::Stalled,
                     },
-                }
+                },
+                (None, Some(idle)) => tokio::select! {
+                    _ = stop.changed() => break End::Stopped,
+                    r = tokio::time::timeout(idle, sock.read(&mut buf, room)) => match r {
+                        Ok(r) => r,
+                        Err(_) => break End::Idle,
+                    },
+                },
+                (None, None) => tokio::select! {
+                    _ = stop.changed() => break End::Stopped,
+                    r = sock.read(&mut buf, room) => r,
+                },
             };
             shared.busy_poll.waited(&mut poll, started.elapsed());
             r
@@ -343,13 +458,27 @@ async fn serve<H: MessageHandler>(
             }
         }
         End::Io(e) => tracing::debug!(%peer, error = %e, "connection error"),
-        End::Bad(e) => {
-            Metrics::inc(&shared.metrics.bad_frames_total);
-            tracing::warn!(%peer, error = %e, "dropping connection: malformed frame");
-        }
-        End::Stalled => {
-            Metrics::inc(&shared.metrics.stalled_connections_total);
-            tracing::warn!(%peer, pending = buf.len(), timeout = ?shared.stall, "dropping connection: frame stalled");
+        End::Bad(e) => warn_bounded(
+            &shared.metrics.bad_frames_total,
+            &format!("dropping connection: malformed frame: {e}"),
+            peer,
+        ),
+        End::Stalled => warn_bounded(
+            &shared.metrics.stalled_connections_total,
+            &format!(
+                "dropping connection: a frame took longer than {:?} (receiver.stall_timeout_ms)",
+                shared.stall
+            ),
+            peer,
+        ),
+        End::OverBudget => warn_bounded(
+            &shared.metrics.over_budget_connections_total,
+            "dropping connection: its frame would take the read buffers past receiver.max_buffer_bytes",
+            peer,
+        ),
+        End::Idle => {
+            Metrics::inc(&shared.metrics.idle_connections_closed_total);
+            tracing::debug!(%peer, "closing a connection idle for receiver.idle_timeout_ms");
         }
     }
 }
