@@ -572,6 +572,11 @@ impl MessageHandler for Channel {
                 Flow::Continue => deliver.push((m, i)),
                 Flow::Dropped { plugin, reason } => {
                     tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
+                    // Not delivered: a sender that asked for a synchronized
+                    // ACK learns it (FAIL-ACK), not a false success.
+                    results[i] = Err(DeliveryError(format!(
+                        "refused by interceptor {plugin}: {reason}"
+                    )));
                 }
                 Flow::Deferred { resume } => {
                     // Queued delivery: the rest of the chain and the listeners

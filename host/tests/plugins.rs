@@ -78,16 +78,20 @@ async fn each_verdict() {
         matches!(&err, ChannelSendError::Dropped { plugin, reason } if plugin == "v" && reason.contains("testkit")),
         "{err:?}"
     );
-    // drop on receive: acknowledged but never delivered
-    nodes[1]
+    // drop on receive: never delivered; a sender that asked for a
+    // synchronized ACK gets a FAIL-ACK (it learns the message was refused),
+    // one that asked for a plain ACK gets the ACK (Tribes acknowledges
+    // receipt before delivery)
+    let got_a = collector(&nodes[0]);
+    let err = nodes[1]
         .channel()
         .send(&[nodes[0].id()], b"b", SYNC)
         .await
-        .expect("acked");
-    let got_a = collector(&nodes[0]);
+        .expect_err("refused on receive");
+    assert!(format!("{err:?}").contains("FailAck"), "{err:?}");
     nodes[1]
         .channel()
-        .send(&[nodes[0].id()], b"c", SYNC)
+        .send(&[nodes[0].id()], b"c", SendOptions::USE_ACK)
         .await
         .expect("acked");
     assert!(bodies(&got_a).is_empty());
@@ -323,13 +327,20 @@ async fn misbehaving(mode: &str, kind: FailureKind) {
             "{mode}: each call failed as {kind:?}"
         );
         // The node still serves: B → A goes through A's receive path (the
-        // guest fails there too, and the failure mode applies).
+        // guest fails there too, and the failure mode applies). Fail-closed
+        // drops the message, and B, which asked for a synchronized ACK,
+        // learns it: a FAIL-ACK, not a false success.
         let got_a = collector(&nodes[0]);
         let r = nodes[1]
             .channel()
             .send(&[nodes[0].id()], b"back", SYNC)
             .await;
-        r.expect("A's receiver answers");
+        if fail_closed {
+            let e = r.expect_err("refused on receive: FAIL-ACK");
+            assert!(format!("{e:?}").contains("FailAck"), "{mode}: {e:?}");
+        } else {
+            r.expect("A's receiver answers");
+        }
         assert_eq!(bodies(&got_a).len(), usize::from(!fail_closed));
         shutdown(nodes).await;
     }
@@ -419,11 +430,13 @@ async fn domain_filter_drops_foreign_members_and_messages() {
     .await;
     assert_eq!(nodes[0].members()[0].id, nodes[1].id());
     let got = collector(&nodes[0]);
-    nodes[2]
+    // Refused by A's filter: green asked for a synchronized ACK and learns it.
+    let refused = nodes[2]
         .channel()
         .send(&[nodes[0].id()], b"from green", SYNC)
         .await
-        .expect("acknowledged");
+        .expect_err("refused");
+    assert!(format!("{refused:?}").contains("FailAck"), "{refused:?}");
     nodes[1]
         .channel()
         .send(&[nodes[0].id()], b"from blue", SYNC)
@@ -515,12 +528,15 @@ async fn example_rate_limit_interceptor() {
     let nodes = pair([vec![], limit], |_| {}).await;
     let got = collector(&nodes[1]);
     for i in 0..30u8 {
-        // every send is acknowledged: the limit filters after receipt
-        nodes[0]
-            .channel()
-            .send(&[nodes[1].id()], &[i], SYNC)
-            .await
-            .expect("acked");
+        // the limit filters on receipt: the first 10 pass, the others are
+        // refused, and the sender (synchronized ACK) is told so
+        let r = nodes[0].channel().send(&[nodes[1].id()], &[i], SYNC).await;
+        if i < 10 {
+            r.expect("acked");
+        } else {
+            let e = r.expect_err("refused");
+            assert!(format!("{e:?}").contains("FailAck"), "{e:?}");
+        }
     }
     assert_eq!(bodies(&got), (0..10u8).map(|i| vec![i]).collect::<Vec<_>>());
     assert_eq!(plugin_counter(&nodes[1], "rate-limit", "rate_limited"), 20);
