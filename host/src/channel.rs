@@ -170,6 +170,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     recent: Mutex<VecDeque<RecentMessage>>,
     events: Mutex<VecDeque<EventSummary>>,
+    /// Message ids seen per sender: a resent message is delivered once.
+    dedup: crate::dedup::Dedup,
 }
 
 /// The application-facing channel. Cheap to clone.
@@ -211,6 +213,7 @@ impl Channel {
                 metrics,
                 recent: Mutex::new(VecDeque::new()),
                 events: Mutex::new(VecDeque::new()),
+                dedup: crate::dedup::Dedup::default(),
             }),
         }
     }
@@ -545,6 +548,17 @@ impl MessageHandler for Channel {
                 }),
             };
             match sender {
+                Ok(sender)
+                    if self
+                        .inner
+                        .dedup
+                        .delivered(&sender.id.unique_id, &msg.unique_id) =>
+                {
+                    // Sent again after a broken connection: delivered
+                    // already; acknowledged again, not delivered twice.
+                    Metrics::inc(&self.inner.metrics.duplicates_dropped_total);
+                    results.push(Ok(()));
+                }
                 Ok(sender) => {
                     batch.push(InMsg {
                         sender,
@@ -581,6 +595,9 @@ impl MessageHandler for Channel {
                 Flow::Deferred { resume } => {
                     // Queued delivery: the rest of the chain and the listeners
                     // run on a task; the sender's ACK does not wait for them.
+                    self.inner
+                        .dedup
+                        .remember(&m.sender.id.unique_id, &m.unique_id);
                     let ch = self.clone();
                     let chain = chain.clone();
                     let mut m = m;
@@ -595,8 +612,15 @@ impl MessageHandler for Channel {
                 }
             }
         }
+        let ids: Vec<([u8; 16], Bytes)> = deliver
+            .iter()
+            .map(|(m, _)| (m.sender.id.unique_id, m.unique_id.clone()))
+            .collect();
         let (msgs, slots): (Vec<InMsg>, Vec<usize>) = deliver.into_iter().unzip();
-        for (i, r) in slots.into_iter().zip(self.to_listeners_many(msgs)) {
+        for ((i, r), (sender, id)) in slots.into_iter().zip(self.to_listeners_many(msgs)).zip(ids) {
+            if r.is_ok() {
+                self.inner.dedup.remember(&sender, &id);
+            }
             results[i] = r;
         }
         results

@@ -25,6 +25,7 @@ pub mod chain;
 mod channel;
 pub mod clock;
 pub mod config;
+mod dedup;
 pub mod deploy;
 mod dispatch;
 mod member;

@@ -95,6 +95,8 @@ counters! {
     async_queue_overflow_sync_total: counter,
     /// Asynchronous sends that failed for at least one member.
     async_send_failures_total: counter,
+    /// Received messages dropped as duplicates (the same sender and message id within the last 2048 of that sender: a resend after a broken connection); acknowledged, not delivered again.
+    duplicates_dropped_total: counter,
     /// Received messages a listener rejected (answered with FAIL-ACK when SYNC_ACK).
     listener_errors_total: counter,
     /// Acknowledged sends made on a member's pipelined connection because other acknowledged sends to it were in progress.

@@ -450,7 +450,9 @@ async fn a_burst_of_pipelined_frames_is_delivered_whole() {
         let cd = shoal::wire::ChannelData {
             options: SendOptions::BYTE_MESSAGE,
             timestamp: 0,
-            unique_id: Bytes::copy_from_slice(&[1; 16]),
+            // Each message its own id, as every sender gives (one id sent
+            // twice is a resend, delivered once).
+            unique_id: Bytes::copy_from_slice(&u128::from(i).to_be_bytes()),
             sender: nodes[0].channel().local_packet().clone(),
             message: Bytes::from(i.to_be_bytes().to_vec()),
         };
@@ -567,5 +569,62 @@ async fn idle_floods_slow_loris_and_big_claims_do_not_lock_out_a_real_peer() {
     assert!(shoal::Metrics::get(&m.stalled_connections_total) >= 1);
     assert_eq!(got.lock().expect("lock").len(), 20);
     drop((idle, claims));
+    shutdown_all(nodes).await;
+}
+
+/// A message sent again after its connection broke (the sender never saw
+/// the ACK) is delivered once and acknowledged both times (issue 13, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_resent_on_a_new_connection_is_delivered_once() {
+    use shoal::wire::{MemberPacket, encode_message_frame};
+    use tokio::io::AsyncReadExt;
+    let nodes = start_all(static_configs(2)).await;
+    wait_converged(&nodes).await;
+    let got = collector(&nodes[1]);
+    let a = nodes[0].id();
+    let packet = MemberPacket {
+        alive_ms: 1,
+        port: i32::from(a.port),
+        secure_port: -1,
+        udp_port: -1,
+        host: MemberPacket::host_bytes(a.host),
+        command: Bytes::new(),
+        domain: Bytes::from_static(b"test"),
+        unique_id: a.unique_id,
+        payload: Bytes::new(),
+    };
+    let mut address = bytes::BytesMut::new();
+    packet.encode(&mut address);
+    let mut frame = bytes::BytesMut::new();
+    let id: [u8; 16] = rand::random();
+    let opts = SendOptions::BYTE_MESSAGE | SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    encode_message_frame(&mut frame, opts, 1, &id, &address, b"once");
+    for attempt in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(nodes[1].receiver_addr())
+            .await
+            .expect("connect");
+        s.write_all(&frame).await.expect("write");
+        let mut ack = [0u8; 21];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut ack))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert_eq!(
+            &ack,
+            shoal::wire::AckKind::Ack.frame(),
+            "attempt {attempt} is acknowledged"
+        );
+    }
+    let bodies: Vec<Bytes> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(bodies, vec![Bytes::from_static(b"once")], "delivered once");
+    assert_eq!(
+        shoal::Metrics::get(&nodes[1].metrics().duplicates_dropped_total),
+        1
+    );
     shutdown_all(nodes).await;
 }

@@ -1,0 +1,150 @@
+//! Duplicate suppression on receive.
+//!
+//! A sender that loses its connection after writing a message, but before
+//! the ACK came back, cannot tell whether the message arrived; it sends it
+//! again on a new connection (Tribes' retry). The receiver remembers the
+//! last [`WINDOW`] message ids (ChannelData's `uniqueId`) of each sender
+//! that it *delivered*, and drops such a message when it comes again:
+//! delivered once, acknowledged again. A message that failed (a listener
+//! threw, a plug-in refused it: FAIL-ACK) is not remembered, so a retry is
+//! tried again, as Tomcat's sender expects after a FAIL-ACK.
+//! Bounded: [`WINDOW`] ids per sender, [`MAX_SENDERS`] senders (the least
+//! recently heard is forgotten first).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+/// Message ids remembered per sender.
+pub const WINDOW: usize = 2048;
+/// Senders remembered at most (over all shards).
+pub const MAX_SENDERS: usize = 256;
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+struct Window {
+    seen: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+#[derive(Default)]
+struct Shard {
+    senders: HashMap<[u8; 16], Window>,
+    /// Senders in the order first heard, for eviction.
+    arrival: VecDeque<[u8; 16]>,
+}
+
+/// The ids seen per sender.
+pub struct Dedup {
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+        }
+    }
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedup").finish_non_exhaustive()
+    }
+}
+
+impl Dedup {
+    fn shard(&self, sender: &[u8; 16]) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[usize::from(sender[0]) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `sender`'s message with this id was delivered already (within
+    /// the window). Ids that are not 16 bytes (Tribes always sends 16) are
+    /// never taken for duplicates.
+    pub fn delivered(&self, sender: &[u8; 16], id: &[u8]) -> bool {
+        let Ok(id) = <[u8; 16]>::try_from(id) else {
+            return false;
+        };
+        self.shard(sender)
+            .senders
+            .get(sender)
+            .is_some_and(|w| w.seen.contains(&u128::from_be_bytes(id)))
+    }
+
+    /// Remembers that `sender`'s message with this id was delivered; `false`
+    /// if it was already.
+    pub fn remember(&self, sender: &[u8; 16], id: &[u8]) -> bool {
+        let Ok(id) = <[u8; 16]>::try_from(id) else {
+            return true;
+        };
+        let id = u128::from_be_bytes(id);
+        let mut shard = self.shard(sender);
+        let shard = &mut *shard;
+        if !shard.senders.contains_key(sender) {
+            while shard.senders.len() >= MAX_SENDERS / SHARDS {
+                match shard.arrival.pop_front() {
+                    Some(old) => {
+                        shard.senders.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            shard.arrival.push_back(*sender);
+        }
+        let w = shard.senders.entry(*sender).or_default();
+        if !w.seen.insert(id) {
+            return false;
+        }
+        w.order.push_back(id);
+        if w.order.len() > WINDOW
+            && let Some(old) = w.order.pop_front()
+        {
+            w.seen.remove(&old);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_id_is_a_duplicate_within_the_window_and_per_sender() {
+        let d = Dedup::default();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        assert!(!d.delivered(&a, &[7; 16]));
+        assert!(d.remember(&a, &[7; 16]));
+        assert!(d.delivered(&a, &[7; 16]));
+        assert!(!d.remember(&a, &[7; 16]), "same sender, same id");
+        assert!(d.remember(&b, &[7; 16]), "another sender may use the id");
+        assert!(
+            d.remember(&a, &[7; 5]),
+            "odd-length ids are never duplicates"
+        );
+        assert!(d.remember(&a, &[7; 5]));
+        for i in 0..WINDOW as u128 {
+            assert!(d.remember(&a, &(1000 + i).to_be_bytes()));
+        }
+        assert!(d.remember(&a, &[7; 16]), "forgotten beyond the window");
+    }
+
+    #[test]
+    fn senders_are_bounded() {
+        let d = Dedup::default();
+        for s in 0..=255u8 {
+            for k in 0..4u8 {
+                let mut sender = [k; 16];
+                sender[0] = s;
+                assert!(d.remember(&sender, &[1; 16]));
+            }
+        }
+        let held: usize = d
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("lock").senders.len())
+            .sum();
+        assert!(held <= MAX_SENDERS, "{held}");
+    }
+}
