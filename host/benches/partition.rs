@@ -135,7 +135,11 @@ fn run(chain: &str, extra: &str, cuts: u64, loss_secs: u64) {
     let kept_name = "shoal_plugin_suspects_kept_alive{plugin=\"tcp-failure-detector\"}";
     let with_detector = lab.metric(0, kept_name).is_some();
     let dropped0 = metric("shoal_members_disappeared_total");
-    let kept0 = if with_detector { metric(kept_name) } else { 0.0 };
+    let kept0 = if with_detector {
+        metric(kept_name)
+    } else {
+        0.0
+    };
     let mut delayed = true;
     for i in 0..NODES {
         lab.lose(i, 20);
@@ -162,7 +166,11 @@ fn run(chain: &str, extra: &str, cuts: u64, loss_secs: u64) {
     };
     println!(
         "{chain}: {loss_secs} s of 20 % loss{} on every link ({lost} packets dropped)",
-        if delayed { " + 20 ms delay" } else { " (no netem here: no delay)" }
+        if delayed {
+            " + 20 ms delay"
+        } else {
+            " (no netem here: no delay)"
+        }
     );
     println!(
         "  false drops: {false_drops} (member-views short in {short_views} of {samples} samples); \
