@@ -35,7 +35,9 @@ fi
 #    the service, the bench runs its own), and Apache httpd (apache2: the
 #    mod_proxy_balancer front end with JSESSIONID stickiness that the web
 #    tier's tests and bench start in the foreground with their own config,
-#    examples/webapp/tests/common/httpd.rs; the Debian service is not used).
+#    examples/webapp/tests/common/httpd.rs; the Debian service is not used),
+#    and iproute2 + nftables (`ip` and `nft`: the network namespaces, links
+#    and firewall rules of the partition test and bench, host/tests/partition.rs).
 #    `apt-get update` only when apt does not know a package yet.
 TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
 apt_install() {
@@ -54,9 +56,11 @@ missing=()
 command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/apache2 ] || missing+=(apache2)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing ${missing[*]} (Tomcat, a JDK, Redis and Apache httpd for the interop tests and benches)"
+        echo "setup: installing ${missing[*]} (Tomcat, a JDK, Redis, Apache httpd, ip and nft for the interop, partition and web tests and benches)"
         apt_install "${missing[@]}"
     else
         echo "setup: ${missing[*]} missing and not installable here (needs root and apt-get);"

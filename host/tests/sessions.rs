@@ -862,3 +862,42 @@ fn a_node_back_from_a_long_pause_is_reconciled() {
         },
     );
 }
+
+/// The same pause with the default chain's TCP failure detector, its read
+/// test on (a paused node's kernel still accepts connections; only the ACK
+/// is missing): the member is dropped, and comes back through the detector
+/// (whose raised event carries no payload) rather than straight from a
+/// heartbeat; it is still sent its share: a session created during the
+/// pause reaches it without any read.
+#[test]
+fn a_member_back_through_the_tcp_failure_detector_is_sent_its_share() {
+    let mut c = Cluster::new("pause-fd");
+    c.plugins = "[[interceptor]]\nname = \"tcp-failure-detector\"\n\
+                 settings = { performReadTest = \"true\", readTestTimeout = \"1000\" }\n\
+                 [[interceptor]]\nname = \"message-dispatch\"\n\
+                 [[interceptor]]\nname = \"throughput\""
+        .into();
+    for n in ["a", "b", "c"] {
+        c.start(n, "policy = \"delta\"\nsend_options = \"sync-ack\"", "");
+    }
+    c.converge(2);
+    let a = c.api(0);
+    create(a, json!({"attributes": {"n": 1}}));
+    wait_blocking("b to hold the first session", || {
+        (c.counts(1).1 == 1).then_some(())
+    });
+    let pid = nix::unistd::Pid::from_raw(c.nodes[1].1.as_ref().expect("b").id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP b");
+    wait_blocking("a to drop the paused b", || {
+        (get_json(a, "/api/members")?.as_array()?.len() == 1).then_some(())
+    });
+    create(a, json!({"attributes": {"n": 2}}));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT b");
+    c.converge(2);
+    wait_blocking("b to be sent the session created while it was away", || {
+        let (p, bk, _) = c.counts(1);
+        (p + bk == 2).then_some(())
+    });
+    let primaries: u64 = (0..3).map(|i| c.counts(i).0).sum();
+    assert_eq!(primaries, 2, "one primary per session");
+}

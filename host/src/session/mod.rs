@@ -1922,16 +1922,19 @@ struct Members(SessionEngine);
 
 impl MembershipListener for Members {
     fn member_added(&self, member: &Member) {
-        self.0.refresh_view();
+        let view = self.0.refresh_view();
         // A joining node asks for its share itself (state transfer). One
         // that does not ask within a few seconds — it came back after a
         // false suspicion or a partition, or it saw this node late — is
         // sent its share anyway, so copies and primaries reconcile.
-        if view_node(member).is_none() {
+        // Whether it runs a session engine is read from the refreshed view,
+        // not from `member`: a member an interceptor raised (the TCP failure
+        // detector, once its probe answers) carries no payload.
+        let uid = uid_of(&member.id);
+        if index_of(&view, &uid).is_none() {
             return;
         }
         let e = self.0.clone();
-        let uid = uid_of(&member.id);
         tokio::spawn(async move {
             tokio::time::sleep(REJOIN_GRACE).await;
             // Asked around this (re)join: a joiner's request may come just

@@ -9,6 +9,7 @@ use shoal::Config;
 use shoal::config::MembershipKind;
 
 pub mod java;
+pub mod netns;
 pub mod tribes;
 
 /// Upper bound for any wait on the cluster; tests retry until it, never sleep a fixed time.
