@@ -407,13 +407,17 @@ pub enum MembershipKind {
     Multicast,
     /// UDP unicast heartbeats to each address in `members`.
     Static,
+    /// UDP unicast heartbeats to every address `dns_name` resolves to (A and
+    /// AAAA), resolved again every `dns_refresh_ms` (a Kubernetes headless
+    /// Service, say).
+    Dns,
 }
 
 /// `[membership]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MembershipConfig {
-    /// `"multicast"` (default) or `"static"`.
+    /// `"multicast"` (default), `"static"` or `"dns"`.
     pub kind: MembershipKind,
     /// Multicast group. Tomcat: 228.0.0.4.
     pub address: Ipv4Addr,
@@ -451,6 +455,23 @@ pub struct MembershipConfig {
     /// refresh keep a dead one. Turn off only for nodes that send from
     /// another interface than they advertise.
     pub check_source: bool,
+    /// For `kind = "dns"`: the name whose A and AAAA records are the members'
+    /// addresses (e.g. a Kubernetes headless Service,
+    /// `shoal.default.svc.cluster.local`). Required for that kind.
+    pub dns_name: String,
+    /// For `kind = "dns"`: how often the name is resolved again. Default
+    /// 5000 ms: a new member is heard from within about one refresh, and a
+    /// node asks its resolver once per 5 s (CoreDNS answers a headless
+    /// Service with a TTL of 5 s by default). 100 to 3600000.
+    pub dns_refresh_ms: u64,
+    /// For `kind = "dns"`: the DNS server to ask, `"ip:port"`; unset (the
+    /// default): the system's resolvers, search domains and `ndots` from
+    /// `/etc/resolv.conf` (and `/etc/hosts`).
+    pub dns_server: Option<String>,
+    /// For `kind = "dns"`: the UDP port heartbeats go to at each resolved
+    /// address; unset (the default): this node's own receiver port, so every
+    /// member must listen on the same port (set `receiver.auto_bind = 1`).
+    pub dns_port: Option<u16>,
 }
 
 impl Default for MembershipConfig {
@@ -469,6 +490,10 @@ impl Default for MembershipConfig {
             max_members: 1024,
             max_new_members_per_s: 100,
             check_source: true,
+            dns_name: String::new(),
+            dns_refresh_ms: 5000,
+            dns_server: None,
+            dns_port: None,
         }
     }
 }
@@ -477,6 +502,15 @@ impl MembershipConfig {
     /// The static member addresses, parsed. Call after [`Config::validate`].
     pub fn static_members(&self) -> Vec<SocketAddr> {
         self.members.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+
+    /// `dns_server`, parsed; `None` when unset or empty (the system's
+    /// resolvers). Call after [`Config::validate`].
+    pub fn dns_server_addr(&self) -> Option<SocketAddr> {
+        self.dns_server
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .and_then(|s| s.trim().parse().ok())
     }
 }
 
@@ -1001,8 +1035,77 @@ impl MembershipConfig {
                 format!("must be 1..=100000, not {}", self.max_new_members_per_s),
             ));
         }
+        self.validate_dns()
+    }
+
+    fn validate_dns(&self) -> Result<(), Invalid> {
+        if self.kind == MembershipKind::Dns && self.dns_name.trim().is_empty() {
+            return Err(Invalid::new(
+                "membership.dns_name",
+                "kind = \"dns\" needs the name whose A/AAAA records list the members \
+                 (e.g. a Kubernetes headless Service name)"
+                    .into(),
+            ));
+        }
+        if let Err(why) = check_dns_name(&self.dns_name) {
+            return Err(Invalid::new(
+                "membership.dns_name",
+                format!("{:?} is not a DNS name: {why}", self.dns_name),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.dns_refresh_ms) {
+            return Err(Invalid::new(
+                "membership.dns_refresh_ms",
+                "must be between 100 and 3600000".into(),
+            ));
+        }
+        if let Some(s) = self.dns_server.as_deref().filter(|s| !s.trim().is_empty()) {
+            match s.trim().parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => {}
+                _ => {
+                    return Err(Invalid::new(
+                        "membership.dns_server",
+                        format!(
+                            "{s:?} is not a DNS server address like \"10.96.0.10:53\" \
+                             (leave it unset for the system's resolvers)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.dns_port == Some(0) {
+            return Err(Invalid::new(
+                "membership.dns_port",
+                "must be between 1 and 65535 (leave it unset for the receiver's port)".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Whether `name` can be looked up: an empty name passes (it is checked
+/// against the kind separately); otherwise at most 253 characters of dot
+/// separated labels of 1 to 63 of `A-Z a-z 0-9 - _`, an optional final dot.
+fn check_dns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    let labels = name.strip_suffix('.').unwrap_or(name);
+    for label in labels.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label must have 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("labels may only hold A-Z a-z 0-9 - _");
+        }
+    }
+    Ok(())
 }
 
 impl ReceiverConfig {
@@ -1275,5 +1378,81 @@ mod tests {
         assert!(e.to_string().contains("key `membership.port`"), "{e}");
         let e = parse("[node]\nname = \"a\"\n[receiver]\nprot = 4000\n").expect_err("unknown key");
         assert!(e.to_string().contains("line 4: key `receiver.prot`"), "{e}");
+    }
+
+    #[test]
+    fn dns_discovery_keys() {
+        let c =
+            parse("[membership]\nkind = \"dns\"\ndns_name = \"shoal.default.svc.cluster.local\"\n")
+                .expect("valid");
+        assert_eq!(c.membership.kind, MembershipKind::Dns);
+        assert_eq!(c.membership.dns_refresh_ms, 5000, "documented default");
+        assert_eq!(c.membership.dns_server_addr(), None, "system resolver");
+        assert_eq!(c.membership.dns_port, None, "the receiver's port");
+
+        let c = parse(
+            "[membership]\nkind = \"dns\"\ndns_name = \"peers.test.\"\ndns_server = \"127.0.0.1:5353\"\n\
+             dns_refresh_ms = 250\ndns_port = 4100\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.membership.dns_server_addr(),
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        assert_eq!(
+            (c.membership.dns_refresh_ms, c.membership.dns_port),
+            (250, Some(4100))
+        );
+    }
+
+    #[test]
+    fn bad_dns_settings_name_their_key() {
+        let cases = [
+            ("kind = \"dns\"\n", "membership.dns_name"),
+            ("kind = \"dns\"\ndns_name = \"  \"\n", "membership.dns_name"),
+            (
+                "kind = \"dns\"\ndns_name = \"a..b\"\n",
+                "membership.dns_name",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a b\"\n",
+                "membership.dns_name",
+            ),
+            ("dns_name = \"x/y\"\n", "membership.dns_name"),
+            (
+                "kind = \"dns\"\ndns_name = \"a\"\ndns_server = \"localhost\"\n",
+                "membership.dns_server",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a\"\ndns_server = \"127.0.0.1\"\n",
+                "membership.dns_server",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a\"\ndns_server = \"127.0.0.1:0\"\n",
+                "membership.dns_server",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a\"\ndns_refresh_ms = 10\n",
+                "membership.dns_refresh_ms",
+            ),
+            (
+                "kind = \"dns\"\ndns_name = \"a\"\ndns_port = 0\n",
+                "membership.dns_port",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse(&format!("[membership]\n{body}")).expect_err(body);
+            assert!(
+                matches!(&e, ConfigError::Invalid { key, .. } if key == want),
+                "{body:?}: {e}"
+            );
+        }
+        let long = format!("kind = \"dns\"\ndns_name = \"{}.svc\"\n", "a".repeat(64));
+        assert!(
+            parse(&format!("[membership]\n{long}")).is_err(),
+            "label of 64"
+        );
+        let e = parse("[membership]\nkind = \"dnz\"\n").expect_err("unknown kind");
+        assert!(e.to_string().contains("membership.kind"), "{e}");
     }
 }

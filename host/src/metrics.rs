@@ -81,6 +81,12 @@ counters! {
     watch_connections: gauge,
     /// Watch connections that broke or could not be opened, reported to the failure detector.
     watch_connections_lost_total: counter,
+    /// DNS lookups of `membership.dns_name` (kind = "dns"), whatever their outcome.
+    dns_lookups_total: counter,
+    /// DNS lookups that failed or found no address; the last good list of members' addresses was kept.
+    dns_lookup_failures_total: counter,
+    /// Addresses heartbeats go to, from the last good DNS lookup (own address excluded).
+    dns_targets: gauge,
     /// Members currently in the channel's view.
     members: gauge,
     /// Members added since start.

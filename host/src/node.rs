@@ -411,6 +411,14 @@ impl Node {
                     .unwrap_or_else(|| "the default interface".into())
             ),
             MembershipKind::Static => format!("static list of {}", cfg.membership.members.len()),
+            MembershipKind::Dns => format!(
+                "DNS name {} (every {} ms, {})",
+                cfg.membership.dns_name,
+                cfg.membership.dns_refresh_ms,
+                cfg.membership
+                    .dns_server_addr()
+                    .map_or("the system's resolvers".into(), |s| format!("server {s}"))
+            ),
         };
         tracing::info!(
             name = %cfg.node.name,

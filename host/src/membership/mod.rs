@@ -1,11 +1,13 @@
 //! Membership: who is in the cluster.
 //!
 //! [`table`] holds Tribes' identity and expiry rules as a pure state machine;
-//! this module runs it over UDP: multicast heartbeats (Tomcat's McastService)
-//! or unicast heartbeats to a static list. Both send the same member packet
-//! every `frequency_ms`, expire members silent for more than `drop_time_ms`,
-//! and announce a graceful stop with one shutdown packet.
+//! this module runs it over UDP: multicast heartbeats (Tomcat's McastService),
+//! or unicast heartbeats to a static list or to the addresses a DNS name
+//! resolves to ([`dns`]). All send the same member packet every
+//! `frequency_ms`, expire members silent for more than `drop_time_ms`, and
+//! announce a graceful stop with one shutdown packet.
 
+mod dns;
 pub mod table;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -45,6 +47,15 @@ pub enum MembershipError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// The DNS resolver for `kind = "dns"` could not be set up (no usable
+    /// `/etc/resolv.conf`, say).
+    #[error("DNS resolver for membership (server {}): {cause}", server.map_or("from /etc/resolv.conf".into(), |s| s.to_string()))]
+    Resolver {
+        /// `membership.dns_server`, if set.
+        server: Option<SocketAddr>,
+        /// The resolver's error.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The running membership service.
@@ -53,6 +64,8 @@ pub struct Membership {
     table: Arc<Mutex<MemberTable>>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// The DNS lookup task (`kind = "dns"`).
+    lookups: Option<JoinHandle<()>>,
     payload: Arc<Mutex<Bytes>>,
     payload_changes: Option<mpsc::Receiver<Member>>,
     arrivals: Option<mpsc::Receiver<(Member, Instant)>>,
@@ -83,7 +96,7 @@ impl PayloadHandle {
 
 struct Service {
     socket: UdpSocket,
-    targets: Vec<SocketAddr>,
+    targets: dns::Targets,
     local: MemberPacket,
     payload: Arc<Mutex<Bytes>>,
     payload_changes: mpsc::Sender<Member>,
@@ -103,18 +116,18 @@ impl Membership {
     /// Binds the socket, sends the first heartbeat and starts the service task.
     ///
     /// `local` is this node's packet (alive time is filled in per heartbeat);
-    /// `unicast_bind` is where a static-list node receives heartbeats (the
-    /// receiver's address and port number).
+    /// `unicast_bind` is where a static-list or DNS node receives heartbeats
+    /// (the receiver's address and port number).
     pub async fn start(
         cfg: &MembershipConfig,
         local: MemberPacket,
         unicast_bind: SocketAddr,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<MemberEvent>), MembershipError> {
-        let (socket, targets) = match cfg.kind {
+        let (socket, targets, lookups) = match cfg.kind {
             MembershipKind::Multicast => {
                 let group = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
-                (multicast_socket(cfg)?, vec![group])
+                (multicast_socket(cfg)?, dns::fixed(vec![group]), None)
             }
             MembershipKind::Static => {
                 let sock = bind_udp(unicast_bind, false)?;
@@ -123,7 +136,12 @@ impl Membership {
                     .into_iter()
                     .filter(|a| *a != unicast_bind)
                     .collect();
-                (sock, targets)
+                (sock, dns::fixed(targets), None)
+            }
+            MembershipKind::Dns => {
+                let sock = bind_udp(unicast_bind, false)?;
+                let (targets, task) = dns::start(cfg, unicast_bind, metrics.clone())?;
+                (sock, targets, Some(task))
             }
         };
         let local_id = Member::from_packet(&local).ok().map(|m| m.id);
@@ -161,6 +179,7 @@ impl Membership {
                 table,
                 stop_tx,
                 task: Some(task),
+                lookups,
                 payload,
                 payload_changes: Some(changes_rx),
                 arrivals: Some(arrivals_rx),
@@ -205,12 +224,18 @@ impl Membership {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        if let Some(t) = self.lookups.take() {
+            t.abort();
+        }
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
+        for t in [self.task.take(), self.lookups.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
     }
@@ -223,7 +248,7 @@ pub(crate) fn lock(t: &Mutex<MemberTable>) -> std::sync::MutexGuard<'_, MemberTa
 }
 
 impl Service {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.frequency);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first heartbeat went out in start()
@@ -235,6 +260,8 @@ impl Service {
                     self.send_heartbeat(false).await;
                     self.expire().await;
                 }
+                // New DNS targets hear from us at once (fixed lists never change).
+                Ok(()) = self.targets.changed() => self.send_heartbeat(false).await,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
                     Err(e) => {
@@ -261,7 +288,8 @@ impl Service {
         }
         let mut buf = BytesMut::with_capacity(p.encoded_len());
         p.encode(&mut buf);
-        for t in &self.targets {
+        let targets = self.targets.borrow().clone();
+        for t in targets.iter() {
             match self.socket.send_to(&buf, t).await {
                 Ok(_) => Metrics::inc(&self.metrics.heartbeats_sent_total),
                 Err(e) => tracing::debug!(target_addr = %t, error = %e, "heartbeat send failed"),
