@@ -36,8 +36,11 @@ fi
 #    mod_proxy_balancer front end with JSESSIONID stickiness that the web
 #    tier's tests and bench start in the foreground with their own config,
 #    examples/webapp/tests/common/httpd.rs; the Debian service is not used),
-#    and iproute2 + nftables (`ip` and `nft`: the network namespaces, links
-#    and firewall rules of the partition test and bench, host/tests/partition.rs).
+#    iproute2 + nftables (`ip` and `nft`: the network namespaces, links
+#    and firewall rules of the partition test and bench, host/tests/partition.rs),
+#    and dnsmasq (Debian's dnsmasq-base: the binary alone, no system service
+#    on port 53; the DNS discovery test, host/tests/dns.rs, starts its own on
+#    a loopback port).
 #    `apt-get update` only when apt does not know a package yet.
 TRIBES_JAR=/usr/share/java/tomcat10-tribes.jar
 apt_install() {
@@ -58,12 +61,13 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/apache2 ] || missing+=(apache2)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing ${missing[*]} (Tomcat, a JDK, Redis, Apache httpd, ip and nft for the interop, partition and web tests and benches)"
+        echo "setup: installing ${missing[*]} (Tomcat, a JDK, Redis, Apache httpd, ip, nft and dnsmasq for the interop, partition, discovery and web tests and benches)"
         apt_install "${missing[@]}"
     else
         echo "setup: ${missing[*]} missing and not installable here (needs root and apt-get);"
-        echo "setup: the Tomcat interop tests, the session bench and the web tier tests will fail until they are installed"
+        echo "setup: the Tomcat interop tests, the session bench, the web tier and DNS discovery tests will fail until they are installed"
     fi
 fi

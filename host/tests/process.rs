@@ -182,6 +182,11 @@ fn bad_config_file_is_refused_naming_file_and_key() {
         ),
         ("[receiver]\nprot = 4000\n", "prot"),
         ("[membership]\nkind = \"static\"\n", "membership.members"),
+        ("[membership]\nkind = \"dns\"\n", "membership.dns_name"),
+        (
+            "[membership]\nkind = \"dns\"\ndns_name = \"a.b\"\ndns_server = \"nowhere\"\n",
+            "membership.dns_server",
+        ),
         ("[api]\nlisten = \"nowhere\"\n", "api.listen"),
         ("this is not toml", "expected"),
         ("[[interceptor]]\nname = \"nope\"\n", "interceptor[0].wasm"),

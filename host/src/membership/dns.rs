@@ -56,9 +56,13 @@ pub(crate) const MAX_TARGETS: usize = 256;
 /// At most one warning about failing lookups per this period (later
 /// failures in it are counted and summed up in the next warning).
 pub(crate) const WARN_PERIOD: Duration = Duration::from_secs(60);
-/// One query's timeout (two attempts): cluster DNS answers in milliseconds,
-/// and a lookup must not outlast the default refresh period by much.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one query's answer (two attempts): cluster DNS answers
+/// in milliseconds, and a lookup should not outlast the default refresh
+/// period. Shorter refresh periods wait one period, but never less than
+/// [`MIN_QUERY_TIMEOUT`].
+const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest wait for one query's answer.
+const MIN_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Starts the lookup task for `cfg.dns_name`; `own` (this node's heartbeat
 /// address) is never a target. The first lookup runs at once. The task ends
@@ -68,13 +72,15 @@ pub(crate) fn start(
     own: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> Result<(Targets, JoinHandle<()>), MembershipError> {
-    let resolver = build_resolver(cfg.dns_server_addr())?;
+    let refresh = Duration::from_millis(cfg.dns_refresh_ms);
+    let timeout = refresh.clamp(MIN_QUERY_TIMEOUT, MAX_QUERY_TIMEOUT);
+    let resolver = build_resolver(cfg.dns_server_addr(), timeout)?;
     let (tx, rx) = watch::channel(Arc::from(Vec::new()));
     let lookup = Lookup {
         name: cfg.dns_name.clone(),
         port: cfg.dns_port.unwrap_or(own.port()),
         own,
-        refresh: Duration::from_millis(cfg.dns_refresh_ms),
+        refresh,
         resolver,
         metrics,
     };
@@ -83,7 +89,10 @@ pub(crate) fn start(
 
 /// A resolver asking `server` alone (no search domains, no hosts file), or
 /// the system's (`/etc/resolv.conf`, `/etc/hosts`). No cache of its own.
-fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, MembershipError> {
+fn build_resolver(
+    server: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TokioResolver, MembershipError> {
     let err = |e: hickory_resolver::net::NetError| MembershipError::Resolver {
         server,
         cause: Box::new(e),
@@ -111,7 +120,7 @@ fn build_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, Membershi
     let opts = builder.options_mut();
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     opts.cache_size = 0;
-    opts.timeout = QUERY_TIMEOUT;
+    opts.timeout = timeout;
     opts.attempts = 2;
     builder.build().map_err(err)
 }

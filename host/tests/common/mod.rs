@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use shoal::Config;
 use shoal::config::MembershipKind;
 
+pub mod dnsmasq;
 pub mod java;
 pub mod netns;
 pub mod tribes;
