@@ -192,3 +192,13 @@ async fn a_dns_outage_keeps_the_last_good_list() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[test]
+fn example_configs_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dns");
+    for n in ["a", "b", "c"] {
+        let c = Config::load(&dir.join(format!("{n}.toml"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.membership.kind, shoal::config::MembershipKind::Dns);
+        assert_eq!(c.membership.dns_name, NAME);
+    }
+}
