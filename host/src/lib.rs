@@ -11,7 +11,7 @@
 //! ```
 //!
 //! * [`wire`] — Tribes' member packet, frames, ChannelData, ACKs, option bits.
-//! * [`membership`] — multicast or static heartbeats over UDP; the member table.
+//! * [`membership`] — multicast, static-list or DNS-discovered heartbeats over UDP; the member table.
 //! * [`transport`] — the TCP receiver and the pooled parallel sender.
 //! * [`Channel`] — send with option bits; message and membership listeners.
 //! * [`session`] — HTTP-session replication: host-owned sessions, WebAssembly
