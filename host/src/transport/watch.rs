@@ -33,8 +33,11 @@ use crate::metrics::Metrics;
 /// How long a connect may take before it counts as failed (Tribes'
 /// TcpFailureDetector `connectTimeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// First wait before reconnecting after a break; doubled per failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// First wait before reconnecting after a break; doubled per failure. Short:
+/// when a process dies its kernel closes the established connections an
+/// instant before its listening socket, so the detector's first probe may
+/// still be accepted; the reconnect, refused, is the second report.
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest wait between reconnects to a member that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -136,8 +139,14 @@ async fn watch(m: Member, report: Report, metrics: Arc<Metrics>) {
         let cause = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _open = Open::new(&metrics);
-                backoff = MIN_BACKOFF;
-                wait_closed(s, addr).await
+                let opened = std::time::Instant::now();
+                let cause = wait_closed(s, addr).await;
+                // A connection that lived is a fresh start; one closed at
+                // once (a member refusing it) keeps backing off.
+                if opened.elapsed() >= MAX_BACKOFF {
+                    backoff = MIN_BACKOFF;
+                }
+                cause
             }
             Ok(Err(e)) => format!("watch connection to {addr} failed: {e}"),
             Err(_) => format!(
