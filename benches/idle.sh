@@ -3,13 +3,13 @@
 # off), no traffic; after a 5 s warm-up, the CPU all of them use over
 # SECONDS, from /proc/PID/stat (utime + stime), and the first node's RSS.
 # Usage: benches/idle.sh [N=1] [SECONDS=20]   (needs a release build:
-# cargo build --release). Issue #15's targets: 1 node <= 0.2 % of a core,
+# cargo build --release; SHOAL_BIN names another binary). Issue #15's targets: 1 node <= 0.2 % of a core,
 # 30 nodes <= 5 % in total. See docs/benchmarks.md, "Hot paths".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1}
 secs=${2:-20}
-bin=target/release/shoal
+bin=${SHOAL_BIN:-target/release/shoal}
 [ -x "$bin" ] || { echo "error: $bin missing; run: cargo build --release" >&2; exit 1; }
 dir=$(mktemp -d)
 pids=()

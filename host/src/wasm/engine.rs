@@ -26,6 +26,9 @@ static IN_FLIGHT: [Padded; IN_FLIGHT_SLOTS] =
 const IN_FLIGHT_SLOTS: usize = 64;
 /// The epoch thread is parked (or about to park).
 static PARKED: AtomicBool = AtomicBool::new(false);
+/// The last call to end was a brief one ([`GuestCall::enter_brief`]): the
+/// ticker may park as soon as no call is in flight.
+static PARK_SOON: AtomicBool = AtomicBool::new(false);
 /// The epoch thread, to wake it.
 static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
 
@@ -48,11 +51,27 @@ fn any_in_flight() -> bool {
 /// an idle node does not wake up every millisecond, and a runaway guest is
 /// still interrupted at its deadline.
 #[derive(Debug)]
-pub struct GuestCall(usize);
+pub struct GuestCall(usize, bool);
 
 impl GuestCall {
-    /// Enters a guest call; wakes the epoch thread if it sleeps.
+    /// Enters a guest call; wakes the epoch thread if it sleeps. After it
+    /// ends the thread keeps ticking for [`LINGER_TICKS`] so that a stream
+    /// of message calls does not park and wake it for each.
     pub fn enter() -> Self {
+        Self::start(false)
+    }
+
+    /// Enters a rare guest call (a control call: membership, heartbeat,
+    /// probe result, timer): once it ends, and no other is in flight, the
+    /// epoch thread parks without lingering.
+    pub fn enter_brief() -> Self {
+        Self::start(true)
+    }
+
+    fn start(brief: bool) -> Self {
+        if !brief {
+            PARK_SOON.store(false, Ordering::Relaxed);
+        }
         let slot = MY_SLOT.with(|s| *s);
         // SeqCst with the ticker's store-then-check: either the ticker sees
         // this call and does not park, or this sees PARKED and wakes it.
@@ -62,12 +81,15 @@ impl GuestCall {
         {
             t.unpark();
         }
-        Self(slot)
+        Self(slot, brief)
     }
 }
 
 impl Drop for GuestCall {
     fn drop(&mut self) {
+        if self.1 {
+            PARK_SOON.store(true, Ordering::Relaxed);
+        }
         IN_FLIGHT[self.0].0.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -100,7 +122,7 @@ pub fn engine() -> &'static Engine {
                         continue;
                     }
                     idle += 1;
-                    if idle >= LINGER_TICKS {
+                    if idle >= LINGER_TICKS || PARK_SOON.swap(false, Ordering::Relaxed) {
                         PARKED.store(true, Ordering::SeqCst);
                         if !any_in_flight() {
                             // Woken by the next GuestCall (or spuriously).

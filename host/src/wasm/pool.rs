@@ -157,7 +157,7 @@ impl<F: Instantiate> InstancePool<F> {
             .control
             .lock()
             .unwrap_or_else(|p| discard(p.into_inner()));
-        self.run(self.ready(g, true)?, call)
+        self.run_brief(self.ready(g, true)?, call)
     }
 
     /// Runs `call` on a worker instance: the calling thread's own slot if it
@@ -230,14 +230,35 @@ impl<F: Instantiate> InstancePool<F> {
     /// failure, the kind (counted, logged, the instance discarded).
     fn run<R>(
         &self,
+        g: MutexGuard<'_, Option<Slot<F::Instance>>>,
+        call: impl FnOnce(&mut Slot<F::Instance>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Vec<Raised>), FailureKind> {
+        self.run_as(g, call, GuestCall::enter)
+    }
+
+    /// [`Self::run`] for a control call (membership, heartbeat, probe,
+    /// timer): rare, so the epoch ticker need not linger after it
+    /// ([`GuestCall::enter_brief`]); an idle node's heartbeats and timers
+    /// then cost a few wake-ups each, not a millisecond ticker.
+    fn run_brief<R>(
+        &self,
+        g: MutexGuard<'_, Option<Slot<F::Instance>>>,
+        call: impl FnOnce(&mut Slot<F::Instance>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Vec<Raised>), FailureKind> {
+        self.run_as(g, call, GuestCall::enter_brief)
+    }
+
+    fn run_as<R>(
+        &self,
         mut g: MutexGuard<'_, Option<Slot<F::Instance>>>,
         call: impl FnOnce(&mut Slot<F::Instance>) -> wasmtime::Result<R>,
+        enter: fn() -> GuestCall,
     ) -> Result<(R, Vec<Raised>), FailureKind> {
         let Some(slot) = g.as_mut() else {
             return Err(FailureKind::Trap);
         };
         let result = {
-            let _running = GuestCall::enter();
+            let _running = enter();
             call(slot)
         };
         match result {
