@@ -5,9 +5,11 @@
 //! `cargo bench --bench partition` (or `benches/partition.sh`).
 //!
 //! Three nodes with Tomcat's timings (frequency 500 ms, dropTime 3000 ms),
-//! multicast on the bridge, session engine off, measured twice: with the
-//! default chain (tcp-failure-detector first: connectTimeout 1000 ms) and
-//! with no chain (membership alone). For each:
+//! multicast on the bridge, session engine off, measured three times: with
+//! the default chain (tcp-failure-detector first: connectTimeout 1000 ms),
+//! with the phi-accrual detector instead, and with no chain (membership
+//! alone); `SHOAL_BENCH_CHAINS=default-chain,phi-accrual` picks some. For
+//! each:
 //! * silent failure: `CUTS` times (env `SHOAL_BENCH_CUTS`, default 5), node
 //!   c's link is taken down on the bridge side; measured from the moment
 //!   the link is down to each node's `disappeared` event (the events' own
@@ -197,6 +199,19 @@ fn main() {
         "partition bench: 3 nodes, frequency 500 ms, dropTime 3000 ms, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    run("default-chain", "", cuts, loss_secs);
-    run("no-chain", "default_chain = false\n", cuts, loss_secs);
+    // SHOAL_BENCH_CHAINS: a comma-separated subset of the three.
+    let only = std::env::var("SHOAL_BENCH_CHAINS").unwrap_or_default();
+    let chains = [
+        ("default-chain", ""),
+        (
+            "phi-accrual",
+            "[[interceptor]]\nname = \"phi-accrual-detector\"\n[[interceptor]]\nname = \"message-dispatch\"\n",
+        ),
+        ("no-chain", "default_chain = false\n"),
+    ];
+    for (name, extra) in chains {
+        if only.is_empty() || only.split(',').any(|c| c == name) {
+            run(name, extra, cuts, loss_secs);
+        }
+    }
 }
