@@ -283,6 +283,8 @@ impl Node {
         let mut arrivals = membership
             .take_arrivals()
             .expect("heartbeat arrivals taken once");
+        let arrivals_wanted = membership.arrivals_wanted();
+        arrivals_wanted.store(channel.chain().wants_member_heartbeats(), Ordering::Relaxed);
         // One idle connection to every member in the table: a crash breaks
         // it at once, and the failure detector hears of it.
         let watcher = cfg.membership.watch.then(|| {
@@ -312,6 +314,9 @@ impl Node {
                     },
                     Some(ev) = control_rx.recv() => ev,
                     Some((m, at)) = arrivals.recv() => {
+                        if !ch.chain().wants_member_heartbeats() {
+                            continue;
+                        }
                         let at = at.saturating_duration_since(started).as_millis() as u64;
                         ControlEvent::MemberHeartbeat(m, at)
                     }
@@ -333,6 +338,8 @@ impl Node {
                 let up = match ev {
                     ControlEvent::Apply(change) => {
                         let up = change.apply(ch.chain_cell(), &ch.members()).await;
+                        arrivals_wanted
+                            .store(ch.chain().wants_member_heartbeats(), Ordering::Relaxed);
                         let local = ch.chain().fingerprint();
                         payload.set(encode_payload(&local));
                         watch.recheck(&local, &crate::membership::lock(&table).members());

@@ -29,9 +29,10 @@
 //!
 //! Settings (Tribes' names and defaults): `connectTimeout` 1000 ms,
 //! `performSendTest` true, `performReadTest` false, `readTestTimeout` 5000 ms,
-//! `removeSuspectsTimeout` 300 s; shoal's own: `verifyAfter` 2000 ms (0: off),
-//! `checkInterval` 250 ms (how often silences are looked at while there are
-//! members).
+//! `removeSuspectsTimeout` 300 s; shoal's own: `verifyAfter` 1500 ms (0: off),
+//! `checkInterval` 500 ms (how often silences are looked at, from the
+//! membership table's alive times, while there are members: no call per
+//! heartbeat).
 
 use std::collections::HashMap;
 
@@ -78,8 +79,9 @@ struct Detector {
     /// Dropped after a broken connection and a failed probe, while the
     /// membership table below may still list it (until `dropTime`).
     dropped_early: HashMap<Key, Member>,
-    /// Last heartbeat arrival per member in view (host monotonic ms).
-    last_heard: HashMap<Key, u64>,
+    /// Per member: the alive time its latest heartbeat reported, and when
+    /// a check first saw it (host monotonic ms): when it was last heard.
+    heard: HashMap<Key, (i64, u64)>,
     /// Members whose early probe failed, with the time it failed.
     early_dead: HashMap<Key, u64>,
     /// Expired by the table while another probe of it was under way.
@@ -125,13 +127,13 @@ impl Detector {
         }
     }
 
-    /// Keeps the silence check running while members are heard from.
+    /// Keeps the silence check running while there is something to check:
+    /// members in view (with `verifyAfter` on), or members dropped after a
+    /// broken connection that may turn out to be heartbeating.
     fn ensure_timer(&mut self) {
-        if self.verify_after_ms == 0 || self.timer.is_some() || self.last_heard.is_empty() {
-            return;
-        }
-        self.last_heard.retain(|k, _| self.view.contains_key(k));
-        if self.last_heard.is_empty() {
+        let wanted =
+            (self.verify_after_ms > 0 && !self.view.is_empty()) || !self.dropped_early.is_empty();
+        if self.timer.is_some() || !wanted {
             return;
         }
         match host::set_timer(self.check_interval_ms) {
@@ -156,7 +158,7 @@ impl Interceptor for Detector {
             "verifyAfter",
             "checkInterval",
         ])?;
-        let check_interval_ms: u32 = s.get_or("checkInterval", 250)?;
+        let check_interval_ms: u32 = s.get_or("checkInterval", 500)?;
         if !(10..=60_000).contains(&check_interval_ms) {
             return Err(format!(
                 "checkInterval must be 10..=60000 ms, not {check_interval_ms}"
@@ -176,10 +178,10 @@ impl Interceptor for Detector {
             pending: HashMap::new(),
             in_flight: HashMap::new(),
             dropped_early: HashMap::new(),
-            last_heard: HashMap::new(),
+            heard: HashMap::new(),
             early_dead: HashMap::new(),
             expired_pending: std::collections::HashSet::new(),
-            verify_after_ms: s.get_or::<u64>("verifyAfter", 2000)?,
+            verify_after_ms: s.get_or::<u64>("verifyAfter", 1500)?,
             check_interval_ms,
             timer: None,
             dropped_on_connection_loss: Counter::register(
@@ -203,11 +205,7 @@ impl Interceptor for Detector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(
-            Hooks::ON_RECEIVE
-                | Hooks::MEMBER_EVENTS
-                | Hooks::HEARTBEAT
-                | Hooks::CONNECTION_EVENTS
-                | Hooks::MEMBER_HEARTBEATS,
+            Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS | Hooks::HEARTBEAT | Hooks::CONNECTION_EVENTS,
         )
         .version(env!("CARGO_PKG_VERSION"))
         .with_bodies(BodyAccess::UpTo(TCP_FAIL_DETECT.len() as u32))
@@ -254,7 +252,7 @@ impl Interceptor for Detector {
             // Never passed up: nothing to take back.
             return MemberVerdict::Drop("not in view".into());
         }
-        let heard = self.last_heard.remove(&k);
+        let heard = self.heard.remove(&k).map(|(_, at)| at);
         if let Some(failed_at) = self.early_dead.remove(&k)
             && heard.is_none_or(|h| h < failed_at)
         {
@@ -291,6 +289,7 @@ impl Interceptor for Detector {
                 if self.view.insert(k, m.clone()).is_none() {
                     host::raise_member_added(m);
                 }
+                self.ensure_timer();
             }
             (Purpose::Add, false) => {
                 host::info(&format!(
@@ -341,6 +340,7 @@ impl Interceptor for Detector {
                     ));
                     self.dropped_early.insert(k, m.clone());
                     host::raise_member_disappeared(m, LeaveReason::Expired);
+                    self.ensure_timer();
                 }
             }
             (Purpose::RecheckSuspect, true) => {
@@ -379,39 +379,50 @@ impl Interceptor for Detector {
         }
     }
 
-    fn member_heartbeat(&mut self, m: &Member, at_ms: u64) {
-        let k = key(m);
-        // Dropped after a broken connection, yet heartbeating: a false
-        // alarm (its receiver restarted, say). Re-add it once it answers.
-        if self.dropped_early.contains_key(&k) {
-            self.start_probe(m, Purpose::Add);
-            return;
-        }
-        if self.view.contains_key(&k) {
-            self.early_dead.remove(&k);
-            self.last_heard.insert(k, at_ms);
-            self.ensure_timer();
-        }
-    }
-
     fn on_timer(&mut self, timer: u64) {
         if self.timer != Some(timer) {
             return;
         }
         self.timer = None;
         let now = host::monotonic_ms();
-        let late: Vec<Member> = self
-            .last_heard
-            .iter()
-            .filter(|(k, at)| {
-                now.saturating_sub(**at) >= self.verify_after_ms
-                    && !self.early_dead.contains_key(*k)
-                    && !self.remove_suspects.contains_key(*k)
-            })
-            .filter_map(|(k, _)| self.view.get(k).cloned())
-            .collect();
-        for m in late {
-            self.start_probe(&m, Purpose::Early);
+        // A heartbeat arrived since the last check if the alive time the
+        // table holds for the member moved.
+        for m in host::members() {
+            let k = key(&m);
+            if !self.view.contains_key(&k) && !self.dropped_early.contains_key(&k) {
+                continue;
+            }
+            if self
+                .heard
+                .get(&k)
+                .is_some_and(|(alive, _)| *alive == m.alive_ms)
+            {
+                continue;
+            }
+            self.heard.insert(k.clone(), (m.alive_ms, now));
+            self.early_dead.remove(&k);
+            // Dropped after a broken connection, yet heartbeating: a false
+            // alarm (its receiver restarted, say). Re-add it once it answers.
+            if self.dropped_early.contains_key(&k) {
+                self.start_probe(&m, Purpose::Add);
+            }
+        }
+        self.heard
+            .retain(|k, _| self.view.contains_key(k) || self.dropped_early.contains_key(k));
+        if self.verify_after_ms > 0 {
+            let late: Vec<Member> = self
+                .heard
+                .iter()
+                .filter(|(k, (_, at))| {
+                    now.saturating_sub(*at) >= self.verify_after_ms
+                        && !self.early_dead.contains_key(*k)
+                        && !self.remove_suspects.contains_key(*k)
+                })
+                .filter_map(|(k, _)| self.view.get(k).cloned())
+                .collect();
+            for m in late {
+                self.start_probe(&m, Purpose::Early);
+            }
         }
         self.ensure_timer();
     }
@@ -420,6 +431,7 @@ impl Interceptor for Detector {
         for m in members {
             self.view.insert(key(m), m.clone());
         }
+        self.ensure_timer();
         Ok(())
     }
 

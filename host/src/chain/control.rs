@@ -78,6 +78,12 @@ impl Chain {
         self.run_up(work).await
     }
 
+    /// Whether any interceptor asked for every member heartbeat (the node
+    /// skips the control call for each otherwise).
+    pub fn wants_member_heartbeats(&self) -> bool {
+        self.interceptors.iter().any(|ic| ic.caps.member_heartbeats)
+    }
+
     /// Calls every interceptor that asked for a hook (`wants`), in chain
     /// order, and queues the membership events they raise.
     fn each_control(

@@ -69,6 +69,7 @@ pub struct Membership {
     payload: Arc<Mutex<Bytes>>,
     payload_changes: Option<mpsc::Receiver<Member>>,
     arrivals: Option<mpsc::Receiver<(Member, Instant)>>,
+    arrivals_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Largest payload a node advertises in its heartbeats.
@@ -101,6 +102,10 @@ struct Service {
     payload: Arc<Mutex<Bytes>>,
     payload_changes: mpsc::Sender<Member>,
     arrivals: mpsc::Sender<(Member, Instant)>,
+    /// Whether anyone reads the arrivals (a plug-in with the
+    /// `member-heartbeats` hook): if not, none is queued and the node's
+    /// control loop is not woken for each heartbeat.
+    arrivals_wanted: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
     frequency: Duration,
     table: Arc<Mutex<MemberTable>>,
@@ -159,6 +164,7 @@ impl Membership {
         let payload = Arc::new(Mutex::new(local.payload.clone()));
         let (changes_tx, changes_rx) = mpsc::channel(EVENT_QUEUE);
         let (arrivals_tx, arrivals_rx) = mpsc::channel(ARRIVAL_QUEUE);
+        let arrivals_wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let svc = Service {
             socket,
             targets,
@@ -166,6 +172,7 @@ impl Membership {
             payload: payload.clone(),
             payload_changes: changes_tx,
             arrivals: arrivals_tx,
+            arrivals_wanted: arrivals_wanted.clone(),
             started: Instant::now(),
             frequency: Duration::from_millis(cfg.frequency_ms),
             table: table.clone(),
@@ -183,6 +190,7 @@ impl Membership {
                 payload,
                 payload_changes: Some(changes_rx),
                 arrivals: Some(arrivals_rx),
+                arrivals_wanted,
             },
             rx,
         ))
@@ -211,6 +219,11 @@ impl Membership {
     /// `shoal_heartbeat_arrivals_dropped_total`).
     pub fn take_arrivals(&mut self) -> Option<mpsc::Receiver<(Member, Instant)>> {
         self.arrivals.take()
+    }
+
+    /// Whether arrivals are queued at all (off until set).
+    pub fn arrivals_wanted(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.arrivals_wanted.clone()
     }
 
     /// The live table, for readers that need the latest alive times.
@@ -331,6 +344,9 @@ impl Service {
         if !is_local {
             Metrics::inc(&self.metrics.heartbeats_received_total);
             if member.command.as_ref() != SHUTDOWN_COMMAND
+                && self
+                    .arrivals_wanted
+                    .load(std::sync::atomic::Ordering::Relaxed)
                 && self.arrivals.try_send((member.clone(), now)).is_err()
             {
                 Metrics::inc(&self.metrics.heartbeat_arrivals_dropped_total);
