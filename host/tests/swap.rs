@@ -639,8 +639,11 @@ async fn the_example_rate_limiter_keeps_its_buckets_across_a_swap() {
     let nodes = api_pair(chain).await;
     let got = collector(&nodes[1]);
     let (a, b) = (&nodes[0], &nodes[1]);
-    for _ in 0..10 {
-        a.channel().send(&[b.id()], b"x", SYNC).await.expect("sent");
+    // Refused messages are answered with FAIL-ACK (the sender asked for a
+    // synchronized ACK).
+    for i in 0..10 {
+        let r = a.channel().send(&[b.id()], b"x", SYNC).await;
+        assert_eq!(r.is_ok(), i < 5, "message {i}: {r:?}");
     }
     assert_eq!(got.lock().expect("lock").len(), 5, "the burst passes");
     let (status, answer) = put_plugin(
@@ -652,7 +655,10 @@ async fn the_example_rate_limiter_keeps_its_buckets_across_a_swap() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["plugins"][0]["state_handed_over"], true, "{answer}");
     for _ in 0..3 {
-        a.channel().send(&[b.id()], b"y", SYNC).await.expect("sent");
+        a.channel()
+            .send(&[b.id()], b"y", SYNC)
+            .await
+            .expect_err("still limited after the swap");
     }
     assert_eq!(
         got.lock().expect("lock").len(),
