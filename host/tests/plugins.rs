@@ -546,18 +546,21 @@ async fn example_rate_limit_interceptor() {
 
 /// Compiled components are cached on disk by content hash, and a damaged
 /// cache entry is ignored (recompiled), never fatal.
+/// A lone node whose chain is throughput, compiled through the cache `dir`.
+async fn cache_node(dir: &std::path::Path) -> Result<Node, shoal::StartError> {
+    let mut c = base_config("cache", 0);
+    c.membership.kind = shoal::config::MembershipKind::Static;
+    c.membership.members = vec!["127.0.0.1:1".into()];
+    c.interceptors = vec![interceptor("throughput", None, false, &[])];
+    c.plugins.cache_dir = shoal::config::CacheDir::Dir(dir.to_path_buf());
+    Node::start(c).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_components_are_cached_on_disk() {
     let dir = std::env::temp_dir().join(format!("shoal-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let start = |dir: &std::path::Path| {
-        let mut c = base_config("cache", 0);
-        c.membership.kind = shoal::config::MembershipKind::Static;
-        c.membership.members = vec!["127.0.0.1:1".into()];
-        c.interceptors = vec![interceptor("throughput", None, false, &[])];
-        c.plugins.cache_dir = shoal::config::CacheDir::Dir(dir.to_path_buf());
-        Node::start(c)
-    };
+    let start = cache_node;
     let node = start(&dir).await.expect("start");
     let hash = node.channel().chain().interceptors()[0].hash().to_owned();
     node.shutdown().await;
@@ -606,14 +609,7 @@ async fn a_cache_directory_others_can_write_is_not_used() {
     use std::os::unix::fs::PermissionsExt;
     let base = std::env::temp_dir().join(format!("shoal-cache-perm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let start = |dir: &std::path::Path| {
-        let mut c = base_config("cache", 0);
-        c.membership.kind = shoal::config::MembershipKind::Static;
-        c.membership.members = vec!["127.0.0.1:1".into()];
-        c.interceptors = vec![interceptor("throughput", None, false, &[])];
-        c.plugins.cache_dir = shoal::config::CacheDir::Dir(dir.to_path_buf());
-        Node::start(c)
-    };
+    let start = cache_node;
     let count = |dir: &std::path::Path| std::fs::read_dir(dir).expect("dir").count();
 
     let open = base.join("world-writable");

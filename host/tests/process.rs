@@ -93,6 +93,29 @@ fn metric(api: SocketAddr, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Nodes a, b and c as `shoal run` processes on one multicast group, with
+/// `membership` lines; returns once each sees the other two.
+fn three_nodes(dir: &std::path::Path, membership: &str) -> (Procs, Vec<SocketAddr>) {
+    require_loopback_multicast();
+    let group_port = free_port();
+    let apis: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let procs = Procs(
+        ["a", "b", "c"]
+            .iter()
+            .zip(&apis)
+            .map(|(n, api)| Some(start_with(dir, n, group_port, *api, membership)))
+            .collect(),
+    );
+    for api in &apis {
+        wait_blocking("each node to see two members", || {
+            member_ids(*api).filter(|m| m.len() == 2)
+        });
+    }
+    (procs, apis)
+}
+
 fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {
     get(api, "/api/events")?
         .as_array()?
@@ -105,24 +128,8 @@ fn disappearance(api: SocketAddr, id: &str) -> Option<Value> {
 /// dropped once it has been silent for dropTime.
 #[test]
 fn without_the_watch_sigkill_is_detected_by_expiry_and_sigterm_by_announcement() {
-    require_loopback_multicast();
     let dir = tmpdir("kill");
-    let group_port = free_port();
-    let apis: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    let mut procs = Procs(
-        ["a", "b", "c"]
-            .iter()
-            .zip(&apis)
-            .map(|(n, api)| Some(start_with(&dir, n, group_port, *api, "watch = false")))
-            .collect(),
-    );
-    for api in &apis {
-        wait_blocking("each node to see two members", || {
-            member_ids(*api).filter(|m| m.len() == 2)
-        });
-    }
+    let (mut procs, apis) = three_nodes(&dir, "watch = false");
     let id_of =
         |api: SocketAddr| get(api, "/api/node").and_then(|n| n["id"].as_str().map(str::to_owned));
     let c_id = id_of(apis[2]).expect("c's id");
@@ -282,31 +289,9 @@ fn demo_transport_runs_discovery_acks_and_both_departures() {
 /// waits, so nothing else can have dropped it.
 #[test]
 fn a_sigkilled_member_is_dropped_at_once_through_its_broken_watch_connection() {
-    require_loopback_multicast();
     let dir = tmpdir("watch");
-    let group_port = free_port();
-    let apis: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    let mut procs = Procs(
-        ["a", "b", "c"]
-            .iter()
-            .zip(&apis)
-            .map(|(n, api)| {
-                Some(start_with(
-                    &dir,
-                    n,
-                    group_port,
-                    *api,
-                    "drop_time_ms = 60000",
-                ))
-            })
-            .collect(),
-    );
+    let (mut procs, apis) = three_nodes(&dir, "drop_time_ms = 60000");
     for api in &apis {
-        wait_blocking("each node to see two members", || {
-            member_ids(*api).filter(|m| m.len() == 2)
-        });
         wait_blocking("each node to watch both members", || {
             metric(*api, "shoal_watch_connections").filter(|n| *n == 2.0)
         });
