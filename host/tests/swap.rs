@@ -355,8 +355,23 @@ async fn a_held_member_event_is_not_lost_across_a_swap() {
 /// a live one is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_failure_detector_drops_a_killed_member_and_keeps_a_live_one() {
+    swap_detector_then_kill("tcp_failure_detector").await;
+}
+
+/// The phi-accrual detector swapped in for the TCP failure detector on a
+/// running node (the same slot, other code): it takes the members over and
+/// decides from then on: a SIGKILLed member is dropped, a live one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_accrual_swapped_in_at_run_time_drops_a_killed_member_and_keeps_a_live_one() {
+    swap_detector_then_kill("phi_accrual_detector").await;
+}
+
+/// Three nodes (A in process, b and c as `shoal run`); A's
+/// tcp-failure-detector slot is swapped to the `detector` guest, then b is
+/// SIGKILLed: A drops b and keeps c.
+async fn swap_detector_then_kill(detector: &str) {
     require_loopback_multicast();
-    let dir = std::env::temp_dir().join(format!("shoal-swap-fd-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("shoal-swap-{detector}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut cfgs = multicast_configs(3);
     let group = cfgs[0].membership.port;
@@ -386,13 +401,16 @@ async fn swapped_failure_detector_drops_a_killed_member_and_keeps_a_live_one() {
         (a.members().len() == 2).then_some(())
     })
     .await;
-    let (status, answer) = put_plugin(
-        a.api_addr().expect("API"),
-        "tcp-failure-detector",
-        &guest("tcp_failure_detector"),
-    )
-    .await;
+    let code = guest(detector);
+    let (status, answer) =
+        put_plugin(a.api_addr().expect("API"), "tcp-failure-detector", &code).await;
     assert_eq!(status, 200, "{answer}");
+    let want = shoal::plugins::content_hash(&std::fs::read(&code).expect("guest"));
+    assert_eq!(
+        a.channel().chain().interceptors()[0].hash(),
+        want,
+        "the slot runs {detector} now"
+    );
     let before: Vec<_> = a.members().iter().map(|m| m.id).collect();
     // SIGKILL b.
     let b_pid = procs[0].0.id();
