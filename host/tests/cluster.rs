@@ -628,3 +628,44 @@ async fn a_message_resent_on_a_new_connection_is_delivered_once() {
     );
     shutdown_all(nodes).await;
 }
+
+/// A peer that sends acknowledged messages but never reads its ACKs fills
+/// the receiver's send buffer: the ACK write blocks. Shutdown still ends,
+/// at the receiver's stop deadline (issue 13, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_does_not_hang_shutdown() {
+    use shoal::wire::encode_message_frame;
+    let mut nodes = start_all(static_configs(2)).await;
+    wait_converged(&nodes).await;
+    let b = nodes.pop().expect("b");
+    let address = nodes[0].channel().local_packet().clone();
+    let mut addr_bytes = bytes::BytesMut::new();
+    address.encode(&mut addr_bytes);
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut s = sock.connect(b.receiver_addr()).await.expect("connect");
+    // Write acknowledged frames, never reading, until writing stalls: then
+    // B is stuck writing ACKs nobody reads.
+    let mut stalled = false;
+    for i in 0..2_000_000u64 {
+        let mut frame = bytes::BytesMut::new();
+        let id = u128::from(i).to_be_bytes();
+        encode_message_frame(&mut frame, SendOptions::USE_ACK, 1, &id, &addr_bytes, b"x");
+        if tokio::time::timeout(Duration::from_secs(1), s.write_all(&frame))
+            .await
+            .is_err()
+        {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(stalled, "the receiver never stopped reading");
+    let done = tokio::spawn(b.shutdown());
+    wait_for("B's shutdown to end despite the peer", || async {
+        done.is_finished().then_some(())
+    })
+    .await;
+    drop(s);
+    shutdown_all(nodes).await;
+}

@@ -30,6 +30,8 @@ use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder, SenderCache};
 
 /// Most messages delivered as one batch.
 const MAX_BATCH: usize = 64;
+/// How long [`Receiver::stop`] waits for connections to finish their frame.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// One warning per this many refusals of a kind (each is counted).
 const WARN_EVERY: u64 = 100;
 /// Bounds of the bytes asked of one read when no frame is pending.
@@ -198,10 +200,18 @@ impl Receiver {
         self.local_addr
     }
 
-    /// Stops accepting and closes every connection after the frame it is processing.
+    /// Stops accepting and closes every connection after the frame it is
+    /// processing. Bounded: connections still busy after [`STOP_DEADLINE`]
+    /// (an ACK write to a peer that stopped reading, say) are cut (logged).
     pub async fn stop(mut self) {
         let _ = self.stop_tx.send(true);
-        if let Some(t) = self.task.take() {
+        if let Some(mut t) = self.task.take()
+            && tokio::time::timeout(STOP_DEADLINE, &mut t).await.is_err()
+        {
+            tracing::warn!(
+                "receiver: connections still busy {STOP_DEADLINE:?} after stop (a peer not reading its ACKs?); closing them"
+            );
+            t.abort();
             let _ = t.await;
         }
     }
