@@ -271,6 +271,12 @@ impl MemoryCap {
 
 /// Most table elements one instance may have (guests use small tables).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Core instances, tables and memories one plug-in instance may create
+/// (wasmtime's defaults are 10 000 each; a guest built with the SDK uses a
+/// handful: its own module and the WASI adapter's).
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(
@@ -296,6 +302,18 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
