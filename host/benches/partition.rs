@@ -8,25 +8,42 @@
 //! multicast on the bridge, session engine off, measured three times: with
 //! the default chain (tcp-failure-detector first: connectTimeout 1000 ms),
 //! with the phi-accrual detector instead, and with no chain (membership
-//! alone); `SHOAL_BENCH_CHAINS=default-chain,phi-accrual` picks some. For
-//! each:
+//! alone), and then with stock Apache Tomcat Tribes nodes in place of
+//! shoal (`tomcat`: `tests/interop/TribesPeer.java`, McastService +
+//! NioReceiver + TcpFailureDetector, the same addresses, ports and timings,
+//! each JVM started with `ip netns exec`; needs a JDK and Debian's
+//! `libtomcat10-java`); `SHOAL_BENCH_CHAINS=default-chain,tomcat` picks
+//! some. For each:
 //! * silent failure: `CUTS` times (env `SHOAL_BENCH_CUTS`, default 5), node
 //!   c's link is taken down on the bridge side; measured from the moment
 //!   the link is down to each node's `disappeared` event (the events' own
-//!   wall-clock stamps, one clock for all): a and b dropping c ("every peer
+//!   wall-clock stamps, one clock for all; for Tomcat the moment each
+//!   JVM's `member_disappeared` line arrives on its stdout, stamped by a
+//!   reader thread): a and b dropping c ("every peer
 //!   dropped it" = the later of the two), and c dropping both. Then the
 //!   link comes back and the cluster converges before the next cut.
 //! * loss: `SHOAL_BENCH_LOSS_SECS` (default 60) s of 20 % random loss of
 //!   what every node receives from the bridge (nftables; netem is used for
 //!   a 20 ms delay where the kernel has it): members dropped from a view
-//!   (false drops) and heartbeat expiries the TCP failure detector
-//!   overruled.
+//!   (false drops: `shoal_members_disappeared_total`, for Tomcat the
+//!   `member_disappeared` lines) and heartbeat expiries the TCP failure
+//!   detector overruled (shoal only).
 //!
 //! Every wait is bounded; every process and namespace is removed at the
 //! end, also on a panic.
 
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::Value;
+
+#[path = "../tests/common/java.rs"]
+#[allow(dead_code)]
+mod java;
 #[path = "../tests/common/netns.rs"]
 mod netns;
 
@@ -188,6 +205,266 @@ fn run(chain: &str, extra: &str, cuts: u64, loss_secs: u64) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Tomcat Tribes nodes (tests/interop/TribesPeer.java) in the lab
+// ---------------------------------------------------------------------------
+
+/// A TribesPeer JVM in a node's namespace: its JSON lines, each with the
+/// wall-clock ms at which it arrived on the pipe; SIGKILLed when dropped
+/// (before the lab, which deletes the namespaces, is dropped).
+struct Tomcat {
+    child: Option<Child>,
+    /// Held open: the peer stops at the end of its stdin.
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<(i64, Value)>>>,
+    log: std::path::PathBuf,
+    id: String,
+}
+
+impl Tomcat {
+    /// Starts TribesPeer in node `i`'s namespace with the lab's addresses:
+    /// membership bound to the node's IP, multicast 228.0.0.4:45564 on the
+    /// bridge, the receiver on IP:4000, frequency 500 ms, dropTime 3000 ms.
+    fn spawn(lab: &Lab, i: usize, classes: &Path) -> Self {
+        let h = &lab.hosts[i];
+        let log = lab.dir.join(format!("{}-tomcat.log", h.name));
+        let err = std::fs::File::create(&log).expect("log file");
+        let mut child = lab
+            .command_in(i, java::jdk_tool("java"))
+            .arg("-Djava.net.preferIPv4Stack=true")
+            .arg("-cp")
+            .arg(format!(
+                "{}:{}:{}",
+                classes.display(),
+                java::TRIBES_JAR,
+                java::JULI_JAR
+            ))
+            .arg("TribesPeer")
+            .arg(format!("name={}", h.name))
+            .arg(format!("address={}", h.ip))
+            .arg("port=4000")
+            .arg("mcastAddress=228.0.0.4")
+            .arg("mcastPort=45564")
+            .arg(format!("bind={}", h.ip))
+            .arg("frequency=500")
+            .arg("dropTime=3000")
+            .arg("domain=netns")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn TribesPeer in its namespace");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let at = now_ms();
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((at, v));
+                }
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            lines,
+            log,
+            id: String::new(),
+        }
+    }
+
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<(i64, Value)>> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the `started` line (the JVM's start is slow on a busy
+    /// machine: a longer bound than [`DEADLINE`]); keeps the id.
+    fn ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            let id = self
+                .lines()
+                .iter()
+                .find(|(_, v)| v["event"] == "started")
+                .and_then(|(_, v)| v["id"].as_str().map(str::to_owned));
+            if let Some(id) = id {
+                self.id = id;
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            assert!(
+                !exited && start.elapsed() < Duration::from_secs(120),
+                "TribesPeer did not start; log {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Members in view, from the added and disappeared lines.
+    fn members(&self) -> HashSet<String> {
+        let mut m = HashSet::new();
+        for (_, v) in self.lines().iter() {
+            let id = v["id"].as_str().unwrap_or("").to_owned();
+            if v["event"] == "member_added" {
+                m.insert(id);
+            } else if v["event"] == "member_disappeared" {
+                m.remove(&id);
+            }
+        }
+        m
+    }
+
+    /// When this peer first reported member `id` disappeared, at or after
+    /// `since_ms` (the line's arrival).
+    fn dropped_at(&self, id: &str, since_ms: i64) -> Option<i64> {
+        self.lines()
+            .iter()
+            .filter(|(at, v)| {
+                *at >= since_ms && v["event"] == "member_disappeared" && v["id"] == id
+            })
+            .map(|(at, _)| *at)
+            .next()
+    }
+
+    /// `member_disappeared` lines so far (any member).
+    fn drops(&self) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(_, v)| v["event"] == "member_disappeared")
+            .count()
+    }
+
+    /// SIGKILL, then reap; stdin closes only after the kill (at the end
+    /// of its stdin the peer would leave gracefully).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stdin = None;
+    }
+}
+
+impl Drop for Tomcat {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tomcat_converge(peers: &[Tomcat]) {
+    for (i, p) in peers.iter().enumerate() {
+        until("every Tomcat node to list the others", || {
+            let m = p.members();
+            peers
+                .iter()
+                .enumerate()
+                .all(|(j, q)| i == j || m.contains(&q.id))
+                .then_some(())
+        });
+    }
+}
+
+/// Why the Tomcat case cannot run here, or `None`.
+fn tomcat_unavailable() -> Option<String> {
+    for jar in [java::TRIBES_JAR, java::JULI_JAR] {
+        if !Path::new(jar).is_file() {
+            return Some(format!("{jar} missing (package libtomcat10-java)"));
+        }
+    }
+    None
+}
+
+fn run_tomcat(cuts: u64, loss_secs: u64) {
+    if let Some(why) = tomcat_unavailable() {
+        println!("tomcat: skipped: {why}");
+        return;
+    }
+    let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("partition-tomcat-classes");
+    let _ = std::fs::remove_dir_all(&classes);
+    std::fs::create_dir_all(&classes).expect("class dir");
+    java::javac(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/TribesPeer.java"),
+        &classes,
+    );
+    let lab = Lab::new("bench-tomcat", NODES);
+    // Declared after the lab: the JVMs are killed before its namespaces go.
+    let mut peers: Vec<Tomcat> = (0..NODES)
+        .map(|i| Tomcat::spawn(&lab, i, &classes))
+        .collect();
+    for p in &mut peers {
+        p.ready();
+    }
+    tomcat_converge(&peers);
+
+    let (mut each, mut every, mut isolated) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cuts {
+        lab.cut(C);
+        let cut = now_ms();
+        let c_id = peers[C].id.clone();
+        let a = until("a to drop c", || peers[0].dropped_at(&c_id, cut));
+        let b = until("b to drop c", || peers[1].dropped_at(&c_id, cut));
+        let c = until("c to drop a and b", || {
+            Some(
+                peers[C]
+                    .dropped_at(&peers[0].id, cut)?
+                    .max(peers[C].dropped_at(&peers[1].id, cut)?),
+            )
+        });
+        each.extend([(a - cut) as f64, (b - cut) as f64]);
+        every.push((a.max(b) - cut) as f64);
+        isolated.push((c - cut) as f64);
+        lab.heal(C);
+        tomcat_converge(&peers);
+    }
+    println!("tomcat: silent failure (link down), {cuts} cuts");
+    println!("  each peer drops it:      {}", stats(&each));
+    println!("  every peer dropped it:   {}", stats(&every));
+    println!("  it dropped both peers:   {}", stats(&isolated));
+
+    let drops0: usize = peers.iter().map(Tomcat::drops).sum();
+    let mut delayed = true;
+    for i in 0..NODES {
+        lab.lose(i, 20);
+        delayed &= lab.delay(i, 20);
+    }
+    let start = Instant::now();
+    let (mut short_views, mut samples) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(loss_secs) {
+        for p in &peers {
+            samples += 1;
+            if p.members().len() != NODES - 1 {
+                short_views += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let lost: u64 = (0..NODES).map(|i| lab.dropped(i)).sum();
+    let false_drops = peers.iter().map(Tomcat::drops).sum::<usize>() - drops0;
+    println!(
+        "tomcat: {loss_secs} s of 20 % loss{} on every link ({lost} packets dropped)",
+        if delayed {
+            " + 20 ms delay"
+        } else {
+            " (no netem here: no delay)"
+        }
+    );
+    println!(
+        "  false drops: {false_drops} (member-views short in {short_views} of {samples} samples); \
+         heartbeat expiries overruled by the TCP detector: - (not reported by Tribes)"
+    );
+    for p in &mut peers {
+        p.kill();
+    }
+}
+
 fn main() {
     if let Some(why) = netns::unavailable() {
         eprintln!("partition bench: cannot run here: {why}");
@@ -199,7 +476,7 @@ fn main() {
         "partition bench: 3 nodes, frequency 500 ms, dropTime 3000 ms, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    // SHOAL_BENCH_CHAINS: a comma-separated subset of the three.
+    // SHOAL_BENCH_CHAINS: a comma-separated subset of the four.
     let only = std::env::var("SHOAL_BENCH_CHAINS").unwrap_or_default();
     let chains = [
         ("default-chain", ""),
@@ -213,5 +490,8 @@ fn main() {
         if only.is_empty() || only.split(',').any(|c| c == name) {
             run(name, extra, cuts, loss_secs);
         }
+    }
+    if only.is_empty() || only.split(',').any(|c| c == "tomcat") {
+        run_tomcat(cuts, loss_secs);
     }
 }

@@ -221,6 +221,16 @@ impl Lab {
         self.hosts[i].child = Some(child);
     }
 
+    /// A command that runs `program` in node `i`'s namespace (`ip netns
+    /// exec NS program`: the child's pid is the program's own). The caller
+    /// owns the child and must kill it: [`Lab`]'s drop only kills what
+    /// [`Lab::start_shoal`] started.
+    pub fn command_in(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[i].ns]).arg(program);
+        cmd
+    }
+
     /// Node `i`'s log file.
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("{}.log", self.hosts[i].name))
