@@ -3,8 +3,10 @@
 # off), no traffic; after a 5 s warm-up, the CPU all of them use over
 # SECONDS, from /proc/PID/stat (utime + stime), and the first node's RSS.
 # Usage: benches/idle.sh [N=1] [SECONDS=20]   (needs a release build:
-# cargo build --release; SHOAL_BIN names another binary). Issue #15's targets: 1 node <= 0.2 % of a core,
-# 30 nodes <= 5 % in total. See docs/benchmarks.md, "Hot paths".
+# cargo build --release; SHOAL_BIN names another binary; SHOAL_IDLE_MEMBERSHIP
+# adds lines to [membership], SHOAL_IDLE_EXTRA to the end of each config, e.g.
+# SHOAL_IDLE_EXTRA=$'[plugins]\ndefault_chain = false'). Issue #15's
+# targets: 1 node <= 0.2 % of a core, 30 nodes <= 5 % in total. See docs/benchmarks.md, "Hot paths".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1}
@@ -24,11 +26,13 @@ name = "idle$i"
 kind = "multicast"
 port = $port
 bind = "127.0.0.1"
+${SHOAL_IDLE_MEMBERSHIP:-}
 [receiver]
 address = "127.0.0.1"
 port = 0
 [api]
 listen = "off"
+${SHOAL_IDLE_EXTRA:-}
 TOML
   "$bin" run --config "$dir/n$i.toml" > "$dir/n$i.log" 2>&1 &
   pids+=($!)
