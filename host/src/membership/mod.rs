@@ -343,24 +343,32 @@ impl Service {
         let now = Instant::now();
         if !is_local {
             Metrics::inc(&self.metrics.heartbeats_received_total);
-            if member.command.as_ref() != SHUTDOWN_COMMAND
-                && self
-                    .arrivals_wanted
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                && self.arrivals.try_send((member.clone(), now)).is_err()
-            {
-                Metrics::inc(&self.metrics.heartbeat_arrivals_dropped_total);
-            }
-        }
-        if payload_changed {
-            let _ = self.payload_changes.try_send(member.clone());
         }
         let id = member.id;
+        // Only a heartbeat the table accepts (from the address its member
+        // advertises, within the caps) is reported onwards: a forged one
+        // must not refresh a failure detector's view or a payload.
+        let arrival = (!is_local
+            && member.command.as_ref() != SHUTDOWN_COMMAND
+            && self
+                .arrivals_wanted
+                .load(std::sync::atomic::Ordering::Relaxed))
+        .then(|| member.clone());
+        let changed = payload_changed.then(|| member.clone());
         match lock(&self.table).heard(member, now, from.ip()) {
-            Ok(Some(ev)) => {
-                let _ = self.events.send(ev);
+            Ok(ev) => {
+                if let Some(m) = arrival
+                    && self.arrivals.try_send((m, now)).is_err()
+                {
+                    Metrics::inc(&self.metrics.heartbeat_arrivals_dropped_total);
+                }
+                if let Some(m) = changed {
+                    let _ = self.payload_changes.try_send(m);
+                }
+                if let Some(ev) = ev {
+                    let _ = self.events.send(ev);
+                }
             }
-            Ok(None) => {}
             Err(why) => {
                 let n = self
                     .metrics

@@ -400,13 +400,29 @@ async fn serve<H: MessageHandler>(
         }
         if buf.is_empty() {
             frame_started = None;
+            if buf.capacity() > 2 * MAX_READ {
+                // A large frame is done: give its room back.
+                buf = BytesMut::new();
+            }
         } else if completed || frame_started.is_none() {
             frame_started = Some(Instant::now());
+            if buf.capacity() > 4 * MAX_READ && buf.len() < MAX_READ {
+                // Keep the start of the next frame, not the last one's room.
+                buf = BytesMut::from(&buf[..]);
+            }
         }
         // Room for the rest of the current frame, but at most as much again
         // as is buffered (a header's claim alone reserves nothing), or twice
         // the last read; bounded by the frame limit.
         let pending = shared.decoder.pending_len(&buf).unwrap_or(0);
+        // A frame's deadline: the stall timeout, plus a second per MiB it
+        // claims (at least 1 MiB/s), so a large frame over a slow link
+        // still arrives and a trickle of bytes still cannot hold a
+        // connection open.
+        let frame_deadline = frame_started.map(|began| {
+            let claimed = (buf.len() + pending) as u64;
+            began + shared.stall + Duration::from_micros(claimed)
+        });
         let room = pending
             .min(buf.len().max(MAX_READ))
             .max((last_read * 2).clamp(MIN_READ, MAX_READ))
@@ -427,10 +443,10 @@ async fn serve<H: MessageHandler>(
         {
             r
         } else {
-            let r = match (frame_started, shared.idle) {
-                (Some(began), _) => tokio::select! {
+            let r = match (frame_deadline, shared.idle) {
+                (Some(deadline), _) => tokio::select! {
                     _ = stop.changed() => break End::Stopped,
-                    r = tokio::time::timeout_at((began + shared.stall).into(), sock.read(&mut buf, room)) => match r {
+                    r = tokio::time::timeout_at(deadline.into(), sock.read(&mut buf, room)) => match r {
                         Ok(r) => r,
                         Err(_) => break End::Stalled,
                     },
