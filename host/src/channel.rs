@@ -17,6 +17,7 @@ use bytes::Bytes;
 use arc_swap::ArcSwap;
 
 use crate::chain::{Chain, Flow, InMsg, OutMsg};
+use crate::dedup::Claim;
 use crate::dispatch::{Dispatcher, EnqueueError, Enqueued, Job};
 use crate::member::{Member, MemberId};
 use crate::membership::{LeaveReason, MemberEvent, MemberTable};
@@ -547,17 +548,26 @@ impl MessageHandler for Channel {
                     last = Some((msg.sender.clone(), m.clone()));
                 }),
             };
+            let claim = match &sender {
+                Ok(s) => self.inner.dedup.claim(&s.id.unique_id, &msg.unique_id),
+                Err(_) => Claim::New,
+            };
             match sender {
-                Ok(sender)
-                    if self
-                        .inner
-                        .dedup
-                        .delivered(&sender.id.unique_id, &msg.unique_id) =>
-                {
+                Ok(_) if claim == Claim::Delivered => {
                     // Sent again after a broken connection: delivered
                     // already; acknowledged again, not delivered twice.
                     Metrics::inc(&self.inner.metrics.duplicates_dropped_total);
                     results.push(Ok(()));
+                }
+                Ok(_) if claim == Claim::InProgress => {
+                    // A copy is being delivered from another connection:
+                    // not twice. Its outcome is not known yet, so no ACK
+                    // that could be false; a later resend is answered from
+                    // the first delivery's outcome.
+                    Metrics::inc(&self.inner.metrics.duplicates_dropped_total);
+                    results.push(Err(DeliveryError(
+                        "a copy of this message is being delivered".into(),
+                    )));
                 }
                 Ok(sender) => {
                     batch.push(InMsg {
@@ -588,6 +598,9 @@ impl MessageHandler for Channel {
                     tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
                     // Not delivered: a sender that asked for a synchronized
                     // ACK learns it (FAIL-ACK), not a false success.
+                    self.inner
+                        .dedup
+                        .finish(&m.sender.id.unique_id, &m.unique_id, false);
                     results[i] = Err(DeliveryError(format!(
                         "refused by interceptor {plugin}: {reason}"
                     )));
@@ -597,7 +610,7 @@ impl MessageHandler for Channel {
                     // run on a task; the sender's ACK does not wait for them.
                     self.inner
                         .dedup
-                        .remember(&m.sender.id.unique_id, &m.unique_id);
+                        .finish(&m.sender.id.unique_id, &m.unique_id, true);
                     let ch = self.clone();
                     let chain = chain.clone();
                     let mut m = m;
@@ -618,9 +631,7 @@ impl MessageHandler for Channel {
             .collect();
         let (msgs, slots): (Vec<InMsg>, Vec<usize>) = deliver.into_iter().unzip();
         for ((i, r), (sender, id)) in slots.into_iter().zip(self.to_listeners_many(msgs)).zip(ids) {
-            if r.is_ok() {
-                self.inner.dedup.remember(&sender, &id);
-            }
+            self.inner.dedup.finish(&sender, &id, r.is_ok());
             results[i] = r;
         }
         results

@@ -29,8 +29,22 @@ struct Window {
 #[derive(Default)]
 struct Shard {
     senders: HashMap<[u8; 16], Window>,
+    /// Messages being delivered now (claimed, not finished): a copy that
+    /// arrives meanwhile on another connection is not delivered too.
+    in_progress: HashSet<([u8; 16], u128)>,
     /// Senders in the order first heard, for eviction.
     arrival: VecDeque<[u8; 16]>,
+}
+
+/// What [`Dedup::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Not seen: deliver it.
+    New,
+    /// Delivered already: acknowledge, do not deliver again.
+    Delivered,
+    /// A copy is being delivered right now (from another connection).
+    InProgress,
 }
 
 /// The ids seen per sender.
@@ -59,17 +73,42 @@ impl Dedup {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `sender`'s message with this id was delivered already (within
-    /// the window). Ids that are not 16 bytes (Tribes always sends 16) are
-    /// never taken for duplicates.
-    pub fn delivered(&self, sender: &[u8; 16], id: &[u8]) -> bool {
+    /// Claims `sender`'s message with this id for delivery: [`Claim::New`]
+    /// (then [`Dedup::finish`] must follow), or why not. Ids that are not
+    /// 16 bytes (Tribes always sends 16) are always new and never tracked.
+    pub fn claim(&self, sender: &[u8; 16], id: &[u8]) -> Claim {
         let Ok(id) = <[u8; 16]>::try_from(id) else {
-            return false;
+            return Claim::New;
         };
-        self.shard(sender)
+        let id = u128::from_be_bytes(id);
+        let mut shard = self.shard(sender);
+        if shard
             .senders
             .get(sender)
-            .is_some_and(|w| w.seen.contains(&u128::from_be_bytes(id)))
+            .is_some_and(|w| w.seen.contains(&id))
+        {
+            return Claim::Delivered;
+        }
+        // Bounded by the messages in delivery at once (a batch each per
+        // connection, and the deferred ones).
+        if !shard.in_progress.insert((*sender, id)) {
+            return Claim::InProgress;
+        }
+        Claim::New
+    }
+
+    /// Ends a [`Claim::New`]: remembered as delivered, or released so that
+    /// a resend is tried again.
+    pub fn finish(&self, sender: &[u8; 16], id: &[u8], delivered: bool) {
+        let Ok(raw) = <[u8; 16]>::try_from(id) else {
+            return;
+        };
+        self.shard(sender)
+            .in_progress
+            .remove(&(*sender, u128::from_be_bytes(raw)));
+        if delivered {
+            self.remember(sender, id);
+        }
     }
 
     /// Remembers that `sender`'s message with this id was delivered; `false`
@@ -114,9 +153,20 @@ mod tests {
     fn a_repeated_id_is_a_duplicate_within_the_window_and_per_sender() {
         let d = Dedup::default();
         let (a, b) = ([1u8; 16], [2u8; 16]);
-        assert!(!d.delivered(&a, &[7; 16]));
-        assert!(d.remember(&a, &[7; 16]));
-        assert!(d.delivered(&a, &[7; 16]));
+        assert_eq!(d.claim(&a, &[7; 16]), Claim::New);
+        assert_eq!(
+            d.claim(&a, &[7; 16]),
+            Claim::InProgress,
+            "a copy while the first is delivered"
+        );
+        d.finish(&a, &[7; 16], false);
+        assert_eq!(
+            d.claim(&a, &[7; 16]),
+            Claim::New,
+            "a failed delivery is tried again"
+        );
+        d.finish(&a, &[7; 16], true);
+        assert_eq!(d.claim(&a, &[7; 16]), Claim::Delivered);
         assert!(!d.remember(&a, &[7; 16]), "same sender, same id");
         assert!(d.remember(&b, &[7; 16]), "another sender may use the id");
         assert!(
