@@ -271,27 +271,10 @@ async fn accept_loop<H: MessageHandler>(
                 let shared = shared.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
-                    shared
-                        .metrics
-                        .inbound_connections
-                        .fetch_add(1, Ordering::Relaxed);
+                    // Counts given back however the connection ends (a
+                    // panic in `serve` included).
+                    let _open = OpenConnection::new(&shared, peer.ip());
                     serve(stream, peer, &shared, stop).await;
-                    shared
-                        .metrics
-                        .inbound_connections
-                        .fetch_sub(1, Ordering::Relaxed);
-                    {
-                        let mut open = shared
-                            .open_by_address
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        if let Some(n) = open.get_mut(&peer.ip()) {
-                            *n -= 1;
-                            if *n == 0 {
-                                open.remove(&peer.ip());
-                            }
-                        }
-                    }
                     drop(permit);
                 });
             }
@@ -305,6 +288,43 @@ async fn accept_loop<H: MessageHandler>(
     }
     // Stop signalled: connections see the same signal and finish.
     while conns.join_next().await.is_some() {}
+}
+
+/// One open inbound connection in the counts (`inbound_connections`, the
+/// per-address map); taken out when dropped.
+struct OpenConnection<'a, H> {
+    shared: &'a Shared<H>,
+    ip: IpAddr,
+}
+
+impl<'a, H> OpenConnection<'a, H> {
+    fn new(shared: &'a Shared<H>, ip: IpAddr) -> Self {
+        shared
+            .metrics
+            .inbound_connections
+            .fetch_add(1, Ordering::Relaxed);
+        Self { shared, ip }
+    }
+}
+
+impl<H> Drop for OpenConnection<'_, H> {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .inbound_connections
+            .fetch_sub(1, Ordering::Relaxed);
+        let mut open = self
+            .shared
+            .open_by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Why a connection ended.
