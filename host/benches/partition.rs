@@ -67,13 +67,25 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The silent-failure lines of one case: each peer's drop, the later of
+/// the two peers, and the cut node dropping both (ms after the cut).
+fn print_cuts(case: &str, cuts: u64, each: &[f64], every: &[f64], isolated: &[f64]) {
+    println!("{case}: silent failure (link down), {cuts} cuts");
+    println!("  each peer drops it:      {}", stats(each));
+    println!("  every peer dropped it:   {}", stats(every));
+    println!("  it dropped both peers:   {}", stats(isolated));
+}
+
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        // A bound on the wait, not a measurement: give up rather than hang.
+        if start.elapsed() >= DEADLINE {
+            panic!("gave up after {DEADLINE:?} waiting for {what}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -141,10 +153,7 @@ fn run(chain: &str, extra: &str, cuts: u64, loss_secs: u64) {
         lab.heal(C);
         converge(&lab);
     }
-    println!("{chain}: silent failure (link down), {cuts} cuts");
-    println!("  each peer drops it:      {}", stats(&peers));
-    println!("  every peer dropped it:   {}", stats(&every));
-    println!("  it dropped both peers:   {}", stats(&isolated));
+    print_cuts(chain, cuts, &peers, &every, &isolated);
 
     let metric = |name: &str| -> f64 {
         (0..NODES)
@@ -424,10 +433,7 @@ fn run_tomcat(cuts: u64, loss_secs: u64) {
         lab.heal(C);
         tomcat_converge(&peers);
     }
-    println!("tomcat: silent failure (link down), {cuts} cuts");
-    println!("  each peer drops it:      {}", stats(&each));
-    println!("  every peer dropped it:   {}", stats(&every));
-    println!("  it dropped both peers:   {}", stats(&isolated));
+    print_cuts("tomcat", cuts, &each, &every, &isolated);
 
     let drops0: usize = peers.iter().map(Tomcat::drops).sum();
     let mut delayed = true;
