@@ -18,11 +18,10 @@ use shoal::session::SessionEngine;
 use shoal_web::{Session, SessionLayer};
 use tower::ServiceExt as _;
 
+/// Outside the ephemeral range: no outgoing connection takes it before
+/// the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    shoal::transport::ports::reserve_loopback(1).expect("a free loopback port")[0]
 }
 
 fn config(name: &str, group: u16, policy: &str) -> shoal::Config {

@@ -5,7 +5,7 @@
 //! drops — on every path, errors and panics included — is killed, and the
 //! run's directory removed.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -210,24 +210,16 @@ impl Cluster {
             pids: Arc::new(Mutex::new(Vec::new())),
         };
         c.public_key = c.keygen()?;
-        // The cluster's own multicast group port (a free UDP port), so it
-        // meets no other cluster on this machine.
-        c.group_port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?
-            .local_addr()?
-            .port();
-        // Web and admin ports stay the same across restarts (httpd's member
-        // list and the driver name them), so they are chosen once here: all
-        // held at the same time, so no two are equal, then released for the
-        // nodes to bind (SO_REUSEADDR). A receiver port is the node's own
-        // choice (`port = 0`): peers learn it by multicast.
-        let held: Vec<TcpListener> = (0..2 * spec.nodes)
-            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .collect::<Result<_, _>>()?;
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
-            .collect::<Result<_, _>>()?;
-        drop(held);
+        // The multicast group port, and the web and admin ports, which stay
+        // the same across restarts (httpd's member list and the driver name
+        // them): chosen once here, all distinct and outside the kernel's
+        // ephemeral range, so no outgoing connection of a starting node
+        // takes one before its node binds it (it did: a node failed to
+        // start). A receiver port is the node's own choice (`port = 0`):
+        // peers learn it by multicast.
+        let ports = shoal::transport::ports::reserve_loopback(2 * spec.nodes + 1)
+            .context("choosing free loopback ports")?;
+        c.group_port = ports[2 * spec.nodes];
         for i in 0..spec.nodes {
             let name = format!("n{}", i + 1);
             let node_dir = c.dir.join(&name);
@@ -391,15 +383,19 @@ wasm = "{wasm}"
         let started = Instant::now();
         let want = self.nodes.len() - 1;
         loop {
-            if let Some(c) = self.nodes[i].child.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                self.nodes[i].child = None;
-                bail!(
-                    "{} exited ({status}) while starting:\n{}",
-                    self.nodes[i].name,
-                    self.log_tail(i, 30)
-                );
+            for j in 0..self.nodes.len() {
+                if let Some(c) = self.nodes[j].child.as_mut()
+                    && let Some(status) = c.try_wait()?
+                {
+                    self.nodes[j].child = None;
+                    self.update_pids();
+                    bail!(
+                        "{} exited ({status}) while {} was starting:\n{}",
+                        self.nodes[j].name,
+                        self.nodes[i].name,
+                        self.log_tail(j, 30)
+                    );
+                }
             }
             let ready = get(self.nodes[i].web, "/ready").is_ok_and(|(s, _)| s == 200);
             let seen = ready
@@ -411,12 +407,21 @@ wasm = "{wasm}"
                 return Ok(started.elapsed());
             }
             if started.elapsed() > self.ready_timeout {
+                let mut text = String::new();
+                for (j, n) in self.nodes.iter().enumerate() {
+                    text.push_str(&format!(
+                        "--- {} (members seen: {:?}, ready: {}) ---\n{}\n",
+                        n.name,
+                        member_count(n.api),
+                        get(n.web, "/ready").is_ok_and(|(s, _)| s == 200),
+                        self.log_tail(j, 20)
+                    ));
+                }
                 bail!(
                     "{} was not ready (state transfer done, {want} members seen by every node) \
-                     within {:?}:\n{}",
+                     within {:?}:\n{text}",
                     self.nodes[i].name,
                     self.ready_timeout,
-                    self.log_tail(i, 30)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));

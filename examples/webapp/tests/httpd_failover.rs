@@ -27,11 +27,10 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// margin.
 const HTTPD_RETRY: Duration = Duration::from_millis(5_500);
 
+/// Outside the ephemeral range: no outgoing connection takes it before
+/// the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    shoal::transport::ports::reserve_loopback(1).expect("a free loopback port")[0]
 }
 
 struct App {

@@ -18,7 +18,7 @@ pub use sessions::run as sessions;
 pub use transport::run as transport;
 
 use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,14 +65,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A port number free now. The config must name the node's ports before
-/// the process starts (and a restart reuses them), so the node cannot bind
-/// port 0 itself; the window in which another program could take the port
-/// is the process start-up.
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Cluster {
     /// A temp dir `shoal-demo-TAG-PID`, ports and a config for each of
     /// `names` (`extra(name)` appended to its `[node]` section: more keys,
@@ -85,19 +77,26 @@ impl Cluster {
         let exe = std::env::current_exe().context("locating the shoal binary")?;
         let dir = std::env::temp_dir().join(format!("shoal-demo-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The config names a node's ports before its process starts (and a
+        // restart reuses them): numbers outside the ephemeral range, so no
+        // outgoing connection takes one meanwhile.
+        let mut ports = shoal::transport::ports::reserve_loopback(2 * names.len() + 1)
+            .context("choosing free loopback ports")?
+            .into_iter();
+        let mut port = || ports.next().context("a reserved port");
         let mut nodes = Vec::new();
         for &name in names {
             nodes.push(DemoNode {
                 name,
-                api: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
-                port: free_tcp_port()?,
+                api: SocketAddr::from(([127, 0, 0, 1], port()?)),
+                port: port()?,
                 config: dir.join(format!("{name}.toml")),
                 log: dir.join(format!("{name}.log")),
                 child: None,
             });
         }
         // A port number unlikely to be in use by a real cluster.
-        let mcast_port = free_tcp_port()?;
+        let mcast_port = port()?;
         let mut note = Vec::new();
         let membership = if shoal::membership::loopback_multicast_works(GROUP, mcast_port) {
             note.push(format!(

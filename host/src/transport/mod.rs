@@ -5,6 +5,7 @@
 mod busy_poll;
 mod iov;
 mod pipe;
+pub mod ports;
 pub mod receiver;
 pub mod sender;
 mod socket;

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use shoal::Config;
@@ -16,12 +15,11 @@ pub mod tribes;
 /// Upper bound for any wait on the cluster; tests retry until it, never sleep a fixed time.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A port free on 127.0.0.1 right now (TCP; the same number serves for UDP).
+/// A port free on 127.0.0.1 right now (TCP; the same number serves for
+/// UDP), outside the ephemeral range, so no outgoing connection takes it
+/// before the node binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
+    shoal::transport::ports::reserve_loopback(1).expect("a free loopback port")[0]
 }
 
 /// A loopback node config: receiver on `port`, API off.
