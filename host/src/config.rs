@@ -83,6 +83,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// `[deploy]`: cluster-wide deploys of plug-ins.
     pub deploy: DeployConfig,
+    /// `[security]`: the cluster key.
+    pub security: SecurityConfig,
     /// `[[interceptor]]`: the channel's interceptor chain, top (nearest the
     /// application) first. Empty: the default chain (see `plugins.default_chain`).
     #[serde(rename = "interceptor")]
@@ -231,6 +233,64 @@ impl TryFrom<RawSendMode> for SessionSendMode {
             RawSendMode::Text(t) => Err(format!(
                 "send_options {t:?} is not one of \"async\", \"sync-ack\", 8, 6"
             )),
+        }
+    }
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The cluster key file (`shoal keygen --out FILE`), relative to the
+    /// config file; `""` (the default): no key, and the wire is Tribes'
+    /// own (Tomcat-compatible, unauthenticated). With a key, heartbeats
+    /// carry a MAC and frames are sealed (AES-256-GCM): only nodes with
+    /// the key are heard. One key per line: the first seals, all are
+    /// accepted (a key roll); the file is read again when it changes.
+    pub key_file: String,
+    /// How far a heartbeat's or frame's time may be from this node's clock
+    /// (ms) before it is refused as a replay. Default 10 000 (Tribes'
+    /// EncryptInterceptor replay window); the nodes' clocks must agree
+    /// within it (NTP).
+    pub max_clock_skew_ms: u64,
+    /// How often the key file is checked for changes (ms). Default 2000.
+    pub reload_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            key_file: String::new(),
+            max_clock_skew_ms: 10_000,
+            reload_ms: 2_000,
+        }
+    }
+}
+
+impl SecurityConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(1_000..=600_000).contains(&self.max_clock_skew_ms) {
+            return Err(Invalid::new(
+                "security.max_clock_skew_ms",
+                "must be 1000 to 600000".into(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.reload_ms) {
+            return Err(Invalid::new(
+                "security.reload_ms",
+                "must be 100 to 3600000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key file, relative to `base` (the config file's directory), if
+    /// one is set.
+    pub fn key_path(&self, base: Option<&Path>) -> Option<PathBuf> {
+        match self.key_file.trim() {
+            "" => None,
+            f if Path::new(f).is_absolute() => Some(PathBuf::from(f)),
+            f => Some(base.unwrap_or(Path::new(".")).join(f)),
         }
     }
 }
@@ -911,6 +971,7 @@ impl Config {
             self.plugins.validate(),
             self.session.validate(),
             self.deploy.validate(),
+            self.security.validate(),
             self.api.validate(),
             validate_interceptors(&self.interceptors),
         ];

@@ -33,6 +33,7 @@ pub mod membership;
 mod metrics;
 mod node;
 pub mod plugins;
+pub mod security;
 pub mod session;
 pub mod transport;
 pub mod wasm;

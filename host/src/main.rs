@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         action: PluginCommand,
     },
+    /// Make a cluster key for `[security] key_file`: writes a new random
+    /// key to --out (mode 0600; never overwrites). Copy the file to every
+    /// node. To roll a key, see README "Security".
+    Keygen {
+        /// The key file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List a running node's members (through its admin API).
     Members {
         /// The node's admin API address.
@@ -161,6 +169,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin {
             action: PluginCommand::Keygen { out },
         } => admin_client::keygen(&out),
+        Command::Keygen { out } => {
+            shoal::security::write_new_key_file(&out)
+                .with_context(|| format!("writing the cluster key to {}", out.display()))?;
+            println!(
+                "wrote a new cluster key to {} (mode 0600)\n\
+                 copy it to every node and set [security] key_file; to roll keys, add the new \
+                 key as a second line everywhere, then make it the first line, then remove the old one",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Members { api } => admin_client::members(&api),
     }
 }

@@ -69,6 +69,14 @@ counters! {
     inbound_connections: gauge,
     /// Membership datagrams dropped as malformed or unusable.
     bad_heartbeats_total: counter,
+    /// Heartbeats refused for want of the cluster key: no trailer, an unknown key or a wrong MAC (security.key_file).
+    auth_heartbeats_refused_total: counter,
+    /// Heartbeats refused as replays: a time not later than the member's last, or beyond security.max_clock_skew_ms.
+    auth_heartbeats_replayed_total: counter,
+    /// Frames refused for want of the cluster key: not sealed, an unknown key or a wrong tag; the connection was closed.
+    auth_frames_refused_total: counter,
+    /// Frames refused as replays: a sequence number already accepted or behind the window, or a time beyond the skew.
+    auth_frames_replayed_total: counter,
     /// Heartbeats sent.
     heartbeats_sent_total: counter,
     /// Heartbeats received (own excluded).

@@ -49,6 +49,9 @@ pub enum StartError {
     /// An interceptor could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginLoadError),
+    /// The cluster key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] crate::security::KeyFileError),
     /// Another I/O failure during start-up.
     #[error("start-up failed: {0}")]
     Io(#[from] std::io::Error),
@@ -63,6 +66,8 @@ pub struct Node {
     receiver: Option<Receiver>,
     api: Option<ApiServer>,
     events: Option<JoinHandle<()>>,
+    /// Reads the cluster key file again when it changes.
+    key_reload: Option<JoinHandle<()>>,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     drain_deadline: Duration,
@@ -134,7 +139,29 @@ impl Node {
             unique_id: local.unique_id,
         };
 
-        let encoder = Arc::new(FrameEncoder::new(&local, cfg.receiver.max_frame_bytes));
+        // The cluster key: heartbeats and frames are authenticated (and
+        // frames encrypted) among the nodes that hold it.
+        let security = match cfg.security.key_path(cfg.base_dir.as_deref()) {
+            Some(path) => {
+                let ring = crate::security::KeyRing::load(&path)?;
+                let (send, all) = ring.ids();
+                tracing::info!(
+                    file = %path.display(),
+                    sealing_with = format!("{send:08x}"),
+                    accepting = ?all.iter().map(|k| format!("{k:08x}")).collect::<Vec<_>>(),
+                    "cluster key loaded: heartbeats authenticated, frames sealed (not Tomcat-compatible)"
+                );
+                Some(Arc::new(crate::security::Security::new(
+                    ring,
+                    Duration::from_millis(cfg.security.max_clock_skew_ms),
+                    metrics.clone(),
+                )))
+            }
+            None => None,
+        };
+        let encoder = Arc::new(
+            FrameEncoder::new(&local, cfg.receiver.max_frame_bytes).with_security(security.clone()),
+        );
         let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();
         let local_member =
             Member::from_packet(&local).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -223,7 +250,9 @@ impl Node {
             fingerprint::encode_with_labels(entries, &l).into()
         };
         local.payload = encode_payload(&chain.load().fingerprint());
-        let sender = Arc::new(Sender::new(cfg.sender.clone(), metrics.clone()));
+        let sender = Arc::new(
+            Sender::new(cfg.sender.clone(), metrics.clone()).with_security(security.clone()),
+        );
         let dispatch = Dispatcher::start(
             cfg.dispatch.clone(),
             sender.clone(),
@@ -258,16 +287,44 @@ impl Node {
             deploy_store,
             &persisted,
         );
-        let receiver =
-            Receiver::start(listener, &cfg.receiver, channel.handler(), metrics.clone())?;
+        let receiver = Receiver::start(
+            listener,
+            &cfg.receiver,
+            channel.handler(),
+            metrics.clone(),
+            security.clone(),
+        )?;
 
         let (mut membership, mut events) = Membership::start(
             &cfg.membership,
             local,
             SocketAddr::new(ip, bound.port()),
             metrics.clone(),
+            security.clone(),
         )
         .await?;
+        let key_reload = security.map(|sec| {
+            let every = Duration::from_millis(cfg.security.reload_ms);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match sec.ring().reload_if_changed() {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let (send, all) = sec.ring().ids();
+                            tracing::info!(
+                                sealing_with = format!("{send:08x}"),
+                                accepting = ?all.iter().map(|k| format!("{k:08x}")).collect::<Vec<_>>(),
+                                "cluster keys reloaded"
+                            );
+                        }
+                        Err(e) => tracing::error!("{e}; the keys loaded before stay in use"),
+                    }
+                }
+            })
+        });
         channel.attach_table(membership.table());
         let _ = node_ctx.table.set(membership.table());
         // The control loop: membership events, plug-in probes and timers, and
@@ -441,6 +498,7 @@ impl Node {
             receiver: Some(receiver),
             api,
             events: Some(events_task),
+            key_reload,
             watcher,
             ready,
             metrics,
@@ -548,6 +606,9 @@ impl Node {
         }
         self.channel.close_sender();
         if let Some(t) = self.events.take() {
+            t.abort();
+        }
+        if let Some(t) = self.key_reload.take() {
             t.abort();
         }
         if let Some(a) = self.api.take() {

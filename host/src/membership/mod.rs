@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::{MembershipConfig, MembershipKind};
 use crate::member::Member;
 use crate::metrics::Metrics;
+use crate::security::Security;
 use crate::wire::{MemberPacket, SHUTDOWN_COMMAND};
 pub use table::{LeaveReason, Limits, MemberEvent, MemberTable, Refusal};
 
@@ -115,6 +116,8 @@ struct Service {
     /// second and leaves once.
     events: mpsc::UnboundedSender<MemberEvent>,
     metrics: Arc<Metrics>,
+    /// With a cluster key: heartbeats carry a MAC and others' must.
+    security: Option<Arc<Security>>,
 }
 
 impl Membership {
@@ -128,6 +131,7 @@ impl Membership {
         local: MemberPacket,
         unicast_bind: SocketAddr,
         metrics: Arc<Metrics>,
+        security: Option<Arc<Security>>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<MemberEvent>), MembershipError> {
         let (socket, targets, lookups) = match cfg.kind {
             MembershipKind::Multicast => {
@@ -178,6 +182,7 @@ impl Membership {
             table: table.clone(),
             events,
             metrics,
+            security,
         };
         svc.send_heartbeat(false).await;
         let task = tokio::spawn(svc.run(stop_rx));
@@ -301,6 +306,9 @@ impl Service {
         }
         let mut buf = BytesMut::with_capacity(p.encoded_len());
         p.encode(&mut buf);
+        if let Some(sec) = &self.security {
+            sec.seal_heartbeat(&mut buf);
+        }
         let targets = self.targets.borrow().clone();
         for t in targets.iter() {
             match self.socket.send_to(&buf, t).await {
@@ -311,6 +319,15 @@ impl Service {
     }
 
     async fn on_datagram(&self, data: &[u8], from: SocketAddr) {
+        // With a cluster key, only a heartbeat whose MAC verifies is read
+        // at all (refusals are counted and logged where they are checked).
+        let (data, sent_at) = match &self.security {
+            Some(sec) => match sec.open_heartbeat(data) {
+                Ok((packet, t)) => (packet, Some(t)),
+                Err(_) => return,
+            },
+            None => (data, None),
+        };
         let member = match MemberPacket::decode(data)
             .map_err(|e| e.to_string())
             .and_then(|p| Member::from_packet(&p).map_err(|e| e.to_string()))
@@ -332,6 +349,11 @@ impl Service {
                 return;
             }
         };
+        if let (Some(sec), Some(t)) = (&self.security, sent_at)
+            && sec.heartbeat_fresh(&member.id.unique_id, t).is_err()
+        {
+            return;
+        }
         let (is_local, payload_changed) = {
             let t = lock(&self.table);
             let is_local = t.local_id() == Some(member.id);

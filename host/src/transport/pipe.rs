@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use super::iov::Cursor;
 use super::sender::PeerError;
 use super::socket::register;
+use crate::security::Security;
 use crate::wire::{AckKind, FrameDecoder};
 
 /// What a waiter gets: the positions of FAIL-ACKs among its ACKs.
@@ -69,7 +70,11 @@ impl std::fmt::Debug for PipeConn {
 
 impl PipeConn {
     /// Connects to `addr` and starts the connection's ACK reader.
-    pub(crate) async fn connect(addr: SocketAddr, max_ack_frame: usize) -> io::Result<Arc<Self>> {
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        max_ack_frame: usize,
+        security: Option<Arc<Security>>,
+    ) -> io::Result<Arc<Self>> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let std = stream.into_std()?;
@@ -79,7 +84,11 @@ impl PipeConn {
             state: Mutex::new(State::default()),
             dead: AtomicBool::new(false),
         });
-        tokio::spawn(read_acks(conn.clone(), FrameDecoder::new(max_ack_frame)));
+        tokio::spawn(read_acks(
+            conn.clone(),
+            FrameDecoder::new(max_ack_frame),
+            security,
+        ));
         Ok(conn)
     }
 
@@ -221,7 +230,7 @@ impl Drop for WriteGuard<'_> {
 }
 
 /// Reads ACKs until the connection ends, handing each to its waiter.
-async fn read_acks(conn: Arc<PipeConn>, decoder: FrameDecoder) {
+async fn read_acks(conn: Arc<PipeConn>, decoder: FrameDecoder, security: Option<Arc<Security>>) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let end = loop {
@@ -247,7 +256,17 @@ async fn read_acks(conn: Arc<PipeConn>, decoder: FrameDecoder) {
         buf.extend_from_slice(&chunk[..n]);
         let mut bad = None;
         loop {
-            match decoder.decode(&mut buf) {
+            let next = match (decoder.decode(&mut buf), &security) {
+                (Ok(Some(data)), Some(sec)) => match sec.open_frame(data) {
+                    Ok(plain) => Ok(Some(plain)),
+                    Err(e) => {
+                        bad = Some(PeerError::Unauthenticated(e.to_string()));
+                        break;
+                    }
+                },
+                (r, _) => r,
+            };
+            match next {
                 Ok(Some(data)) => {
                     // Tribes ignores other frames on the ACK path.
                     if let Some(kind) = AckKind::from_payload(&data)
@@ -306,7 +325,7 @@ mod tests {
                 .expect("fail-ack");
             tokio::time::sleep(Duration::from_millis(50)).await;
         });
-        let conn = PipeConn::connect(addr, 1024).await.expect("connect");
+        let conn = PipeConn::connect(addr, 1024, None).await.expect("connect");
         let sends = ["a", "b", "c"].map(|f| {
             let conn = conn.clone();
             async move { conn.send(&[Bytes::from_static(f.as_bytes())], 1).await }

@@ -26,6 +26,7 @@ use super::busy_poll::{Activity, Busy, BusyPoll, PollHistory, Side};
 use super::socket::Socket;
 use crate::config::ReceiverConfig;
 use crate::metrics::Metrics;
+use crate::security::{AuthError, Security};
 use crate::wire::{AckKind, ChannelData, DecodeError, FrameDecoder, SenderCache};
 
 /// Most messages delivered as one batch.
@@ -121,6 +122,8 @@ struct Shared<H> {
     /// `receiver.max_connections_per_address`, and the count per address.
     per_address: usize,
     open_by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// With a cluster key: frames are opened, ACKs sealed.
+    security: Option<Arc<Security>>,
 }
 
 /// Logs a warning for the first refusal of a kind and then every
@@ -170,6 +173,7 @@ impl Receiver {
         cfg: &ReceiverConfig,
         handler: Arc<H>,
         metrics: Arc<Metrics>,
+        security: Option<Arc<Security>>,
     ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -185,6 +189,7 @@ impl Receiver {
             idle: (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms)),
             per_address: cfg.max_connections_per_address,
             open_by_address: Mutex::new(HashMap::new()),
+            security,
         });
         let limit = Arc::new(Semaphore::new(cfg.max_connections));
         let task = tokio::spawn(accept_loop(listener, shared, limit, stop_rx));
@@ -333,6 +338,7 @@ enum End {
     Stopped,
     Io(std::io::Error),
     Bad(DecodeError),
+    Unauthenticated(AuthError),
     Stalled,
     OverBudget,
     Idle,
@@ -376,11 +382,22 @@ async fn serve<H: MessageHandler>(
         // bounded by one frame, and the stall timer only ever times a frame
         // that is really incomplete).
         let mut failed = None;
+        let mut refused = None;
         let mut completed = false;
         loop {
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH {
-                match shared.decoder.decode(&mut buf) {
+                let next = match (shared.decoder.decode(&mut buf), &shared.security) {
+                    (Ok(Some(data)), Some(sec)) => match sec.open_frame(data) {
+                        Ok(plain) => Ok(Some(plain)),
+                        Err(e) => {
+                            refused = Some(e);
+                            break;
+                        }
+                    },
+                    (r, _) => r,
+                };
+                match next {
                     Ok(Some(data)) => match ChannelData::decode_cached(&data, &mut senders) {
                         Ok(msg) => {
                             let wire_len = data.len() + crate::wire::frame::FRAME_OVERHEAD;
@@ -405,7 +422,7 @@ async fn serve<H: MessageHandler>(
             if !batch.is_empty() {
                 deliver(batch, shared, &mut out).await;
             }
-            if !full || failed.is_some() {
+            if !full || failed.is_some() || refused.is_some() {
                 break;
             }
         }
@@ -417,6 +434,9 @@ async fn serve<H: MessageHandler>(
         }
         if let Some(e) = failed {
             break End::Bad(e);
+        }
+        if let Some(e) = refused {
+            break End::Unauthenticated(e);
         }
         if buf.is_empty() {
             frame_started = None;
@@ -509,6 +529,10 @@ async fn serve<H: MessageHandler>(
             &format!("dropping connection: malformed frame: {e}"),
             peer,
         ),
+        // Counted and logged (bounded) where the frame was opened.
+        End::Unauthenticated(e) => {
+            tracing::debug!(%peer, error = %e, "dropping connection: frame refused")
+        }
         End::Stalled => warn_bounded(
             &shared.metrics.stalled_connections_total,
             &format!(
@@ -548,6 +572,10 @@ async fn deliver<H: MessageHandler>(
         if !ok {
             Metrics::inc(&shared.metrics.fail_acks_sent_total);
         }
-        out.extend_from_slice(if ok { AckKind::Ack } else { AckKind::FailAck }.frame());
+        let kind = if ok { AckKind::Ack } else { AckKind::FailAck };
+        match &shared.security {
+            Some(sec) => out.extend_from_slice(&sec.seal_frame(kind.payload())),
+            None => out.extend_from_slice(kind.frame()),
+        }
     }
 }

@@ -26,6 +26,7 @@ use super::socket::Socket;
 use crate::config::SenderConfig;
 use crate::member::MemberId;
 use crate::metrics::Metrics;
+use crate::security::Security;
 use crate::wire::{AckKind, FrameDecoder};
 
 /// Largest frame accepted on the ACK path (an ACK is 21 bytes).
@@ -57,6 +58,10 @@ pub enum PeerError {
     /// The sender is shutting down.
     #[error("sender closed")]
     ShuttingDown,
+    /// An ACK that does not carry the cluster key's seal (a peer without
+    /// the key, or a forged ACK): the message's fate is unknown.
+    #[error("unauthenticated ACK: {0}")]
+    Unauthenticated(String),
 }
 
 impl PeerError {
@@ -146,6 +151,8 @@ pub struct Sender {
     /// Sends waiting for ACKs right now: on a connection of their own or on
     /// a pipelined one.
     waiting: AtomicUsize,
+    /// With a cluster key: ACKs are opened.
+    security: Option<Arc<Security>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -166,7 +173,14 @@ impl Sender {
             metrics,
             ack_decoder: FrameDecoder::new(MAX_ACK_FRAME),
             waiting: AtomicUsize::new(0),
+            security: None,
         }
+    }
+
+    /// Opens every ACK with the cluster key (a sealed frame from the peer).
+    pub fn with_security(mut self, security: Option<Arc<Security>>) -> Self {
+        self.security = security;
+        self
     }
 
     /// Sends `frames` (complete, encoded frames) to every destination in
@@ -367,7 +381,11 @@ impl Sender {
             return Err(PeerError::ShuttingDown);
         }
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
-        let conn = match tokio::time::timeout(timeout, PipeConn::connect(addr, MAX_ACK_FRAME)).await
+        let conn = match tokio::time::timeout(
+            timeout,
+            PipeConn::connect(addr, MAX_ACK_FRAME, self.security.clone()),
+        )
+        .await
         {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(PeerError::Connect(e.to_string())),
@@ -515,7 +533,14 @@ impl Sender {
         let mut got = 0;
         let mut failed = Vec::new();
         while got < acks {
-            match self.ack_decoder.decode(&mut conn.rbuf) {
+            let next = match (self.ack_decoder.decode(&mut conn.rbuf), &self.security) {
+                (Ok(Some(data)), Some(sec)) => Ok(Some(
+                    sec.open_frame(data)
+                        .map_err(|e| PeerError::Unauthenticated(e.to_string()))?,
+                )),
+                (r, _) => r,
+            };
+            match next {
                 Ok(Some(data)) => match AckKind::from_payload(&data) {
                     Some(AckKind::Ack) => got += 1,
                     Some(AckKind::FailAck) => {

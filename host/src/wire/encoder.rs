@@ -1,6 +1,7 @@
 //! Encodes this node's outgoing messages as Tribes frames (the sender's
 //! member packet embedded), in one buffer or as head, body and trailer.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,8 @@ pub struct FrameEncoder {
     /// sender's CPU).
     id_prefix: [u8; 8],
     next_id: AtomicU64,
+    /// With a cluster key: every frame's data is sealed.
+    security: Option<Arc<crate::security::Security>>,
 }
 
 impl FrameEncoder {
@@ -40,7 +43,21 @@ impl FrameEncoder {
             max_frame,
             id_prefix: rand::random(),
             next_id: AtomicU64::new(0),
+            security: None,
         }
+    }
+
+    /// Seals every frame with the cluster key.
+    pub fn with_security(mut self, security: Option<Arc<crate::security::Security>>) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// The sealed frame of a plain one (markers and all), if there is a key.
+    fn seal(&self, plain_frame: &[u8]) -> Option<Bytes> {
+        let s = self.security.as_ref()?;
+        let data = &plain_frame[11..plain_frame.len() - MESSAGE_TRAILER.len()];
+        Some(s.seal_frame(data))
     }
 
     /// A message id no other message of this node (or, but by a 2^-64
@@ -60,7 +77,7 @@ impl FrameEncoder {
 
     /// Whether a body of `body_len` bytes fits in a frame.
     pub fn check(&self, body_len: usize) -> Result<(), FrameTooLarge> {
-        let len = message_frame_len(16, self.address.len(), body_len);
+        let len = self.frame_len(body_len);
         if len - super::frame::FRAME_OVERHEAD > self.max_frame {
             return Err(FrameTooLarge {
                 len: body_len,
@@ -81,7 +98,7 @@ impl FrameEncoder {
     ) -> Result<Frame, FrameTooLarge> {
         self.check(body.len())?;
         let id = self.next_id();
-        if body.len() >= SPLIT_BODY_AT {
+        if body.len() >= SPLIT_BODY_AT && self.security.is_none() {
             let mut head = BytesMut::with_capacity(64 + self.address.len());
             encode_message_head(
                 &mut head,
@@ -104,7 +121,12 @@ impl FrameEncoder {
 
     /// Bytes of the frame of a body of `body_len` bytes.
     pub fn frame_len(&self, body_len: usize) -> usize {
-        message_frame_len(16, self.address.len(), body_len)
+        let sealed = if self.security.is_some() {
+            crate::security::SEAL_OVERHEAD
+        } else {
+            0
+        };
+        message_frame_len(16, self.address.len(), body_len) + sealed
     }
 
     /// Appends the whole frame of one message to `buf` (several frames
@@ -119,6 +141,14 @@ impl FrameEncoder {
     ) -> Result<(), FrameTooLarge> {
         self.check(body.len())?;
         let id = self.next_id();
+        if self.security.is_some() {
+            let mut plain = BytesMut::with_capacity(self.frame_len(body.len()));
+            encode_message_frame(&mut plain, options, timestamp, &id, &self.address, body);
+            if let Some(sealed) = self.seal(&plain) {
+                buf.extend_from_slice(&sealed);
+            }
+            return Ok(());
+        }
         encode_message_frame(buf, options, timestamp, &id, &self.address, body);
         Ok(())
     }

@@ -43,6 +43,14 @@ impl AckKind {
         }
     }
 
+    /// The frame data of this acknowledgement (sealed with a cluster key).
+    pub fn payload(self) -> &'static [u8; 3] {
+        match self {
+            Self::Ack => &ACK_PAYLOAD,
+            Self::FailAck => &FAIL_ACK_PAYLOAD,
+        }
+    }
+
     /// The full frame to write for this acknowledgement.
     pub fn frame(self) -> &'static [u8; 21] {
         match self {
