@@ -255,12 +255,17 @@ pub fn load_component(
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Component> {
+    // Read into memory, not mapped: a file changed in place while mapped
+    // (truncated by an editor, a disk-full write, a test) would raise
+    // SIGBUS in the node when the code is next touched. Copied, it is the
+    // node's own.
+    let bytes = std::fs::read(file)?;
     // SAFETY: the file was written by `store_cache` from `Component::serialize`
     // into a cache directory owned by this node's user and writable by no one
     // else (checked before, with the file itself), under a
     // name that binds it to the source's SHA-256 and this engine's
     // compatibility hash; wasmtime checks the header and version on load.
-    unsafe { Component::deserialize_file(engine, file) }
+    unsafe { Component::deserialize(engine, &bytes) }
 }
 
 fn store_cache(component: &Component, dir: &Path, file: &Path) -> std::io::Result<()> {
