@@ -173,7 +173,15 @@ struct Inner {
     events: Mutex<VecDeque<EventSummary>>,
     /// Message ids seen per sender: a resent message is delivered once.
     dedup: crate::dedup::Dedup,
+    /// Deferred deliveries in flight ([`MAX_DEFERRED`] permits): a full set
+    /// holds the receiving connection back instead of spawning without
+    /// bound, and shutdown waits for them.
+    deferred: Arc<tokio::sync::Semaphore>,
 }
+
+/// Deferred deliveries (a plug-in's `Flow::Deferred` on receive) that run
+/// at once at most.
+const MAX_DEFERRED: usize = 4096;
 
 /// The application-facing channel. Cheap to clone.
 #[derive(Clone)]
@@ -215,6 +223,7 @@ impl Channel {
                 recent: Mutex::new(VecDeque::new()),
                 events: Mutex::new(VecDeque::new()),
                 dedup: crate::dedup::Dedup::default(),
+                deferred: Arc::new(tokio::sync::Semaphore::new(MAX_DEFERRED)),
             }),
         }
     }
@@ -466,6 +475,25 @@ impl Channel {
         self.inner.dispatch.drain(deadline).await
     }
 
+    /// Waits (at most `deadline`) for the deferred deliveries in flight;
+    /// those still running then are counted and logged, and answer how
+    /// many.
+    pub(crate) async fn drain_deferred(&self, deadline: std::time::Duration) -> usize {
+        let all = u32::try_from(MAX_DEFERRED).unwrap_or(u32::MAX);
+        match tokio::time::timeout(deadline, self.inner.deferred.acquire_many(all)).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let left = MAX_DEFERRED - self.inner.deferred.available_permits();
+                Metrics::add(&self.inner.metrics.deferred_abandoned_total, left as u64);
+                tracing::warn!(
+                    left,
+                    "deferred deliveries still running {deadline:?} after the receiver stopped; abandoned"
+                );
+                left
+            }
+        }
+    }
+
     pub(crate) fn close_sender(&self) {
         self.inner.sender.close();
     }
@@ -614,6 +642,13 @@ impl MessageHandler for Channel {
                     let ch = self.clone();
                     let chain = chain.clone();
                     let mut m = m;
+                    // A permit per delivery in flight: when all are taken
+                    // this connection waits (back-pressure on its sender).
+                    let Ok(permit) = self.inner.deferred.clone().acquire_owned().await else {
+                        continue; // closed: never, the channel owns it
+                    };
+                    let gauge = &self.inner.metrics.deferred_receives;
+                    gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::spawn(async move {
                         if !matches!(
                             chain.receive_from(resume, &mut m).await,
@@ -621,6 +656,11 @@ impl MessageHandler for Channel {
                         ) {
                             let _ = ch.to_listeners(m);
                         }
+                        ch.inner
+                            .metrics
+                            .deferred_receives
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(permit);
                     });
                 }
             }

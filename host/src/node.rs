@@ -604,6 +604,8 @@ impl Node {
         if let Some(r) = self.receiver.take() {
             r.stop().await;
         }
+        // Deliveries a plug-in deferred: let them finish (bounded).
+        self.channel.drain_deferred(self.drain_deadline).await;
         self.channel.close_sender();
         if let Some(t) = self.events.take() {
             t.abort();

@@ -137,6 +137,51 @@ async fn each_verdict() {
     shutdown(nodes).await;
 }
 
+/// Deliveries a plug-in deferred on receive are waited for when the node
+/// shuts down (bounded by the drain deadline), not cut off: a slow listener
+/// still gets every message it was handed.
+// Enough workers that the listener's blocked ones never hold up the
+// receiving connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn shutdown_waits_for_deferred_deliveries() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let verdict = |v: &str| vec![testkit("v", false, &[("mode", "verdict"), ("verdict", v)])];
+    let nodes = pair([verdict("pass"), verdict("defer")], |_| {}).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let one_at_a_time = Arc::new(Mutex::new(()));
+    let d = done.clone();
+    nodes[1]
+        .channel()
+        .add_listener(Arc::new(move |_: &ReceivedMessage| {
+            // A slow listener (a database write, say), one at a time.
+            let _turn = one_at_a_time.lock().expect("lock");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            d.fetch_add(1, Ordering::SeqCst);
+            Ok::<(), shoal::ListenerError>(())
+        }));
+    const N: usize = 3;
+    for i in 0..N {
+        nodes[0]
+            .channel()
+            .send(&[nodes[1].id()], &[i as u8], SYNC)
+            .await
+            .expect("acknowledged once deferred");
+    }
+    // The sends returned once the deliveries were deferred; b shuts down
+    // while its listener is still busy with them.
+    let mut nodes = nodes;
+    let b = nodes.pop().expect("b");
+    let before = done.load(Ordering::SeqCst);
+    b.shutdown().await;
+    assert!(before < N, "the deliveries were still running at shutdown");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        N,
+        "every deferred delivery finished before shutdown returned"
+    );
+    shutdown(nodes).await;
+}
+
 /// A plug-in's message filter (options bits, size bound) decides which
 /// messages reach its hooks, one by one and in batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
