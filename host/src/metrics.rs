@@ -111,6 +111,10 @@ counters! {
     async_send_failures_total: counter,
     /// Received messages dropped as duplicates (the same sender and message id within the last 2048 of that sender: a resend after a broken connection); acknowledged, not delivered again.
     duplicates_dropped_total: counter,
+    /// Received messages whose delivery a plug-in deferred, being delivered now (at most 4096; then the receiving connection waits).
+    deferred_receives: gauge,
+    /// Deferred deliveries still running when shutdown's deadline passed: abandoned.
+    deferred_abandoned_total: counter,
     /// Received messages a listener rejected (answered with FAIL-ACK when SYNC_ACK).
     listener_errors_total: counter,
     /// Acknowledged sends made on a member's pipelined connection because other acknowledged sends to it were in progress.

@@ -44,6 +44,11 @@ impl Chain {
                 "Interceptor instances created.",
                 |s| s.instantiations.load(Ordering::Relaxed),
             ),
+            (
+                "shoal_plugin_log_lines_suppressed_total",
+                "Log lines of an interceptor not written: it logged more than 20 a second (bursts of 100).",
+                |s| s.logs_suppressed.load(Ordering::Relaxed),
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for ic in &self.interceptors {

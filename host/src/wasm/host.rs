@@ -179,7 +179,53 @@ pub struct PluginShared {
     pub defers: AtomicU64,
     /// Instances (re)created.
     pub instantiations: AtomicU64,
+    /// Log lines not written because the plug-in logged faster than
+    /// [`LOG_LINES_PER_S`].
+    pub logs_suppressed: AtomicU64,
+    log_budget: std::sync::Mutex<LogBudget>,
     outstanding: AtomicUsize,
+}
+
+/// Log lines a plug-in may write per second, on average.
+pub const LOG_LINES_PER_S: f64 = 20.0;
+/// Log lines a plug-in may write at once (a burst).
+pub const LOG_BURST: f64 = 100.0;
+
+/// A token bucket for a plug-in's log lines.
+#[derive(Debug)]
+struct LogBudget {
+    tokens: f64,
+    at: std::time::Instant,
+    /// Lines suppressed since the last line written.
+    suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self {
+            tokens: LOG_BURST,
+            at: std::time::Instant::now(),
+            suppressed: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether a line may be written now; if so, how many were suppressed
+    /// before it.
+    fn take(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * LOG_LINES_PER_S;
+        self.tokens = (self.tokens + refill).min(LOG_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 impl PluginShared {
@@ -193,8 +239,25 @@ impl PluginShared {
             drops: AtomicU64::new(0),
             defers: AtomicU64::new(0),
             instantiations: AtomicU64::new(0),
+            logs_suppressed: AtomicU64::new(0),
+            log_budget: std::sync::Mutex::new(LogBudget::default()),
             outstanding: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the plug-in may write a log line now (at most
+    /// [`LOG_LINES_PER_S`] a second, bursts of [`LOG_BURST`]); if so, how
+    /// many lines were suppressed before it. Suppressed lines are counted.
+    pub fn log_allowed(&self) -> Option<u64> {
+        let r = self
+            .log_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if r.is_none() {
+            self.logs_suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Carries the host's own counts about a plug-in (failures, drops,
@@ -210,6 +273,7 @@ impl PluginShared {
             (&self.drops, &old.drops),
             (&self.defers, &old.defers),
             (&self.instantiations, &old.instantiations),
+            (&self.logs_suppressed, &old.logs_suppressed),
         ] {
             new.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -515,7 +579,16 @@ impl host::Host for HostState {
 
     fn log(&mut self, level: types::Level, message: String) {
         let plugin = &self.plugin.name;
-        let message: String = message.chars().take(4096).collect();
+        // Bounded: a plug-in that logs per message cannot flood the node's log.
+        let Some(suppressed) = self.plugin.log_allowed() else {
+            return;
+        };
+        let mut message: String = message.chars().take(4096).collect();
+        if suppressed > 0 {
+            message.push_str(&format!(
+                " ({suppressed} earlier lines of this plug-in suppressed: more than {LOG_LINES_PER_S} a second)"
+            ));
+        }
         match level {
             types::Level::Trace => tracing::trace!(target: "shoal::plugin", %plugin, "{message}"),
             types::Level::Debug => tracing::debug!(target: "shoal::plugin", %plugin, "{message}"),
@@ -739,6 +812,22 @@ pub async fn probe_member(addr: SocketAddr, o: &types::ProbeOptions, local_addre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_that_logs_per_message_is_held_to_its_budget() {
+        let p = PluginShared::new("chatty".into(), 1);
+        let written = (0..10_000).filter(|_| p.log_allowed().is_some()).count();
+        // The burst, and what trickles back in while the loop runs.
+        assert!((100..1_000).contains(&written), "{written} lines written");
+        assert_eq!(
+            p.logs_suppressed.load(Ordering::Relaxed),
+            10_000 - written as u64
+        );
+        // After a pause the next line goes out and says what was held back.
+        let mut b = p.log_budget.lock().expect("lock");
+        b.at -= Duration::from_secs(1);
+        assert_eq!(b.take(), Some(10_000 - written as u64));
+    }
 
     #[tokio::test]
     async fn a_probe_connects_to_a_listener_and_a_refused_port_is_dead() {
