@@ -18,7 +18,7 @@
 //! was running and the figures are not trustworthy.
 //!
 //! Environment: `SHOAL_BENCH_CHAIN` = `off` | `on` | `both` (default) picks the
-//! setups; `SHOAL_BENCH_SENDERS` (default 2) sets the throughput senders;
+//! setups, `key` compares no chain with and without a cluster key; `SHOAL_BENCH_SENDERS` (default 2) sets the throughput senders;
 //! `SHOAL_BENCH_ORDERED=off` sends queued messages in parallel
 //! (`dispatch.ordered = false`); `RUST_LOG` (default `warn`) shows the
 //! library's log on stderr.
@@ -74,6 +74,9 @@ enum Setup {
     Bare,
     /// The interceptor chain a default configuration runs.
     DefaultChain,
+    /// No interceptors, with a cluster key (`security.key_file`): frames
+    /// and ACKs sealed with AES-256-GCM.
+    Keyed,
 }
 
 impl Setup {
@@ -81,6 +84,7 @@ impl Setup {
         match self {
             Self::Bare => "none",
             Self::DefaultChain => "default chain",
+            Self::Keyed => "none, cluster key",
         }
     }
 
@@ -88,6 +92,7 @@ impl Setup {
         match std::env::var("SHOAL_BENCH_CHAIN").as_deref() {
             Ok("off") => vec![Self::Bare],
             Ok("on") => vec![Self::DefaultChain],
+            Ok("key") => vec![Self::Bare, Self::Keyed],
             _ => vec![Self::Bare, Self::DefaultChain],
         }
     }
@@ -197,6 +202,19 @@ fn node_config(name: &str, port: u16, members: &[String], setup: Setup) -> Confi
     cfg.receiver.auto_bind = 1;
     cfg.api.listen = shoal::config::ApiListen::Off;
     cfg.plugins.default_chain = setup == Setup::DefaultChain;
+    if setup == Setup::Keyed {
+        // One key file for the run (mode 600, as `shoal keygen` writes it).
+        static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("shoal-bench-key-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let path = dir.join("cluster.key");
+            let _ = std::fs::remove_file(&path);
+            shoal::security::write_new_key_file(&path).expect("writing the bench's cluster key");
+            path
+        });
+        cfg.security.key_file = key.display().to_string();
+    }
     // `SHOAL_BENCH_ORDERED=off`: queued sends in parallel (dispatch.ordered = false).
     cfg.dispatch.ordered = std::env::var("SHOAL_BENCH_ORDERED").as_deref() != Ok("off");
     cfg
@@ -645,6 +663,9 @@ async fn run(threads: usize) {
         }
         pair.shutdown().await;
     }
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("shoal-bench-key-{}", std::process::id())),
+    );
     println!();
     print_throughput(&tput);
     print_latency(&lat);
