@@ -428,6 +428,10 @@ impl Sender {
         waiting.set(lane.is_some() && acks > 0);
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut attempt = 0;
+        // Messages acknowledged by earlier attempts (one frame and one ACK
+        // each), and the FAIL-ACKs among them: a retry sends only the rest.
+        let one_ack_per_frame = acks > 0 && frame_count(frames) == Some(acks);
+        let mut progress = Progress::default();
         loop {
             // A retry always uses a fresh connection: the pooled one just failed.
             let conn = match (&mut lane, attempt) {
@@ -435,15 +439,39 @@ impl Sender {
                 (Some(lane), 0) => lane.take(),
                 (None, 0) => pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop(),
             };
+            let done = progress.got;
+            let rest = match done {
+                0 => None,
+                _ => frames_after(frames, done),
+            };
+            let (send, want) = match &rest {
+                Some(r) => (r.as_slice(), acks - done),
+                None => {
+                    progress = Progress::default();
+                    (frames, acks)
+                }
+            };
+            let mut this = Progress::default();
             let result =
-                tokio::time::timeout(timeout, self.exchange(addr, conn, frames, acks)).await;
+                tokio::time::timeout(timeout, self.exchange(addr, conn, send, want, &mut this))
+                    .await;
+            if one_ack_per_frame {
+                let base = progress.got;
+                progress.failed.extend(this.failed.iter().map(|i| i + base));
+                progress.got += this.got;
+            }
             let err = match result {
-                Ok(Ok((conn, failed))) => {
+                Ok(Ok(conn)) => {
                     match (&mut lane, &permit) {
                         (Some(lane), _) => **lane = Some(conn),
                         (None, Some(permit)) => self.checkin(&pool, conn, permit),
                         (None, None) => {}
                     }
+                    let failed = if one_ack_per_frame {
+                        progress.failed
+                    } else {
+                        this.failed
+                    };
                     self.count_sent(frames, &failed);
                     return Ok(failed);
                 }
@@ -490,13 +518,16 @@ impl Sender {
     }
 
     /// Writes the frames on `conn` (or a new connection) and reads the ACKs.
+    /// ACKs read and FAIL-ACK positions go to `progress` as they arrive,
+    /// so a caller whose exchange failed knows which messages got through.
     async fn exchange(
         &self,
         addr: SocketAddr,
         conn: Option<Conn>,
         frames: &[Bytes],
         acks: usize,
-    ) -> Result<(Conn, Vec<usize>), PeerError> {
+        progress: &mut Progress,
+    ) -> Result<Conn, PeerError> {
         let mut conn = match conn {
             Some(c) => c,
             None => {
@@ -525,14 +556,12 @@ impl Sender {
                 .and_then(|mut s| std::io::Read::read(&mut s, &mut probe));
             return match read {
                 Ok(0) => Err(PeerError::Closed),
-                Ok(_) => Ok((conn, Vec::new())),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok((conn, Vec::new())),
+                Ok(_) => Ok(conn),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(conn),
                 Err(e) => Err(PeerError::Io(e.to_string())),
             };
         }
-        let mut got = 0;
-        let mut failed = Vec::new();
-        while got < acks {
+        while progress.got < acks {
             let next = match (self.ack_decoder.decode(&mut conn.rbuf), &self.security) {
                 (Ok(Some(data)), Some(sec)) => Ok(Some(
                     sec.open_frame(data)
@@ -542,10 +571,10 @@ impl Sender {
             };
             match next {
                 Ok(Some(data)) => match AckKind::from_payload(&data) {
-                    Some(AckKind::Ack) => got += 1,
+                    Some(AckKind::Ack) => progress.got += 1,
                     Some(AckKind::FailAck) => {
-                        failed.push(got);
-                        got += 1;
+                        progress.failed.push(progress.got);
+                        progress.got += 1;
                     }
                     None => {} // Tribes ignores other frames and keeps waiting
                 },
@@ -578,7 +607,7 @@ impl Sender {
                 Err(e) => return Err(PeerError::Io(format!("bad ACK frame: {e}"))),
             }
         }
-        Ok((conn, failed))
+        Ok(conn)
     }
 
     fn pool(&self, addr: SocketAddr) -> Arc<Pool> {
@@ -650,6 +679,64 @@ fn close_pipe(pool: &Pool, error: PeerError) {
 const VECTORED_MIN_AVERAGE: usize = 4096;
 
 /// Writes `frames` in order, in as few system calls as it can.
+/// What an exchange learnt before it ended: ACKs read, and which of them
+/// were FAIL-ACKs (positions among the ACKs).
+#[derive(Debug, Default)]
+struct Progress {
+    got: usize,
+    failed: Vec<usize>,
+}
+
+/// The byte at `pos` of the pieces taken as one stream.
+fn byte_at(pieces: &[Bytes], mut pos: usize) -> Option<u8> {
+    for p in pieces {
+        if pos < p.len() {
+            return Some(p[pos]);
+        }
+        pos -= p.len();
+    }
+    None
+}
+
+/// Where each frame of `pieces` (complete frames, one after another,
+/// however split into pieces) starts, and where the last ends; `None` if
+/// the bytes are not whole frames.
+fn frame_offsets(pieces: &[Bytes]) -> Option<Vec<usize>> {
+    let total: usize = pieces.iter().map(Bytes::len).sum();
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at < total {
+        offsets.push(at);
+        let len = [7, 8, 9, 10].map(|i| byte_at(pieces, at + i));
+        let len = i32::from_be_bytes([len[0]?, len[1]?, len[2]?, len[3]?]);
+        at += usize::try_from(len).ok()? + crate::wire::frame::FRAME_OVERHEAD;
+    }
+    (at == total).then(|| {
+        offsets.push(total);
+        offsets
+    })
+}
+
+/// How many frames `pieces` hold.
+fn frame_count(pieces: &[Bytes]) -> Option<usize> {
+    frame_offsets(pieces).map(|o| o.len() - 1)
+}
+
+/// The pieces from frame `skip` on (cheap slices of the same buffers).
+fn frames_after(pieces: &[Bytes], skip: usize) -> Option<Vec<Bytes>> {
+    let from = *frame_offsets(pieces)?.get(skip)?;
+    let mut rest = Vec::new();
+    let mut start = 0;
+    for p in pieces {
+        let end = start + p.len();
+        if end > from {
+            rest.push(p.slice(from.saturating_sub(start)..));
+        }
+        start = end;
+    }
+    Some(rest)
+}
+
 async fn write_frames(stream: &mut Socket, frames: &[Bytes]) -> std::io::Result<()> {
     let total: usize = frames.iter().map(Bytes::len).sum();
     match frames {
@@ -718,6 +805,94 @@ mod tests {
             .expect("the connect gives up by itself");
         assert!(matches!(r, Err(PeerError::Connect(_))), "{r:?}");
         drop(held);
+    }
+
+    fn frame(data: &[u8]) -> Bytes {
+        let mut b = BytesMut::new();
+        crate::wire::frame::encode_frame(data, &mut b);
+        b.freeze()
+    }
+
+    /// Frames are found across pieces however they are split, and the
+    /// pieces after frame k are the bytes of frames k.. exactly.
+    #[test]
+    fn frames_are_counted_and_skipped_across_pieces() {
+        let whole: Vec<u8> = [frame(b"zero"), frame(b"one"), frame(&[7; 300])]
+            .iter()
+            .flat_map(|f| f.to_vec())
+            .collect();
+        let whole = Bytes::from(whole);
+        // The same bytes in odd pieces (one cut inside a length field).
+        let pieces = vec![whole.slice(..9), whole.slice(9..30), whole.slice(30..)];
+        for p in [vec![whole.clone()], pieces] {
+            assert_eq!(frame_count(&p), Some(3));
+            for skip in 0..=3 {
+                let rest: Vec<u8> = frames_after(&p, skip)
+                    .expect("whole frames")
+                    .iter()
+                    .flat_map(|b| b.to_vec())
+                    .collect();
+                let from = [0, 22, 43, whole.len()][skip];
+                assert_eq!(rest, whole[from..].to_vec(), "skip {skip}");
+            }
+        }
+        assert_eq!(frame_count(&[whole.slice(..whole.len() - 1)]), None);
+    }
+
+    /// A connection that breaks after acknowledging some of a batch: the
+    /// retry, on a new connection, sends only the frames not acknowledged.
+    #[tokio::test]
+    async fn a_retry_sends_only_what_was_not_acknowledged() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let decoder = FrameDecoder::default();
+            let mut seen = Vec::new();
+            // First connection: all five arrive, two are acknowledged, then
+            // it closes. Second: what arrives is acknowledged.
+            for (want, ack) in [(5, 2), (3, 3)] {
+                let (mut s, _) = l.accept().await.expect("accept");
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                while got.len() < want {
+                    while let Some(d) = decoder.decode(&mut buf).expect("a frame") {
+                        got.push(d.to_vec());
+                    }
+                    if got.len() < want && s.read_buf(&mut buf).await.expect("read") == 0 {
+                        break;
+                    }
+                }
+                for _ in 0..ack {
+                    tokio::io::AsyncWriteExt::write_all(&mut s, AckKind::Ack.frame())
+                        .await
+                        .expect("ack");
+                }
+                seen.push(got);
+            }
+            seen
+        });
+        let sender = Sender::new(SenderConfig::default(), Arc::new(Metrics::default()));
+        let member = MemberId {
+            host: addr.ip(),
+            port: addr.port(),
+            unique_id: [1; 16],
+        };
+        let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let frames: Vec<Bytes> = bodies.iter().map(|b| frame(b)).collect();
+        sender
+            .send(&[member], &frames, 5)
+            .await
+            .expect("delivered after one retry");
+        let seen = server.await.expect("server");
+        assert_eq!(seen[0], bodies, "the first connection got all five");
+        assert_eq!(
+            seen[1],
+            bodies[2..].to_vec(),
+            "the retry sent only the last three"
+        );
+        assert_eq!(Metrics::get(&sender.metrics.send_retries_total), 1);
     }
 
     /// Large frames go out through `writev`, partial writes included (a
