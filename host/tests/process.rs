@@ -63,6 +63,18 @@ fn start_with(
     api: SocketAddr,
     membership: &str,
 ) -> Child {
+    start_at(dir, name, group_port, api, membership, free_port())
+}
+
+/// [`start_with`] with the receiver on `port`.
+fn start_at(
+    dir: &std::path::Path,
+    name: &str,
+    group_port: u16,
+    api: SocketAddr,
+    membership: &str,
+    port: u16,
+) -> Child {
     let cfg = dir.join(format!("{name}.toml"));
     let drop_time = if membership.contains("drop_time_ms") {
         String::new()
@@ -75,7 +87,7 @@ fn start_with(
             "[node]\nname = \"{name}\"\ndomain = \"proc\"\n[membership]\nport = {group_port}\nbind = \"127.0.0.1\"\n\
              frequency_ms = {FREQUENCY_MS}\n{drop_time}{membership}\n[receiver]\naddress = \"127.0.0.1\"\nport = {}\n\
              auto_bind = 1\n[api]\nlisten = \"{api}\"\n",
-            free_port()
+            port
         ),
     )
     .expect("write config");
@@ -558,4 +570,70 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
         .and_then(|v| v.trim().parse().ok())
         .expect("the timeout counter");
     assert!(timeouts >= 1, "{text}");
+}
+
+/// A member SIGKILLed and restarted at once on the same address (a crash
+/// loop under a fast supervisor): its new incarnation answers the probes
+/// meant for the old one, so a detector that only probes would keep the
+/// old one in view for good (Tribes' TcpFailureDetector keeps it as a
+/// suspect for `removeSuspectsTimeout`, then in view). Both detectors drop
+/// the old one when the new one appears. The watch connections are off, so
+/// the kill itself is not seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_its_address_replaces_its_earlier_incarnation() {
+    require_loopback_multicast();
+    for detector in ["tcp-failure-detector", "phi-accrual-detector"] {
+        let dir = tmpdir(&format!("incarnation-{detector}"));
+        let group_port = free_port();
+        let mut cfg = base_config("a", free_port());
+        cfg.membership.port = group_port;
+        cfg.membership.bind = Some("127.0.0.1".parse().expect("ip"));
+        cfg.membership.watch = false;
+        cfg.plugins.cache_dir = shoal::config::CacheDir::from(format!(
+            "{}/component-cache",
+            env!("CARGO_TARGET_TMPDIR")
+        ));
+        cfg.plugins.default_chain = false;
+        cfg.interceptors = vec![interceptor(detector, None, false, &[])];
+        let a = shoal::Node::start(cfg).await.expect("a starts");
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let port = free_port();
+        let id_of = move || get(api, "/api/node").and_then(|n| n["id"].as_str().map(str::to_owned));
+        let lists = |id: &str| a.members().iter().any(|m| m.id.unique_hex() == id);
+
+        let mut procs = Procs(vec![Some(start_at(
+            &dir,
+            "b",
+            group_port,
+            api,
+            "watch = false",
+            port,
+        ))]);
+        let old = wait_blocking("b's id", id_of);
+        wait_for("a to list b", || async { lists(&old).then_some(()) }).await;
+        let mut b = procs.0[0].take().expect("b");
+        b.kill().expect("SIGKILL");
+        b.wait().expect("reaped");
+        procs.0[0] = Some(start_at(&dir, "b", group_port, api, "watch = false", port));
+        let new = wait_blocking("the new b's id", || id_of().filter(|id| *id != old));
+        wait_for("a to list the new b", || async {
+            lists(&new).then_some(())
+        })
+        .await;
+        // The old one's expiry (dropTime after its last heartbeat) and its
+        // verification are over by now, whichever came first.
+        wait_for(&format!("{detector}: a to list only the new b"), || async {
+            (!lists(&old) && a.members().len() == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(DROP_TIME_MS + FREQUENCY_MS)).await;
+        assert!(
+            !lists(&old),
+            "{detector}: the earlier incarnation came back"
+        );
+        assert!(lists(&new), "{detector}: the new b stays");
+        drop(procs);
+        a.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -121,6 +121,9 @@ struct Track {
     connection_lost: bool,
     /// No new round before this time (a member that answered).
     quiet_until: u64,
+    /// The membership table below has dropped it (its deadline passed):
+    /// once this detector drops it too, nothing is left to follow.
+    expired_below: bool,
 }
 
 struct Detector {
@@ -176,6 +179,7 @@ impl Detector {
             failures: 0,
             connection_lost: false,
             quiet_until: 0,
+            expired_below: false,
         });
         self.ensure_timer();
     }
@@ -185,17 +189,25 @@ impl Detector {
             return;
         }
         let Some(t) = self.tracks.get(k) else { return };
-        match host::probe(&t.member, self.probe) {
+        let (member, expired_below) = (t.member.clone(), t.expired_below);
+        match host::probe(&member, self.probe) {
             Ok(id) => {
                 self.pending.insert(id, (k.clone(), purpose));
                 self.in_flight.insert(k.clone(), id);
             }
+            // The node refuses to probe a member the table dropped long
+            // ago: it is gone.
+            Err(e) if expired_below => {
+                let why = format!("dropped by the membership table and no longer probed ({e})");
+                self.drop_member(k, &why);
+            }
             // Not probed now: the next check tries again.
-            Err(e) => host::warn(&format!("{}: {e}", Self::name(&t.member))),
+            Err(e) => host::warn(&format!("{}: {e}", Self::name(&member))),
         }
     }
 
     fn drop_member(&mut self, k: &Key, why: &str) {
+        let mut gone = false;
         if let Some(t) = self.tracks.get_mut(k)
             && t.in_view
         {
@@ -205,6 +217,12 @@ impl Detector {
             self.dropped.add(1);
             host::info(&format!("{}: {why}; dropped", Self::name(&t.member)));
             host::raise_member_disappeared(&t.member, LeaveReason::Expired);
+            // No heartbeat can bring it back: the table no longer lists
+            // it, and a return would be a new member anyway.
+            gone = t.expired_below;
+        }
+        if gone {
+            self.tracks.remove(k);
         }
     }
 
@@ -316,6 +334,18 @@ impl Interceptor for Detector {
 
     fn member_added(&mut self, m: &Member) -> MemberVerdict {
         let k = key(m);
+        // A member at this address under another unique id is an earlier
+        // incarnation (a restart on the same port): gone, although probes
+        // of its address answer (the new one answers them).
+        let earlier: Vec<Key> = self
+            .tracks
+            .iter()
+            .filter(|(o, t)| t.in_view && o.2 == k.2 && o.3 == k.3 && **o != k)
+            .map(|(o, _)| o.clone())
+            .collect();
+        for o in earlier {
+            self.drop_member(&o, "restarted on the same address: its earlier incarnation is gone");
+        }
         if let Some(t) = self.tracks.get(&k) {
             if t.in_view {
                 return MemberVerdict::Drop("was never removed".into());
@@ -344,6 +374,9 @@ impl Interceptor for Detector {
             return MemberVerdict::Drop("already dropped".into());
         }
         // The table's deadline passed; phi and the probes decide.
+        if let Some(t) = self.tracks.get_mut(&k) {
+            t.expired_below = true;
+        }
         MemberVerdict::Hold
     }
 

@@ -145,6 +145,41 @@ impl Detector {
     fn name(m: &Member) -> String {
         format!("tcp://{}:{}", m.host, m.port)
     }
+
+    /// Forgets everything about `k`; answers the member if it was in view.
+    fn forget(&mut self, k: &Key) -> Option<Member> {
+        self.remove_suspects.remove(k);
+        self.add_suspects.remove(k);
+        self.early_dead.remove(k);
+        self.heard.remove(k);
+        self.dropped_early.remove(k);
+        self.expired_pending.remove(k);
+        self.view.remove(k)
+    }
+
+    /// A member at `m`'s address under another unique id is an earlier
+    /// incarnation of it (a restart on the same port): gone, although
+    /// probes of its address answer (the new one answers them). Dropped.
+    fn drop_earlier_incarnations(&mut self, m: &Member) {
+        let k = key(m);
+        let earlier: Vec<Key> = self
+            .view
+            .keys()
+            .chain(self.add_suspects.keys())
+            .filter(|o| o.2 == k.2 && o.3 == k.3 && **o != k)
+            .cloned()
+            .collect();
+        for o in earlier {
+            if let Some(old) = self.forget(&o) {
+                self.confirmed_dead.add(1);
+                host::info(&format!(
+                    "{}: restarted on the same address; its earlier incarnation is gone",
+                    Self::name(m)
+                ));
+                host::raise_member_disappeared(&old, LeaveReason::Expired);
+            }
+        }
+    }
 }
 
 impl Interceptor for Detector {
@@ -223,6 +258,7 @@ impl Interceptor for Detector {
 
     fn member_added(&mut self, m: &Member) -> MemberVerdict {
         let k = key(m);
+        self.drop_earlier_incarnations(m);
         if self.remove_suspects.remove(&k).is_some() {
             host::info(&format!(
                 "{} is heartbeating again; no longer a suspect",
@@ -243,10 +279,10 @@ impl Interceptor for Detector {
             return MemberVerdict::Drop("already dropped after its connection broke".into());
         }
         if reason == LeaveReason::Shutdown {
-            self.view.remove(&k);
-            self.remove_suspects.remove(&k);
-            self.add_suspects.remove(&k);
-            return MemberVerdict::Pass;
+            return match self.forget(&k) {
+                Some(_) => MemberVerdict::Pass,
+                None => MemberVerdict::Drop("not in view".into()),
+            };
         }
         if self.add_suspects.remove(&k).is_some() || !self.view.contains_key(&k) {
             // Never passed up: nothing to take back.
@@ -281,6 +317,19 @@ impl Interceptor for Detector {
         if self.expired_pending.remove(&k) && self.view.contains_key(&k) {
             // The table expired it while this probe ran.
             purpose = Purpose::Remove;
+        }
+        match purpose {
+            // Added only if the table still lists it: it may have expired
+            // (or shut down) while this probe ran.
+            Purpose::Add if !host::members().iter().any(|x| key(x) == k) => {
+                self.add_suspects.remove(&k);
+                return;
+            }
+            // Every other answer is about a member in view (or dropped
+            // early); one dropped meanwhile is not brought back as a suspect.
+            Purpose::Add => {}
+            _ if !self.view.contains_key(&k) && !self.dropped_early.contains_key(&k) => return,
+            _ => {}
         }
         match (purpose, alive) {
             (Purpose::Add, true) => {
