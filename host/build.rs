@@ -13,13 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: [&str; 9] = [
+const GUESTS: [&str; 10] = [
     "tcp_failure_detector",
     "phi_accrual_detector",
     "message_dispatch",
     "throughput",
     "domain_filter",
     "size_filter",
+    "encrypt",
     "testkit",
     "delta_policy",
     "backup_policy",

@@ -7,7 +7,7 @@ scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# The placement policies' and the phi-accrual detector's own unit tests (pure Rust, run natively).
+# The placement policies', the phi-accrual detector's and encrypt's settings unit tests (pure Rust, run natively).
 (cd guests && cargo test --locked --target "$(rustc -vV | sed -n 's/^host: //p')" \
     --target-dir ../target/guests \
-    -p shoal-policy-sdk -p delta-policy -p backup-policy -p zone-policy -p phi-accrual-detector)
+    -p shoal-policy-sdk -p delta-policy -p backup-policy -p zone-policy -p phi-accrual-detector -p encrypt)

@@ -11,12 +11,13 @@ use serde::Deserialize;
 
 /// Names of the interceptors built into the binary (the plug-in host embeds
 /// their code under these names).
-pub const BUILTIN_NAMES: [&str; 5] = [
+pub const BUILTIN_NAMES: [&str; 6] = [
     "tcp-failure-detector",
     "phi-accrual-detector",
     "message-dispatch",
     "throughput",
     "domain-filter",
+    "encrypt",
 ];
 
 /// What happens to a message when its interceptor fails.
@@ -1329,6 +1330,39 @@ fn validate_interceptors(interceptors: &[InterceptorConfig]) -> Result<(), Inval
                 ));
             }
         }
+        if ic.name == "encrypt" && ic.wasm.is_none() {
+            validate_encrypt(interceptors, i, ic)?;
+        }
+    }
+    Ok(())
+}
+
+/// The built-in `encrypt` (Tomcat's EncryptInterceptor) must fail closed: a
+/// failing encrypt that passed messages would send plaintext and deliver
+/// ciphertext. And, as Tomcat's start check, no TCP failure detector may be
+/// above it: the detectors' probe message travels unencrypted and must be
+/// swallowed before the decryption sees it.
+fn validate_encrypt(
+    interceptors: &[InterceptorConfig],
+    i: usize,
+    ic: &InterceptorConfig,
+) -> Result<(), Invalid> {
+    if ic.failure_mode != FailureMode::FailClosed {
+        return Err(Invalid::new(
+            &format!("interceptor[{i}].failure_mode"),
+            "must be \"fail-closed\" for encrypt (a failing encrypt must never pass a message in clear)"
+                .into(),
+        ));
+    }
+    if let Some(j) = interceptors[..i]
+        .iter()
+        .position(|d| d.wasm.is_none() && d.name == "tcp-failure-detector")
+    {
+        return Err(Invalid::new(
+            &format!("interceptor[{j}].name"),
+            "tcp-failure-detector must be listed below encrypt (as in Tomcat: its probe is not encrypted)"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -1399,6 +1433,42 @@ mod tests {
             assert!(
                 matches!(&e, ConfigError::Invalid { key, .. } if key == want),
                 "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn encrypt_must_fail_closed_and_sit_above_the_failure_detector() {
+        let entry = |name: &str, mode: &str| {
+            format!("[[interceptor]]\nname = \"{name}\"\nfailure_mode = \"{mode}\"\n")
+        };
+        let enc = |mode: &str| {
+            format!(
+                "{}settings = {{ encryptionKey = \"00112233445566778899aabbccddeeff\" }}\n",
+                entry("encrypt", mode)
+            )
+        };
+        let ok = [
+            enc("fail-closed"),
+            entry("tcp-failure-detector", "fail-open"),
+        ]
+        .concat();
+        parse(&ok).expect("encrypt above the detector, fail-closed");
+        for (text, want) in [
+            (enc("fail-open"), "interceptor[0].failure_mode"),
+            (
+                [
+                    entry("tcp-failure-detector", "fail-open"),
+                    enc("fail-closed"),
+                ]
+                .concat(),
+                "interceptor[0].name",
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text);
+            assert!(
+                matches!(&e, ConfigError::Invalid { key, .. } if key == want),
+                "{text}: {e}"
             );
         }
     }

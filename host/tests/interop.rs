@@ -2,7 +2,9 @@
 //! `libtomcat10-java`), run as a child process from `tests/interop/TribesPeer.java`:
 //! discovery by multicast, byte messages both ways with every ACK mode,
 //! FAIL-ACK, Tomcat's TcpFailureDetector probe, failure detection after
-//! SIGKILL and graceful stop on both sides, and a mixed 2 + 2 cluster.
+//! SIGKILL and graceful stop on both sides, a mixed 2 + 2 cluster, and
+//! Tomcat's EncryptInterceptor against shoal's `encrypt` plug-in (GCM and
+//! CBC, a wrong key, and a capture of the bytes on the wire).
 //!
 //! Everything runs on 127.0.0.1, each test on a multicast group port of its
 //! own. Every wait is a bounded retry loop; every process is killed on drop.
@@ -60,6 +62,7 @@ fn peer_args(name: &str, group_port: u16, domain: Option<&str>) -> PeerArgs {
         domain: domain.map(str::to_owned),
         frequency_ms: FREQUENCY_MS,
         drop_time_ms: DROP_TIME_MS,
+        encrypt: None,
     }
 }
 
@@ -801,6 +804,286 @@ async fn bursts_of_queued_messages_arrive_intact_both_ways() {
     seen.sort();
     assert_eq!(seen, want, "every message once, intact");
     assert_eq!(node.metrics().bad_frames_total.load(Ordering::SeqCst), 0);
+    node.shutdown().await;
+    t.assert_no_severe_log();
+}
+
+// ---------------------------------------------------------------------------
+// Tomcat's EncryptInterceptor and shoal's built-in `encrypt` plug-in.
+
+/// AES-256 key (64 hex digits), for GCM.
+const KEY_256: &str = "3f1e6b8a0c2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829a3b4c5d6e";
+/// AES-128 key (32 hex digits), for CBC.
+const KEY_128: &str = "00112233445566778899AABBCCDDEEFF";
+/// Another AES-256 key: the wrong one.
+const WRONG_KEY_256: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+/// A Tomcat peer with EncryptInterceptor (`algorithm` None: Tomcat's default).
+fn encrypted_peer_args(
+    name: &str,
+    group_port: u16,
+    key: &str,
+    algorithm: Option<&str>,
+) -> PeerArgs {
+    PeerArgs {
+        encrypt: Some((key.into(), algorithm.map(str::to_owned))),
+        ..peer_args(name, group_port, None)
+    }
+}
+
+/// A shoal node whose chain is `encrypt` (fail-closed, above the failure
+/// detector as Tomcat requires) and then the default chain.
+async fn start_encrypted_shoal(
+    name: &str,
+    group_port: u16,
+    domain: &str,
+    key: &str,
+    algorithm: Option<&str>,
+) -> Node {
+    init_tracing();
+    let mut c = shoal_config(name, group_port, domain);
+    let mut settings = vec![("encryptionKey", key)];
+    if let Some(a) = algorithm {
+        settings.push(("encryptionAlgorithm", a));
+    }
+    c.interceptors = vec![
+        interceptor("encrypt", None, true, &settings),
+        interceptor("tcp-failure-detector", None, false, &[]),
+        interceptor("message-dispatch", None, false, &[]),
+        interceptor("throughput", None, false, &[]),
+    ];
+    Node::start(c)
+        .await
+        .expect("shoal node with encrypt starts")
+}
+
+/// Every drop counter of the encrypt plug-in.
+const ENCRYPT_DROPS: [&str; 4] = [
+    "undecryptable_messages_dropped",
+    "short_messages_dropped",
+    "oversized_messages_dropped",
+    "unencryptable_messages_dropped",
+];
+
+/// shoal and Tomcat, both encrypting with `key`, exchange every body of
+/// `bodies` both ways, asynchronously and with sync-ACK, intact; nothing is
+/// dropped on either side.
+async fn exchange_encrypted(
+    key: &str,
+    shoal_algorithm: Option<&str>,
+    tomcat_algorithm: Option<&str>,
+) {
+    require_loopback_multicast();
+    let group = free_port();
+    let node = start_encrypted_shoal("s1", group, "shoal", key, shoal_algorithm).await;
+    let (got, _) = collector(&node);
+    let mut t = TribesPeer::spawn(&encrypted_peer_args("t1", group, key, tomcat_algorithm));
+    let ti = t.started().await;
+    let tm = wait_member(&node, &ti.id, "shoal to see the Tomcat node").await;
+    let sid = node.id().unique_hex();
+    t.wait_members(std::slice::from_ref(&sid)).await;
+
+    let mut sent = Vec::new();
+    for opts in [ASYNC, SYNC_ACK] {
+        for body in bodies(&format!("shoal-{opts}")) {
+            node.channel()
+                .send(&[tm.id], &body, SendOptions(opts))
+                .await
+                .unwrap_or_else(|e| panic!("shoal → Tomcat with options {opts}: {e}"));
+            sent.push((opts, body));
+        }
+    }
+    for (opts, body) in &sent {
+        let hex = hex::encode(body);
+        let ev = t
+            .wait_event(
+                &format!(
+                    "a decrypted {}-byte message with options {opts}",
+                    body.len()
+                ),
+                |e| e["event"] == "message" && e["body"] == hex.as_str() && e["options"] == *opts,
+            )
+            .await;
+        assert_eq!(ev["from"], sid.as_str());
+    }
+
+    let mut expected = Vec::new();
+    for opts in [ASYNC, SYNC_ACK] {
+        for body in bodies(&format!("tomcat-{opts}")) {
+            let (_, res) = t.send(&sid, opts, &body).await;
+            assert_eq!(res["ok"], true, "Tomcat → shoal with options {opts}: {res}");
+            expected.push((opts, body));
+        }
+    }
+    let want = expected.len();
+    wait_for("shoal to receive and decrypt every Tomcat message", || {
+        let n = got.lock().expect("lock").len();
+        async move { (n >= want).then_some(()) }
+    })
+    .await;
+    {
+        let got = got.lock().expect("lock");
+        for (opts, body) in &expected {
+            assert!(
+                got.iter()
+                    .any(|m| m.body.as_ref() == body.as_slice() && m.options.0 == *opts),
+                "{}-byte message with options {opts} not received intact",
+                body.len()
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "nothing else delivered");
+    }
+    for c in ENCRYPT_DROPS {
+        assert_eq!(plugin_counter(&node, "encrypt", c), 0, "{c}");
+    }
+    assert!(
+        !t.log_text().contains("Failed to decrypt"),
+        "Tomcat failed to decrypt a message from shoal"
+    );
+    node.shutdown().await;
+    t.assert_no_severe_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_messages_both_ways_with_tomcat_aes256_gcm() {
+    // shoal's default is GCM; Tomcat 10.1.52 needs it named.
+    exchange_encrypted(KEY_256, None, Some("AES/GCM/NoPadding")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_messages_both_ways_with_tomcat_aes128_cbc() {
+    // Tomcat 10.1.52's own default algorithm is AES/CBC/PKCS5Padding.
+    exchange_encrypted(KEY_128, Some("AES/CBC/PKCS5Padding"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_wrong_key_nothing_is_delivered_either_way_and_drops_are_counted() {
+    require_loopback_multicast();
+    const N: usize = 5;
+    let group = free_port();
+    let node = start_encrypted_shoal("s1", group, "shoal", KEY_256, None).await;
+    let (got, _) = collector(&node);
+    let mut t = TribesPeer::spawn(&encrypted_peer_args(
+        "t1",
+        group,
+        WRONG_KEY_256,
+        Some("AES/GCM/NoPadding"),
+    ));
+    let ti = t.started().await;
+    let tm = wait_member(&node, &ti.id, "shoal to see the Tomcat node").await;
+    let sid = node.id().unique_hex();
+    t.wait_members(std::slice::from_ref(&sid)).await;
+
+    // Tomcat → shoal: each message is dropped by shoal's encrypt and counted.
+    for i in 0..N {
+        let (tag, res) = t.send(&sid, ASYNC, format!("secret {i}").as_bytes()).await;
+        assert_eq!(res["ok"], true, "{res}");
+        let done = t.send_complete(&tag).await;
+        assert_eq!(done["ok"], true, "{done}");
+    }
+    wait_for("shoal to count every undecryptable message", || {
+        let n = plugin_counter(&node, "encrypt", "undecryptable_messages_dropped");
+        async move { (n >= N as u64).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        plugin_counter(&node, "encrypt", "undecryptable_messages_dropped"),
+        N as u64
+    );
+    assert!(
+        got.lock().expect("lock").is_empty(),
+        "nothing may be delivered with a wrong key"
+    );
+
+    // shoal → Tomcat: Tomcat's EncryptInterceptor fails to decrypt each one
+    // (logged) and delivers nothing.
+    for i in 0..N {
+        node.channel()
+            .send(
+                &[tm.id],
+                format!("secret {i}").as_bytes(),
+                SendOptions(SYNC_ACK),
+            )
+            .await
+            .expect("Tomcat ACKs what it cannot decrypt (its interceptor swallows the error)");
+    }
+    wait_for("Tomcat to log every decryption failure", || {
+        let n = t.log_text().matches("Failed to decrypt message").count();
+        async move { (n >= N).then_some(()) }
+    })
+    .await;
+    assert!(
+        t.find(|e| e["event"] == "message").is_none(),
+        "Tomcat delivered a message encrypted with another key"
+    );
+    // Membership is not encrypted: both still see each other.
+    assert!(member_by_hex(&node, &ti.id).is_some());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_plaintext_does_not_appear_on_the_wire_but_the_header_does() {
+    require_loopback_multicast();
+    let group = free_port();
+    // The sender's domain travels in the ChannelData header, which is not
+    // encrypted: it shows the capture sees these very frames.
+    let node = start_encrypted_shoal("s1", group, "domain-in-clear", KEY_256, None).await;
+    let (got, _) = collector(&node);
+    let mut t = TribesPeer::spawn(&encrypted_peer_args(
+        "t1",
+        group,
+        KEY_256,
+        Some("AES/GCM/NoPadding"),
+    ));
+    let ti = t.started().await;
+    let tm = wait_member(&node, &ti.id, "shoal to see the Tomcat node").await;
+    let sid = node.id().unique_hex();
+    t.wait_members(std::slice::from_ref(&sid)).await;
+
+    let capture = common::capture::Capture::start(&[ti.port, node.receiver_addr().port()]);
+    let to_tomcat = b"KNOWN-PLAINTEXT shoal to tomcat: the session of alice".repeat(20);
+    let to_shoal = b"KNOWN-PLAINTEXT tomcat to shoal: the session of bob".repeat(20);
+    node.channel()
+        .send(&[tm.id], &to_tomcat, SendOptions(SYNC_ACK))
+        .await
+        .expect("shoal → Tomcat");
+    let hex = hex::encode(&to_tomcat);
+    t.wait_event("Tomcat to decrypt the known plaintext", |e| {
+        e["event"] == "message" && e["body"] == hex.as_str()
+    })
+    .await;
+    let (_, res) = t.send(&sid, SYNC_ACK, &to_shoal).await;
+    assert_eq!(res["ok"], true, "{res}");
+    wait_for("shoal to decrypt the known plaintext", || {
+        let ok = got
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|m| m.body.as_ref() == to_shoal.as_slice());
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let wire = capture.finish();
+
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"FLT2002"), "the capture holds Tribes frames");
+    assert!(
+        has(b"domain-in-clear"),
+        "shoal's frame header (in clear) was captured"
+    );
+    assert!(
+        wire.len() > to_tomcat.len() + to_shoal.len(),
+        "both messages' bytes were captured ({} bytes)",
+        wire.len()
+    );
+    assert!(
+        !has(b"KNOWN-PLAINTEXT"),
+        "a known plaintext crossed the wire in clear"
+    );
+    assert!(
+        !has(b"the session of"),
+        "a known plaintext crossed the wire in clear"
+    );
     node.shutdown().await;
     t.assert_no_severe_log();
 }

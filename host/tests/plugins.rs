@@ -756,3 +756,93 @@ async fn a_plugin_may_probe_members_but_no_other_address() {
     );
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_refuses_bad_settings_at_start_without_showing_the_key() {
+    let key = "00112233445566778899aabbccddeeff";
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[], "setting `encryptionKey` is required"),
+        (
+            &[("encryptionKey", "00112233445566778899aabbccddeef")],
+            "odd number of hex digits",
+        ),
+        (
+            &[("encryptionKey", "00112233445566778899aabbccddeegg")],
+            "not a hex digit at position 30",
+        ),
+        (
+            &[("encryptionKey", "0011223344556677889900112233445566778899")],
+            "20 bytes; AES takes 16, 24 or 32",
+        ),
+        (
+            &[
+                ("encryptionKey", key),
+                ("encryptionAlgorithm", "AES/ECB/PKCS5Padding"),
+            ],
+            "\"AES/ECB/PKCS5Padding\" is not supported",
+        ),
+        (
+            &[("encryptionKey", key), ("encryptionKy", key)],
+            "unknown setting `encryptionKy`",
+        ),
+    ];
+    for (settings, want) in cases {
+        let mut c = base_config("bad", 0);
+        c.membership.kind = shoal::config::MembershipKind::Static;
+        c.membership.members = vec!["127.0.0.1:1".into()];
+        c.plugins.default_chain = false;
+        c.interceptors = vec![interceptor("encrypt", None, true, settings)];
+        let err = Node::start(c).await.expect_err("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, StartError::Plugin(_)), "{msg}");
+        assert!(msg.contains(want), "{want:?} in {msg}");
+        assert!(!msg.contains("33445566"), "the key is not shown: {msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_between_two_shoal_nodes_and_a_wrong_key_is_a_counted_drop() {
+    let key = |k: &str| {
+        vec![interceptor(
+            "encrypt",
+            None,
+            true,
+            &[
+                ("encryptionKey", k),
+                ("encryptionAlgorithm", "AES/GCM/NoPadding"),
+            ],
+        )]
+    };
+    let k1 = "000102030405060708090a0b0c0d0e0f1011121314151617"; // AES-192
+    let nodes = pair([key(k1), key(k1)], |_| {}).await;
+    let got = collector(&nodes[1]);
+    for body in [&b""[..], b"x", &[9u8; 100_000]] {
+        nodes[0]
+            .channel()
+            .send(&[nodes[1].id()], body, SYNC)
+            .await
+            .expect("sent");
+    }
+    assert_eq!(
+        bodies(&got),
+        vec![Vec::new(), b"x".to_vec(), vec![9u8; 100_000]],
+        "decrypted intact"
+    );
+    shutdown(nodes).await;
+
+    let k2 = "ff0102030405060708090a0b0c0d0e0f1011121314151617";
+    let nodes = pair([key(k1), key(k2)], |_| {}).await;
+    let got = collector(&nodes[1]);
+    let refused = nodes[0]
+        .channel()
+        .send(&[nodes[1].id()], b"secret", SYNC)
+        .await
+        .expect_err("the receiver cannot decrypt it");
+    assert!(format!("{refused:?}").contains("FailAck"), "{refused:?}");
+    assert!(bodies(&got).is_empty(), "nothing delivered");
+    assert_eq!(
+        plugin_counter(&nodes[1], "encrypt", "undecryptable_messages_dropped"),
+        1
+    );
+    shutdown(nodes).await;
+}

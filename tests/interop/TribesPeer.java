@@ -2,7 +2,7 @@
 // (host/tests/interop.rs). It uses Tomcat's own classes only: GroupChannel,
 // McastService, NioReceiver, ReplicationTransmitter + PooledParallelSender and
 // the interceptors TcpFailureDetector, MessageDispatchInterceptor and
-// ThroughputInterceptor. The only addition is a pass-through interceptor at the
+// ThroughputInterceptor (and EncryptInterceptor when given a key). The only addition is a pass-through interceptor at the
 // top of the stack that remembers the option bits of the message being
 // delivered, so the listener can report them.
 //
@@ -15,7 +15,9 @@
 // Arguments (key=value, all optional): name, address (receiver, default
 // 127.0.0.1), port (receiver, default 4000), mcastAddress (228.0.0.4),
 // mcastPort (45564), bind (127.0.0.1), frequency (500), dropTime (3000),
-// domain (none).
+// domain (none), encryptionKey (hex; adds Tomcat's EncryptInterceptor right
+// below the recorder, above TcpFailureDetector as Tomcat requires) and
+// encryptionAlgorithm (with encryptionKey; default: Tomcat's own).
 //
 // Output: one JSON object per line on stdout, flushed:
 //   {"event":"started","id":HEX,"host":"127.0.0.1","port":N,"domain":S}
@@ -59,6 +61,7 @@ import org.apache.catalina.tribes.MembershipListener;
 import org.apache.catalina.tribes.UniqueId;
 import org.apache.catalina.tribes.group.ChannelInterceptorBase;
 import org.apache.catalina.tribes.group.GroupChannel;
+import org.apache.catalina.tribes.group.interceptors.EncryptInterceptor;
 import org.apache.catalina.tribes.group.interceptors.MessageDispatchInterceptor;
 import org.apache.catalina.tribes.group.interceptors.TcpFailureDetector;
 import org.apache.catalina.tribes.group.interceptors.ThroughputInterceptor;
@@ -233,6 +236,14 @@ public final class TribesPeer {
 
         // Top to bottom: the recorder sits right below the GroupChannel.
         channel.addInterceptor(new OptionsRecorder());
+        if (a.containsKey("encryptionKey")) {
+            EncryptInterceptor encrypt = new EncryptInterceptor();
+            encrypt.setEncryptionKey(a.get("encryptionKey"));
+            if (a.containsKey("encryptionAlgorithm")) {
+                encrypt.setEncryptionAlgorithm(a.get("encryptionAlgorithm"));
+            }
+            channel.addInterceptor(encrypt);
+        }
         channel.addInterceptor(new TcpFailureDetector());
         channel.addInterceptor(new MessageDispatchInterceptor());
         channel.addInterceptor(new ThroughputInterceptor());

@@ -454,6 +454,80 @@ pub mod host {
     }
 }
 
+/// Ciphers run by the host (the WIT `crypto` interface): a plug-in hands a
+/// key over once and encrypts or decrypts bodies by its handle. A plug-in
+/// that never uses this module does not import the interface.
+pub mod crypto {
+    use super::bindings::shoal::cluster::crypto as c;
+    pub use c::CipherMode;
+
+    /// Why a crypto call failed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CryptoError {
+        /// The key is not 16, 24 or 32 bytes: its length.
+        BadKeyLength(u32),
+        /// The input is over the host's bound (16 MiB + 64): its length.
+        TooLarge(u32),
+        /// Too short for an IV and a ciphertext: its length.
+        TooShort(u32),
+        /// It does not decrypt: a wrong key, or changed on the way.
+        Rejected,
+        /// The instance already holds as many keys as the host allows (16).
+        TooManyKeys,
+    }
+
+    impl From<c::CryptoError> for CryptoError {
+        fn from(e: c::CryptoError) -> Self {
+            match e {
+                c::CryptoError::BadKeyLength(n) => Self::BadKeyLength(n),
+                c::CryptoError::TooLarge(n) => Self::TooLarge(n),
+                c::CryptoError::TooShort(n) => Self::TooShort(n),
+                c::CryptoError::Rejected => Self::Rejected,
+                c::CryptoError::TooManyKeys => Self::TooManyKeys,
+            }
+        }
+    }
+
+    impl core::fmt::Display for CryptoError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Self::BadKeyLength(n) => {
+                    write!(f, "a key of {n} bytes (AES takes 16, 24 or 32)")
+                }
+                Self::TooLarge(n) => write!(f, "{n} bytes is more than the host encrypts at once"),
+                Self::TooShort(n) => write!(f, "{n} bytes is too short for an IV and a ciphertext"),
+                Self::Rejected => {
+                    f.write_str("does not decrypt (wrong key, or changed on the way)")
+                }
+                Self::TooManyKeys => f.write_str("too many keys in one instance"),
+            }
+        }
+    }
+
+    /// A secret key held by the host. Dropping it frees the host's copy.
+    #[derive(Debug)]
+    pub struct Key(c::CipherKey);
+
+    impl Key {
+        /// Hands `key` (16, 24 or 32 bytes) to the host for `mode`.
+        pub fn new(mode: CipherMode, key: &[u8]) -> Result<Self, CryptoError> {
+            c::CipherKey::create(mode, key)
+                .map(Self)
+                .map_err(Into::into)
+        }
+
+        /// `IV || ciphertext` of `plaintext`, under a fresh random IV.
+        pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+            self.0.seal(plaintext).map_err(Into::into)
+        }
+
+        /// The plaintext of `IV || ciphertext`.
+        pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+            self.0.open(sealed).map_err(Into::into)
+        }
+    }
+}
+
 /// Adapts an [`Interceptor`] to the generated bindings. Not for direct use.
 #[doc(hidden)]
 pub struct PluginWrapper<T: Interceptor>(RefCell<T>);

@@ -79,6 +79,10 @@ pub const BUILTINS: [(&str, &[u8]); crate::config::BUILTIN_NAMES.len()] = [
         "domain-filter",
         include_bytes!(concat!(env!("SHOAL_GUEST_DIR"), "/domain_filter.wasm")),
     ),
+    (
+        "encrypt",
+        include_bytes!(concat!(env!("SHOAL_GUEST_DIR"), "/encrypt.wasm")),
+    ),
 ];
 
 /// The chain `shoal run` uses when the config lists no interceptor (Tomcat's

@@ -394,6 +394,8 @@ pub struct HostState {
     /// Events raised during the current call.
     pub outbox: Vec<Raised>,
     counters: Vec<Arc<GuestCounter>>,
+    /// Keys of the `crypto` import this instance holds.
+    pub(crate) crypto_keys: usize,
 }
 
 impl std::fmt::Debug for HostState {
@@ -419,6 +421,7 @@ impl HostState {
             node,
             outbox: Vec::new(),
             counters: Vec::new(),
+            crypto_keys: 0,
         }
     }
 

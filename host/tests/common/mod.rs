@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use shoal::Config;
 use shoal::config::MembershipKind;
 
+pub mod capture;
 pub mod dnsmasq;
 pub mod java;
 pub mod netns;

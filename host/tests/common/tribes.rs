@@ -85,6 +85,9 @@ pub struct PeerArgs {
     pub frequency_ms: u64,
     /// McastService dropTime.
     pub drop_time_ms: u64,
+    /// Tomcat's EncryptInterceptor: `(encryptionKey in hex, encryptionAlgorithm
+    /// or None for Tomcat's default)`; `None`: no encryption.
+    pub encrypt: Option<(String, Option<String>)>,
 }
 
 /// The peer's identity, from its `started` line.
@@ -137,6 +140,12 @@ impl TribesPeer {
         .arg(format!("dropTime={}", args.drop_time_ms));
         if let Some(d) = &args.domain {
             cmd.arg(format!("domain={d}"));
+        }
+        if let Some((key, algorithm)) = &args.encrypt {
+            cmd.arg(format!("encryptionKey={key}"));
+            if let Some(a) = algorithm {
+                cmd.arg(format!("encryptionAlgorithm={a}"));
+            }
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -358,6 +367,11 @@ impl TribesPeer {
             self.name,
             self.log.display()
         );
+    }
+
+    /// The peer's log (Tribes' JULI output) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown announcement.
