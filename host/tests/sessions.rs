@@ -309,8 +309,17 @@ fn backup_four_nodes_keep_two_copies_of_each_session_and_heal_after_a_sigkill() 
             assert_eq!(v["attributes"]["n"], json!(n), "{v}");
         }
     }
-    // Two copies again once the member is dropped.
-    wait_blocking("200 copies again", || (c.copies() == 200).then_some(()));
+    // Two copies again once the member is dropped, and settled: the moves
+    // the reads started (new primary, then its backup placed, then the old
+    // copy dropped) pass through 200 copies on their way.
+    let mut last = None;
+    wait_blocking("200 copies again, settled", || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now: Vec<_> = c.live().map(|i| c.counts(i)).collect();
+        let settled = c.copies() == 200 && last.as_ref() == Some(&now);
+        last = Some(now);
+        settled.then_some(())
+    });
 
     // Lose a session's primary and backup together: the documented loss,
     // 404 and not 500, and the last node keeps serving.
