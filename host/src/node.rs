@@ -596,8 +596,10 @@ impl Node {
             w.stop();
         }
         if !self.channel.drain(self.drain_deadline).await {
+            // What was still queued is not sent: said, with its size.
             tracing::warn!(
-                "asynchronous queue not drained within {:?}",
+                abandoned_bytes = self.metrics.async_queue_bytes.load(Ordering::Relaxed),
+                "asynchronous queue not drained within {:?}; the messages still queued are not sent",
                 self.drain_deadline
             );
         }
