@@ -94,13 +94,16 @@ impl Cluster {
         let cfg = self.dir.join(name).join("node.toml");
         std::fs::create_dir_all(cfg.parent().expect("dir")).expect("node dir");
         let cache = format!("{}/component-cache", env!("CARGO_TARGET_TMPDIR"));
+        // A generous call deadline: on a loaded machine the testkit's first
+        // call on a 100 KB body once took over the default 20 ms, and the
+        // corrupting interceptor (fail-open) passed c's copy unharmed.
         std::fs::write(
             &cfg,
             format!(
                 "[node]\nname = \"{name}\"\ndomain = \"deploy\"\n\
                  [membership]\nport = {}\nbind = \"127.0.0.1\"\n\
                  [receiver]\naddress = \"127.0.0.1\"\nport = {}\nauto_bind = 50\n\
-                 [api]\nlisten = \"{api}\"\n[plugins]\ncache_dir = \"{cache}\"\n\
+                 [api]\nlisten = \"{api}\"\n[plugins]\ncache_dir = \"{cache}\"\ncall_deadline_ms = 2000\n\
                  {session}\n[deploy]\nkeys = [\"{key}\"]\n\
                  [[interceptor]]\nname = \"filter\"\nwasm = \"{}\"\n{extra}\n",
                 self.group_port,
