@@ -28,6 +28,8 @@ pub mod config;
 mod dedup;
 pub mod deploy;
 mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod member;
 pub mod membership;
 mod metrics;

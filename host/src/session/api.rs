@@ -103,13 +103,55 @@ fn served(status: StatusCode, s: Served) -> Response {
     r
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            format_args!("invalid JSON body: {e}"),
-        ))
-    })
+/// Why a request body was refused (an HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// Not JSON, or not the body's shape (an unknown field, a wrong type).
+    #[error("invalid JSON body: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `max_inactive_s` is 0 or more than a year.
+    #[error("max_inactive_s must be between 1 and 31536000")]
+    MaxInactive,
+    /// A PATCH names one attribute in `set` and in `remove`.
+    #[error("attribute {0:?} is both set and removed")]
+    SetAndRemoved(String),
+}
+
+/// A POST body: the idle time asked for and the attributes. An empty (or
+/// all-whitespace) body is a session with neither.
+pub(crate) type CreateRequest = (Option<u32>, Vec<(String, Box<RawValue>)>);
+
+/// A PATCH body: attributes to set (`Some`) or remove (`None`).
+pub(crate) type PatchRequest = Vec<(String, Option<Box<RawValue>>)>;
+
+/// Reads a POST body.
+pub(crate) fn create_request(body: &[u8]) -> Result<CreateRequest, BodyError> {
+    let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody {
+            max_inactive_s: None,
+            attributes: HashMap::new(),
+        }
+    } else {
+        serde_json::from_slice(body)?
+    };
+    if matches!(body.max_inactive_s, Some(n) if n == 0 || n > 365 * 86_400) {
+        return Err(BodyError::MaxInactive);
+    }
+    Ok((body.max_inactive_s, body.attributes.into_iter().collect()))
+}
+
+/// Reads a PATCH body.
+pub(crate) fn patch_request(body: &[u8]) -> Result<PatchRequest, BodyError> {
+    let body: PatchBody = serde_json::from_slice(body)?;
+    if let Some(n) = body.remove.iter().find(|n| body.set.contains_key(*n)) {
+        return Err(BodyError::SetAndRemoved(n.clone()));
+    }
+    Ok(body
+        .set
+        .into_iter()
+        .map(|(n, v)| (n, Some(v)))
+        .chain(body.remove.into_iter().map(|n| (n, None)))
+        .collect())
 }
 
 async fn counts(State(e): State<SessionEngine>) -> Response {
@@ -134,27 +176,11 @@ async fn create(State(e): State<SessionEngine>, body: Result<Bytes, BytesRejecti
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateBody {
-            max_inactive_s: None,
-            attributes: HashMap::new(),
-        }
-    } else {
-        match parse(&body) {
-            Ok(b) => b,
-            Err(r) => return *r,
-        }
+    let (max_inactive_s, attributes) = match create_request(&body) {
+        Ok(b) => b,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err),
     };
-    if matches!(body.max_inactive_s, Some(n) if n == 0 || n > 365 * 86_400) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "max_inactive_s must be between 1 and 31536000",
-        );
-    }
-    match e
-        .create(body.max_inactive_s, body.attributes.into_iter().collect())
-        .await
-    {
+    match e.create(max_inactive_s, attributes).await {
         Ok(s) => served(StatusCode::CREATED, s),
         Err(err) => failed(err),
     }
@@ -176,22 +202,10 @@ async fn change(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let body: PatchBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return *r,
+    let ops = match patch_request(&body) {
+        Ok(ops) => ops,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err),
     };
-    if let Some(n) = body.remove.iter().find(|n| body.set.contains_key(*n)) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format_args!("attribute {n:?} is both set and removed"),
-        );
-    }
-    let ops = body
-        .set
-        .into_iter()
-        .map(|(n, v)| (n, Some(v)))
-        .chain(body.remove.into_iter().map(|n| (n, None)))
-        .collect();
     match e.access(&id, ops).await {
         Ok(s) => served(StatusCode::OK, s),
         Err(err) => failed(err),

@@ -248,7 +248,7 @@ pub fn parse_id(id: &str) -> Option<(Key, &str)> {
     u128::from_str_radix(base, 16).ok().map(|k| (k, route))
 }
 
-fn format_id(key: Key, route: &str) -> String {
+pub(crate) fn format_id(key: Key, route: &str) -> String {
     format!("{key:032X}.{route}")
 }
 
