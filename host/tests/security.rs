@@ -59,6 +59,13 @@ fn keyed(mut c: shoal::Config, key: Option<&Path>) -> shoal::Config {
     c
 }
 
+/// Starts a node from `c`, with the key file `key` (if any).
+async fn start(c: Option<shoal::Config>, key: Option<&Path>) -> shoal::Node {
+    shoal::Node::start(keyed(c.expect("a config"), key))
+        .await
+        .expect("the node starts")
+}
+
 fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
@@ -72,15 +79,9 @@ async fn a_node_without_the_key_is_never_a_member_and_its_frames_are_dropped() {
     let dir = TempDir::new("nokey");
     let (key, _) = dir.key("cluster.key");
     let mut cfgs = static_configs(3).into_iter();
-    let a = shoal::Node::start(keyed(cfgs.next().expect("a"), Some(&key)))
-        .await
-        .expect("a");
-    let b = shoal::Node::start(keyed(cfgs.next().expect("b"), Some(&key)))
-        .await
-        .expect("b");
-    let c = shoal::Node::start(keyed(cfgs.next().expect("c"), None))
-        .await
-        .expect("c");
+    let a = start(cfgs.next(), Some(&key)).await;
+    let b = start(cfgs.next(), Some(&key)).await;
+    let c = start(cfgs.next(), None).await;
     let got_a = collector(&a);
     let got_b = collector(&b);
     wait_for("a and b to see each other", || async {
@@ -178,12 +179,8 @@ async fn a_captured_heartbeat_replayed_later_is_refused() {
         .members
         .push(tap.local_addr().expect("tap addr").to_string());
     let mut cfgs = cfgs.into_iter();
-    let a = shoal::Node::start(keyed(cfgs.next().expect("a"), Some(&key)))
-        .await
-        .expect("a");
-    let b = shoal::Node::start(keyed(cfgs.next().expect("b"), Some(&key)))
-        .await
-        .expect("b");
+    let a = start(cfgs.next(), Some(&key)).await;
+    let b = start(cfgs.next(), Some(&key)).await;
     wait_for("a to see b", || async {
         a.members().iter().any(|m| m.id == b.id()).then_some(())
     })
@@ -345,12 +342,8 @@ async fn keys_roll_without_a_restart() {
     let (spare, new) = dir.key("spare.key");
     let _ = std::fs::remove_file(spare);
     let mut cfgs = static_configs(3).into_iter();
-    let a = shoal::Node::start(keyed(cfgs.next().expect("a"), Some(&key_a)))
-        .await
-        .expect("a");
-    let b = shoal::Node::start(keyed(cfgs.next().expect("b"), Some(&key_b)))
-        .await
-        .expect("b");
+    let a = start(cfgs.next(), Some(&key_a)).await;
+    let b = start(cfgs.next(), Some(&key_b)).await;
     let got_b = collector(&b);
     wait_for("a and b to see each other", || async {
         (a.members().len() == 1 && b.members().len() == 1).then_some(())
@@ -393,9 +386,7 @@ async fn keys_roll_without_a_restart() {
         std::fs::set_permissions(&key_c, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
     let refused = count(&a.metrics().auth_heartbeats_refused_total);
-    let c = shoal::Node::start(keyed(cfgs.next().expect("c"), Some(&key_c)))
-        .await
-        .expect("c");
+    let c = start(cfgs.next(), Some(&key_c)).await;
     wait_for("a to refuse c's heartbeats (old key)", || async {
         (count(&a.metrics().auth_heartbeats_refused_total) >= refused + 3).then_some(())
     })
