@@ -35,8 +35,29 @@ use super::socket::register;
 use crate::security::Security;
 use crate::wire::{AckKind, FrameDecoder};
 
-/// What a waiter gets: the positions of FAIL-ACKs among its ACKs.
-type Outcome = Result<Vec<usize>, PeerError>;
+/// What a waiter gets: the positions of FAIL-ACKs among its ACKs, or how
+/// far it got before the connection broke.
+type Outcome = Result<Vec<usize>, Broken>;
+
+/// A send the connection failed: the error, and the ACKs (and FAIL-ACK
+/// positions among them) it had received by then, so a retry need not
+/// send those messages again.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Broken {
+    pub(crate) error: PeerError,
+    pub(crate) acked: usize,
+    pub(crate) failed: Vec<usize>,
+}
+
+impl Broken {
+    fn at_start(error: PeerError) -> Self {
+        Self {
+            error,
+            acked: 0,
+            failed: Vec::new(),
+        }
+    }
+}
 
 struct Waiter {
     acks: usize,
@@ -107,7 +128,7 @@ impl PipeConn {
         let write = {
             let mut s = self.lock();
             if let Some(e) = &s.broken {
-                return Err(e.clone());
+                return Err(Broken::at_start(e.clone()));
             }
             s.pending.extend(frames.iter().cloned());
             s.inflight.push_back(Waiter {
@@ -132,7 +153,9 @@ impl PipeConn {
                 self.fail(PeerError::Io(e.to_string()));
             }
         }
-        answer.await.unwrap_or(Err(PeerError::Closed))
+        answer
+            .await
+            .unwrap_or(Err(Broken::at_start(PeerError::Closed)))
     }
 
     /// Writes what is pending until nothing is.
@@ -185,7 +208,11 @@ impl PipeConn {
             s.inflight.drain(..).collect()
         };
         for w in waiters {
-            let _ = w.done.send(Err(error.clone()));
+            let _ = w.done.send(Err(Broken {
+                error: error.clone(),
+                acked: w.seen,
+                failed: w.failed,
+            }));
         }
         let _ = self.fd.get_ref().shutdown(std::net::Shutdown::Both);
     }

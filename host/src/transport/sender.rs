@@ -344,15 +344,50 @@ impl Sender {
     ) -> Result<Vec<usize>, PeerError> {
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut attempt = 0;
+        // As in `transfer`: a retry sends only the messages not acknowledged.
+        let one_ack_per_frame = frame_count(frames) == Some(acks);
+        let mut progress = Progress::default();
         loop {
+            let done = progress.got;
+            if done >= acks {
+                self.count_sent(frames, &progress.failed);
+                return Ok(progress.failed);
+            }
+            let rest = match done {
+                0 => None,
+                _ => frames_after(frames, done),
+            };
+            let (send, want) = match &rest {
+                Some(r) => (r.as_slice(), acks - done),
+                None => {
+                    progress = Progress::default();
+                    (frames, acks)
+                }
+            };
             let err = match self.pipe(member.addr(), pool).await {
                 Err(e) => e,
-                Ok(conn) => match tokio::time::timeout(timeout, conn.send(frames, acks)).await {
+                Ok(conn) => match tokio::time::timeout(timeout, conn.send(send, want)).await {
                     Ok(Ok(failed)) => {
+                        let failed = if one_ack_per_frame {
+                            let base = progress.got;
+                            progress.failed.extend(failed.iter().map(|i| i + base));
+                            progress.failed
+                        } else {
+                            failed
+                        };
                         self.count_sent(frames, &failed);
                         return Ok(failed);
                     }
-                    Ok(Err(e)) => e,
+                    Ok(Err(broken)) => {
+                        if one_ack_per_frame {
+                            let base = progress.got;
+                            progress
+                                .failed
+                                .extend(broken.failed.iter().map(|i| i + base));
+                            progress.got += broken.acked;
+                        }
+                        broken.error
+                    }
                     Err(_) => {
                         // Later ACKs could only come after the missing one.
                         conn.fail(PeerError::Timeout(timeout));
@@ -839,10 +874,13 @@ mod tests {
         assert_eq!(frame_count(&[whole.slice(..whole.len() - 1)]), None);
     }
 
-    /// A connection that breaks after acknowledging some of a batch: the
-    /// retry, on a new connection, sends only the frames not acknowledged.
-    #[tokio::test]
-    async fn a_retry_sends_only_what_was_not_acknowledged() {
+    /// A fake member: its first connection reads all the frames and
+    /// acknowledges `first_acks` of them, then closes; the second reads
+    /// what comes and acknowledges it. Answers the bodies each got.
+    async fn breaking_member(
+        frames: usize,
+        first_acks: usize,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<Vec<Vec<u8>>>>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -850,9 +888,10 @@ mod tests {
         let server = tokio::spawn(async move {
             let decoder = FrameDecoder::default();
             let mut seen = Vec::new();
-            // First connection: all five arrive, two are acknowledged, then
-            // it closes. Second: what arrives is acknowledged.
-            for (want, ack) in [(5, 2), (3, 3)] {
+            for (want, ack) in [
+                (frames, first_acks),
+                (frames - first_acks, frames - first_acks),
+            ] {
                 let (mut s, _) = l.accept().await.expect("accept");
                 let mut buf = BytesMut::new();
                 let mut got = Vec::new();
@@ -873,26 +912,44 @@ mod tests {
             }
             seen
         });
-        let sender = Sender::new(SenderConfig::default(), Arc::new(Metrics::default()));
-        let member = MemberId {
-            host: addr.ip(),
-            port: addr.port(),
-            unique_id: [1; 16],
-        };
+        (addr, server)
+    }
+
+    /// A connection that breaks after acknowledging some of a batch: the
+    /// retry, on a new connection, sends only the frames not acknowledged,
+    /// on a pooled connection and on the pipelined one.
+    #[tokio::test]
+    async fn a_retry_sends_only_what_was_not_acknowledged() {
         let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
         let frames: Vec<Bytes> = bodies.iter().map(|b| frame(b)).collect();
-        sender
-            .send(&[member], &frames, 5)
-            .await
+        for piped in [false, true] {
+            let (addr, server) = breaking_member(5, 2).await;
+            let sender = Sender::new(SenderConfig::default(), Arc::new(Metrics::default()));
+            let member = MemberId {
+                host: addr.ip(),
+                port: addr.port(),
+                unique_id: [1; 16],
+            };
+            let failed = if piped {
+                let pool = sender.pool(addr);
+                sender.send_piped(member, &pool, &frames, 5).await
+            } else {
+                sender.transfer(member, &frames, 5, None).await
+            }
             .expect("delivered after one retry");
-        let seen = server.await.expect("server");
-        assert_eq!(seen[0], bodies, "the first connection got all five");
-        assert_eq!(
-            seen[1],
-            bodies[2..].to_vec(),
-            "the retry sent only the last three"
-        );
-        assert_eq!(Metrics::get(&sender.metrics.send_retries_total), 1);
+            assert!(failed.is_empty());
+            let seen = server.await.expect("server");
+            assert_eq!(
+                seen[0], bodies,
+                "piped {piped}: the first connection got all five"
+            );
+            assert_eq!(
+                seen[1],
+                bodies[2..].to_vec(),
+                "piped {piped}: the retry sent only the last three"
+            );
+            assert_eq!(Metrics::get(&sender.metrics.send_retries_total), 1);
+        }
     }
 
     /// Large frames go out through `writev`, partial writes included (a
