@@ -378,6 +378,10 @@ impl Interceptor for Detector {
                     Self::name(m)
                 ));
             }
+            // The table no longer lists it: it left by itself (a graceful
+            // stop closes its receiver right after announcing it), and the
+            // table's own event for it follows. Not an expiry.
+            (Purpose::ConnectionLost, false) if !host::members().iter().any(|x| key(x) == k) => {}
             (Purpose::ConnectionLost, false) => {
                 if self.view.remove(&k).is_some() {
                     self.remove_suspects.remove(&k);
