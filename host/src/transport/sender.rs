@@ -222,6 +222,7 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
     ) -> Result<(), SendError> {
+        let fan = tickets.len();
         let faulty = futures_util::future::join_all(tickets.into_iter().map(|t| async move {
             let member = t.member;
             let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
@@ -237,7 +238,7 @@ impl Sender {
                     }
                 },
             };
-            self.send_one(member, frames, acks, Some(guard)).await
+            self.send_one(member, frames, acks, Some(guard), fan).await
         }))
         .await
         .into_iter()
@@ -255,13 +256,14 @@ impl Sender {
         let faulty: Vec<FaultyMember> = match dests {
             [] => Vec::new(),
             [one] => self
-                .send_one(*one, frames, acks, None)
+                .send_one(*one, frames, acks, None, 1)
                 .await
                 .err()
                 .into_iter()
                 .collect(),
             many => futures_util::future::join_all(
-                many.iter().map(|d| self.send_one(*d, frames, acks, None)),
+                many.iter()
+                    .map(|d| self.send_one(*d, frames, acks, None, many.len())),
             )
             .await
             .into_iter()
@@ -286,11 +288,12 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
         lane: Option<LaneGuard>,
+        fan: usize,
     ) -> Result<(), FaultyMember> {
         let result = if lane.is_none() && acks > 0 {
-            self.send_acked(member, frames, acks).await
+            self.send_acked(member, frames, acks, fan).await
         } else {
-            self.transfer(member, frames, acks, lane)
+            self.transfer(member, frames, acks, lane, fan)
                 .await
                 .and_then(|failed| {
                     if failed.is_empty() {
@@ -314,6 +317,7 @@ impl Sender {
         member: MemberId,
         frames: &[Bytes],
         acks: usize,
+        fan: usize,
     ) -> Result<(), PeerError> {
         let pool = self.pool(member.addr());
         let mut waiting = Busy::new(&self.waiting);
@@ -321,7 +325,7 @@ impl Sender {
         let mut mine = Busy::new(&pool.acked);
         mine.set(true);
         let failed = if pool.acked.load(Ordering::Relaxed) == 1 {
-            self.transfer(member, frames, acks, None).await?
+            self.transfer(member, frames, acks, None, fan).await?
         } else {
             Metrics::inc(&self.metrics.sync_sends_pipelined_total);
             self.send_piped(member, &pool, frames, acks).await?
@@ -437,12 +441,15 @@ impl Sender {
     /// Sends `frames` to one member on a pooled connection (or its ordered
     /// lane) and reads `acks` ACKs, retrying on a fresh connection after a
     /// connection error. Ok holds the positions of FAIL-ACKs among the ACKs.
+    /// `fan` is the number of members the same send goes to at once (see
+    /// [`Sender::exchange`]).
     async fn transfer(
         &self,
         member: MemberId,
         frames: &[Bytes],
         acks: usize,
         lane: Option<LaneGuard>,
+        fan: usize,
     ) -> Result<Vec<usize>, PeerError> {
         let addr = member.addr();
         let pool = self.pool(addr);
@@ -487,9 +494,11 @@ impl Sender {
                 }
             };
             let mut this = Progress::default();
-            let result =
-                tokio::time::timeout(timeout, self.exchange(addr, conn, send, want, &mut this))
-                    .await;
+            let result = tokio::time::timeout(
+                timeout,
+                self.exchange(addr, conn, send, want, fan, &mut this),
+            )
+            .await;
             if one_ack_per_frame {
                 let base = progress.got;
                 progress.failed.extend(this.failed.iter().map(|i| i + base));
@@ -555,12 +564,19 @@ impl Sender {
     /// Writes the frames on `conn` (or a new connection) and reads the ACKs.
     /// ACKs read and FAIL-ACK positions go to `progress` as they arrive,
     /// so a caller whose exchange failed knows which messages got through.
+    ///
+    /// A send to `fan` > 1 members at once runs one exchange per member,
+    /// polled in turn by one task: each yields once after its write, so
+    /// that every member has its frames before any exchange waits (or
+    /// busy-polls) for an ACK. The ACKs then come back in parallel, as with
+    /// Tribes' parallel sender, instead of one round trip after the other.
     async fn exchange(
         &self,
         addr: SocketAddr,
         conn: Option<Conn>,
         frames: &[Bytes],
         acks: usize,
+        fan: usize,
         progress: &mut Progress,
     ) -> Result<Conn, PeerError> {
         let mut conn = match conn {
@@ -580,6 +596,9 @@ impl Sender {
         write_frames(&mut conn.stream, frames)
             .await
             .map_err(|e| PeerError::Io(e.to_string()))?;
+        if fan > 1 && acks > 0 {
+            tokio::task::yield_now().await;
+        }
 
         if acks == 0 {
             // Tribes' health check: one non-blocking read; end of stream means
@@ -615,8 +634,10 @@ impl Sender {
                 },
                 Ok(None) => {
                     // Poll first, unless other sends wait for ACKs too (then
-                    // wake-ups overlap, and polling would crowd them out).
-                    let others = || self.waiting.load(Ordering::Relaxed) > 1;
+                    // wake-ups overlap, and polling would crowd them out);
+                    // the exchanges of this same send do not count: their
+                    // task is the one polling.
+                    let others = || self.waiting.load(Ordering::Relaxed) > fan;
                     let started = Instant::now();
                     let polled = self.busy_poll.read(
                         &mut conn.poll,
@@ -934,7 +955,7 @@ mod tests {
                 let pool = sender.pool(addr);
                 sender.send_piped(member, &pool, &frames, 5).await
             } else {
-                sender.transfer(member, &frames, 5, None).await
+                sender.transfer(member, &frames, 5, None, 1).await
             }
             .expect("delivered after one retry");
             assert!(failed.is_empty());
@@ -950,6 +971,67 @@ mod tests {
             );
             assert_eq!(Metrics::get(&sender.metrics.send_retries_total), 1);
         }
+    }
+
+    /// A fake member on a thread of its own: reads one frame, then waits
+    /// (up to 5 s) for `wait_for` before answering; ACK if it came,
+    /// FAIL-ACK if not. Tells `tell` when it has its frame.
+    fn waiting_member(
+        wait_for: Option<std::sync::mpsc::Receiver<()>>,
+        tell: Option<std::sync::mpsc::Sender<()>>,
+    ) -> (MemberId, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let member = MemberId {
+            host: addr.ip(),
+            port: addr.port(),
+            unique_id: [addr.port() as u8; 16],
+        };
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let decoder = FrameDecoder::default();
+            let mut buf = BytesMut::new();
+            let mut chunk = [0u8; 4096];
+            while decoder.decode(&mut buf).expect("a frame").is_none() {
+                let n = s.read(&mut chunk).expect("read");
+                assert!(n > 0, "the sender closed before its frame");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            if let Some(t) = tell {
+                let _ = t.send(());
+            }
+            let answer = match wait_for {
+                None => AckKind::Ack,
+                Some(r) => match r.recv_timeout(Duration::from_secs(5)) {
+                    Ok(()) => AckKind::Ack,
+                    Err(_) => AckKind::FailAck,
+                },
+            };
+            s.write_all(answer.frame()).expect("answer");
+        });
+        (member, server)
+    }
+
+    /// A send to several members writes to all of them before it waits
+    /// for any ACK. Member B answers only once member C has its frame; the
+    /// sender busy-polls with a budget (30 s) far past B's patience (5 s).
+    /// A sender that waited (polled) for B's ACK before writing to C would
+    /// get B's FAIL-ACK.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_to_several_members_writes_to_all_before_waiting() {
+        let (c_has_it, b_may_answer) = std::sync::mpsc::channel();
+        let (b, b_server) = waiting_member(Some(b_may_answer), None);
+        let (c, c_server) = waiting_member(None, Some(c_has_it));
+        let cfg = SenderConfig {
+            busy_poll_us: 30_000_000,
+            ..SenderConfig::default()
+        };
+        let sender = Sender::new(cfg, Arc::new(Metrics::default()));
+        let r = sender.send(&[b, c], &[frame(b"to both")], 1).await;
+        assert!(r.is_ok(), "B answered only after C had its frame: {r:?}");
+        b_server.join().expect("member B");
+        c_server.join().expect("member C");
     }
 
     /// Large frames go out through `writev`, partial writes included (a
