@@ -275,7 +275,11 @@ fn store_cache(component: &Component, dir: &Path, file: &Path) -> std::io::Resul
         .mode(0o700)
         .create(dir)?;
     let bytes = component.serialize().map_err(std::io::Error::other)?;
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    // A name of its own per write: two plug-ins (or two nodes of one
+    // process) compiling the same component must not share a temporary file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = file.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)
 }
