@@ -533,6 +533,16 @@ pub struct MembershipConfig {
     /// address; unset (the default): this node's own receiver port, so every
     /// member must listen on the same port (set `receiver.auto_bind = 1`).
     pub dns_port: Option<u16>,
+    /// While datagrams come faster than this, read them in batches this
+    /// far apart instead of one wake-up each (0: each as it comes). An idle
+    /// node in a large group is woken for every heartbeat otherwise (60 a
+    /// second at 30 members); the price is that a heartbeat, a shutdown
+    /// announcement or a new member is seen up to this much later (queued
+    /// datagrams are always read before members are expired and before a
+    /// broken connection is judged). Never while a plug-in reads heartbeat
+    /// arrival times (the phi-accrual detector). Unset (the default): half
+    /// of `frequency_ms`, at most 250 ms. Less than `frequency_ms`.
+    pub receive_batch_ms: Option<u64>,
 }
 
 impl Default for MembershipConfig {
@@ -555,11 +565,18 @@ impl Default for MembershipConfig {
             dns_refresh_ms: 5000,
             dns_server: None,
             dns_port: None,
+            receive_batch_ms: None,
         }
     }
 }
 
 impl MembershipConfig {
+    /// `receive_batch_ms`, or its default for `frequency_ms`.
+    pub fn receive_batch_ms(&self) -> u64 {
+        self.receive_batch_ms
+            .unwrap_or((self.frequency_ms / 2).min(250))
+    }
+
     /// The static member addresses, parsed. Call after [`Config::validate`].
     pub fn static_members(&self) -> Vec<SocketAddr> {
         self.members.iter().filter_map(|m| m.parse().ok()).collect()
@@ -1059,6 +1076,12 @@ impl MembershipConfig {
                 "must be between 1 and 60000".into(),
             ));
         }
+        if matches!(self.receive_batch_ms, Some(b) if b >= self.frequency_ms) {
+            return Err(Invalid::new(
+                "membership.receive_batch_ms",
+                format!("must be less than frequency_ms ({})", self.frequency_ms),
+            ));
+        }
         if self.drop_time_ms <= self.frequency_ms {
             return Err(Invalid::new(
                 "membership.drop_time_ms",
@@ -1509,6 +1532,21 @@ mod tests {
         assert!(e.to_string().contains("key `membership.port`"), "{e}");
         let e = parse("[node]\nname = \"a\"\n[receiver]\nprot = 4000\n").expect_err("unknown key");
         assert!(e.to_string().contains("line 4: key `receiver.prot`"), "{e}");
+    }
+
+    #[test]
+    fn receive_batch_defaults_to_half_the_frequency_and_stays_below_it() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.membership.receive_batch_ms(), 250);
+        let c = parse("[membership]\nfrequency_ms = 100\n").expect("valid");
+        assert_eq!(c.membership.receive_batch_ms(), 50);
+        let c = parse("[membership]\nreceive_batch_ms = 0\n").expect("valid");
+        assert_eq!(c.membership.receive_batch_ms(), 0, "off");
+        let e = parse("[membership]\nreceive_batch_ms = 500\n").expect_err("not below frequency");
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "membership.receive_batch_ms"),
+            "{e}"
+        );
     }
 
     #[test]

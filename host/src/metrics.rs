@@ -83,6 +83,8 @@ counters! {
     heartbeats_received_total: counter,
     /// Heartbeats refused: from another address than the member advertises, or beyond the member caps.
     heartbeats_refused_total: counter,
+    /// Batched reads of the membership socket (`membership.receive_batch_ms`): wake-ups that read every datagram queued since the last.
+    membership_batches_total: counter,
     /// Heartbeat arrivals not reported to the failure detector because its queue was full.
     heartbeat_arrivals_dropped_total: counter,
     /// Watch connections to members (one idle connection each, to see a crash at once) currently open.

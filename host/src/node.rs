@@ -341,6 +341,7 @@ impl Node {
             .take_arrivals()
             .expect("heartbeat arrivals taken once");
         let arrivals_wanted = membership.arrivals_wanted();
+        let flush = membership.flush_handle();
         arrivals_wanted.store(channel.chain().wants_member_heartbeats(), Ordering::Relaxed);
         // One idle connection to every member in the table: a crash breaks
         // it at once, and the failure detector hears of it.
@@ -401,6 +402,13 @@ impl Node {
                         payload.set(encode_payload(&local));
                         watch.recheck(&local, &crate::membership::lock(&table).members());
                         up
+                    }
+                    ev @ ControlEvent::ConnectionLost(..) => {
+                        // A member that stops gracefully announces it, then
+                        // closes its receiver: the announcement may still
+                        // wait in a batch of the membership socket.
+                        flush.flush().await;
+                        ch.chain().control(ev).await
                     }
                     ev => ch.chain().control(ev).await,
                 };

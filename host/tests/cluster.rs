@@ -397,6 +397,58 @@ async fn graceful_stop_is_seen_as_shutdown_not_expiry() {
     shutdown_all(nodes).await;
 }
 
+/// A node that hears heartbeats faster than `receive_batch_ms` reads them
+/// in batches (its socket out of the reactor in between) and still follows
+/// the group: every member seen, a graceful stop seen as a shutdown, not an
+/// expiry. A node with batching off never batches, nor one whose chain
+/// reads heartbeat arrival times (phi accrual).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_heartbeats_are_read_in_batches_and_membership_still_follows() {
+    require_loopback_multicast();
+    let mut cfgs = multicast_configs(5);
+    for (i, c) in cfgs.iter_mut().enumerate() {
+        // 5 nodes at 10 heartbeats a second: 50 datagrams a second each
+        // (its own included), 20 ms apart on average.
+        c.membership.frequency_ms = 100;
+        c.membership.drop_time_ms = 3000;
+        c.membership.receive_batch_ms = Some(if i == 3 { 0 } else { 50 });
+    }
+    cfgs[4].plugins.default_chain = false;
+    cfgs[4].interceptors = vec![interceptor("phi-accrual-detector", None, false, &[])];
+    let nodes = start_all(cfgs).await;
+    wait_converged(&nodes).await;
+    assert_sees_others(&nodes);
+    let batches = |n: &Node| shoal::Metrics::get(&n.metrics().membership_batches_total);
+    for n in &nodes[..3] {
+        wait_for("a node to read in batches", || async {
+            (batches(n) >= 5).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(batches(&nodes[3]), 0, "batching off: never batches");
+    assert_eq!(batches(&nodes[4]), 0, "phi accrual: never batches");
+    let mut nodes = nodes;
+    let gone = nodes.remove(1);
+    let gone_id = gone.id();
+    gone.shutdown().await;
+    for n in &nodes {
+        let ev = wait_for("the departure", || async {
+            n.channel()
+                .recent_events()
+                .into_iter()
+                .find(|e| e.kind == "disappeared" && e.id == gone_id.unique_hex())
+        })
+        .await;
+        assert_eq!(
+            ev.reason.as_deref(),
+            Some("shutdown"),
+            "announced, not expired"
+        );
+    }
+    assert_sees_others(&nodes);
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_queue_full_without_always_send_is_refused() {
     let mut cfgs = static_configs(2);

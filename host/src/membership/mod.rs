@@ -9,13 +9,13 @@
 
 mod dns;
 pub mod table;
+mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -28,6 +28,8 @@ pub use table::{LeaveReason, Limits, MemberEvent, MemberTable, Refusal};
 
 /// Receive buffer: one UDP datagram at most (Tribes' MAX_PACKET_SIZE).
 const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams read at most per wake-up before the service loop goes on.
+const MAX_DRAIN: usize = 1024;
 /// Payload changes waiting for the node (dropped when full: the table has
 /// the latest payloads).
 const EVENT_QUEUE: usize = 1024;
@@ -71,6 +73,26 @@ pub struct Membership {
     payload_changes: Option<mpsc::Receiver<Member>>,
     arrivals: Option<mpsc::Receiver<(Member, Instant)>>,
     arrivals_wanted: Arc<std::sync::atomic::AtomicBool>,
+    flush: FlushHandle,
+}
+
+/// Asks the membership service to read every datagram queued now.
+#[derive(Debug, Clone)]
+pub struct FlushHandle(mpsc::Sender<tokio::sync::oneshot::Sender<()>>);
+
+impl FlushHandle {
+    /// Returns once the service has read (and applied to the table) every
+    /// datagram queued on its socket when it got the request, or after
+    /// 200 ms. While the service batches its reads, a member's shutdown
+    /// announcement may wait in the kernel for up to `receive_batch_ms`;
+    /// a broken connection to that member is checked against the table
+    /// only after this, so the departure is seen as a shutdown.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.0.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
+        }
+    }
 }
 
 /// Largest payload a node advertises in its heartbeats.
@@ -97,7 +119,10 @@ impl PayloadHandle {
 }
 
 struct Service {
-    socket: UdpSocket,
+    socket: udp::Udp,
+    /// Reads datagrams in batches this far apart while they come faster
+    /// than that (zero: each as it comes); see [`udp`].
+    batch: Duration,
     targets: dns::Targets,
     local: MemberPacket,
     payload: Arc<Mutex<Bytes>>,
@@ -169,8 +194,10 @@ impl Membership {
         let (changes_tx, changes_rx) = mpsc::channel(EVENT_QUEUE);
         let (arrivals_tx, arrivals_rx) = mpsc::channel(ARRIVAL_QUEUE);
         let arrivals_wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let svc = Service {
-            socket,
+        let (flush_tx, flush_rx) = mpsc::channel(16);
+        let mut svc = Service {
+            socket: udp::Udp::new(socket),
+            batch: Duration::from_millis(cfg.receive_batch_ms()),
             targets,
             local,
             payload: payload.clone(),
@@ -185,7 +212,7 @@ impl Membership {
             security,
         };
         svc.send_heartbeat(false).await;
-        let task = tokio::spawn(svc.run(stop_rx));
+        let task = tokio::spawn(svc.run(stop_rx, flush_rx));
         Ok((
             Self {
                 table,
@@ -196,6 +223,7 @@ impl Membership {
                 payload_changes: Some(changes_rx),
                 arrivals: Some(arrivals_rx),
                 arrivals_wanted,
+                flush: FlushHandle(flush_tx),
             },
             rx,
         ))
@@ -229,6 +257,11 @@ impl Membership {
     /// Whether arrivals are queued at all (off until set).
     pub fn arrivals_wanted(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.arrivals_wanted.clone()
+    }
+
+    /// A handle that makes the service read what is queued on its socket.
+    pub fn flush_handle(&self) -> FlushHandle {
+        self.flush.clone()
     }
 
     /// The live table, for readers that need the latest alive times.
@@ -266,34 +299,94 @@ pub(crate) fn lock(t: &Mutex<MemberTable>) -> std::sync::MutexGuard<'_, MemberTa
 }
 
 impl Service {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let mut tick = tokio::time::interval(self.frequency);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first heartbeat went out in start()
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Datagrams are read as they come until two come within `batch` of
+        // each other; from then on the socket is out of the reactor and read
+        // every `batch`, until a batch finds nothing.
+        let mut last_read: Option<Instant> = None;
+        let mut batch_end: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
                     self.send_heartbeat(false).await;
+                    // Nothing queued may count as silence.
+                    self.drain(&mut buf).await;
                     self.expire().await;
                 }
                 // New DNS targets hear from us at once (fixed lists never change).
                 Ok(()) = self.targets.changed() => self.send_heartbeat(false).await,
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
-                    Err(e) => {
-                        // ICMP errors from unicast targets that are down surface here.
-                        tracing::debug!(error = %e, "membership receive error");
+                Some(done) = flushes.recv() => {
+                    self.drain(&mut buf).await;
+                    let _ = done.send(());
+                }
+                () = sleep_until_some(batch_end) => {
+                    Metrics::inc(&self.metrics.membership_batches_total);
+                    if self.drain(&mut buf).await == 0 {
+                        batch_end = None;
+                    } else {
+                        self.socket.unregister();
+                        batch_end = Some(tokio::time::Instant::now() + self.batch);
                     }
-                },
+                }
+                r = self.socket.recv_from(&mut buf), if batch_end.is_none() => {
+                    match r {
+                        Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
+                        // ICMP errors from unicast targets that are down surface here.
+                        Err(e) => tracing::debug!(error = %e, "membership receive error"),
+                    }
+                    self.drain(&mut buf).await;
+                    let now = Instant::now();
+                    // A plug-in that reads heartbeat arrivals (phi accrual)
+                    // needs their times: no batching for it.
+                    let wanted = self
+                        .arrivals_wanted
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    if !self.batch.is_zero()
+                        && !wanted
+                        && last_read.is_some_and(|t| now.duration_since(t) < self.batch)
+                    {
+                        self.socket.unregister();
+                        batch_end = Some(tokio::time::Instant::now() + self.batch);
+                    }
+                    last_read = Some(now);
+                }
             }
         }
+        self.drain(&mut buf).await;
         self.send_heartbeat(true).await;
         tracing::info!("membership stopped (shutdown announced)");
     }
 
-    async fn send_heartbeat(&self, shutdown: bool) {
+    /// Handles every datagram queued, without waiting; returns how many.
+    async fn drain(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        // Bounded: a flood cannot keep the loop from its heartbeats.
+        while n < MAX_DRAIN {
+            match self.socket.try_recv_from(buf) {
+                Ok((len, from)) => {
+                    n += 1;
+                    self.on_datagram(&buf[..len], from).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    n += 1;
+                    tracing::debug!(error = %e, "membership receive error");
+                }
+            }
+        }
+        n
+    }
+
+    async fn send_heartbeat(&mut self, shutdown: bool) {
         let mut p = self.local.clone();
         p.alive_ms = self.started.elapsed().as_millis() as i64;
         p.payload = self
@@ -311,7 +404,7 @@ impl Service {
         }
         let targets = self.targets.borrow().clone();
         for t in targets.iter() {
-            match self.socket.send_to(&buf, t).await {
+            match self.socket.send_to(&buf, *t).await {
                 Ok(_) => Metrics::inc(&self.metrics.heartbeats_sent_total),
                 Err(e) => tracing::debug!(target_addr = %t, error = %e, "heartbeat send failed"),
             }
@@ -424,7 +517,7 @@ fn sock_err(addr: SocketAddr) -> impl Fn(std::io::Error) -> MembershipError {
     move |cause| MembershipError::Socket { addr, cause }
 }
 
-fn bind_udp(addr: SocketAddr, reuse: bool) -> Result<UdpSocket, MembershipError> {
+fn bind_udp(addr: SocketAddr, reuse: bool) -> Result<tokio::net::UdpSocket, MembershipError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let e = sock_err(addr);
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(&e)?;
@@ -434,12 +527,12 @@ fn bind_udp(addr: SocketAddr, reuse: bool) -> Result<UdpSocket, MembershipError>
     }
     s.set_nonblocking(true).map_err(sock_err(addr))?;
     s.bind(&addr.into()).map_err(sock_err(addr))?;
-    UdpSocket::from_std(s.into()).map_err(sock_err(addr))
+    tokio::net::UdpSocket::from_std(s.into()).map_err(sock_err(addr))
 }
 
 /// A socket joined to the group, bound to the group's port with address reuse so
 /// several nodes on one host share it (as Java's MulticastSocket does).
-fn multicast_socket(cfg: &MembershipConfig) -> Result<UdpSocket, MembershipError> {
+fn multicast_socket(cfg: &MembershipConfig) -> Result<tokio::net::UdpSocket, MembershipError> {
     let group = SocketAddr::new(IpAddr::V4(cfg.address), cfg.port);
     let iface = cfg.bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
     // Binding to the group address (not the wildcard) keeps unrelated unicast
@@ -484,4 +577,12 @@ pub fn loopback_multicast_works(group: Ipv4Addr, port: u16) -> bool {
         Ok(matches!(s.recv_from(&mut buf), Ok((11, _))))
     };
     probe().unwrap_or(false)
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
