@@ -377,14 +377,21 @@ async fn graceful_stop_is_seen_as_shutdown_not_expiry() {
     wait_converged(&nodes).await;
     let mut nodes = nodes;
     let c = nodes.pop().expect("three nodes");
-    let c_id = c.id();
-    c.shutdown().await;
-    for n in &nodes {
-        let ev = wait_for("C's departure", || async {
+    stop_and_see_it_announced(c, &nodes).await;
+    shutdown_all(nodes).await;
+}
+
+/// Stops `gone` gracefully; every one of `others` sees it leave by its
+/// announcement (reason "shutdown"), not by expiry, and no longer lists it.
+async fn stop_and_see_it_announced(gone: Node, others: &[Node]) {
+    let id = gone.id();
+    gone.shutdown().await;
+    for n in others {
+        let ev = wait_for("the departure", || async {
             n.channel()
                 .recent_events()
                 .into_iter()
-                .find(|e| e.kind == "disappeared" && e.id == c_id.unique_hex())
+                .find(|e| e.kind == "disappeared" && e.id == id.unique_hex())
         })
         .await;
         assert_eq!(
@@ -392,9 +399,8 @@ async fn graceful_stop_is_seen_as_shutdown_not_expiry() {
             Some("shutdown"),
             "announced, not expired"
         );
-        assert!(n.members().iter().all(|m| m.id != c_id));
+        assert!(n.members().iter().all(|m| m.id != id));
     }
-    shutdown_all(nodes).await;
 }
 
 /// A node that hears heartbeats faster than `receive_batch_ms` reads them
@@ -429,22 +435,7 @@ async fn dense_heartbeats_are_read_in_batches_and_membership_still_follows() {
     assert_eq!(batches(&nodes[4]), 0, "phi accrual: never batches");
     let mut nodes = nodes;
     let gone = nodes.remove(1);
-    let gone_id = gone.id();
-    gone.shutdown().await;
-    for n in &nodes {
-        let ev = wait_for("the departure", || async {
-            n.channel()
-                .recent_events()
-                .into_iter()
-                .find(|e| e.kind == "disappeared" && e.id == gone_id.unique_hex())
-        })
-        .await;
-        assert_eq!(
-            ev.reason.as_deref(),
-            Some("shutdown"),
-            "announced, not expired"
-        );
-    }
+    stop_and_see_it_announced(gone, &nodes).await;
     assert_sees_others(&nodes);
     shutdown_all(nodes).await;
 }

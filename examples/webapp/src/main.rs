@@ -18,6 +18,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shoal_web::{Session, SessionLayer, WebMetrics};
 
+/// mimalloc, as in `shoal run`: glibc malloc's arena locks were 8 % of this
+/// app's CPU under load (docs/benchmarks.md, "Web tier").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Longest note on a cart line.
 const MAX_NOTE: usize = 4096;
 
