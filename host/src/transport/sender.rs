@@ -163,6 +163,52 @@ impl std::fmt::Debug for Sender {
     }
 }
 
+/// The members one send goes to at once, and how many of them have not
+/// had their frames written yet.
+#[derive(Debug)]
+struct Fan {
+    members: usize,
+    unwritten: AtomicUsize,
+}
+
+impl Fan {
+    fn new(members: usize) -> Self {
+        Self {
+            members,
+            unwritten: AtomicUsize::new(members),
+        }
+    }
+}
+
+/// One member's part of a [`Fan`]: counted as written once, at its first
+/// write or when it gives up.
+#[derive(Debug)]
+struct FanMember<'a> {
+    fan: &'a Fan,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> FanMember<'a> {
+    fn new(fan: &'a Fan) -> Self {
+        Self {
+            fan,
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn written(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.fan.unwritten.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for FanMember<'_> {
+    fn drop(&mut self) {
+        self.written();
+    }
+}
+
 impl Sender {
     /// A sender with no connections yet.
     pub fn new(cfg: SenderConfig, metrics: Arc<Metrics>) -> Self {
@@ -222,9 +268,11 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
     ) -> Result<(), SendError> {
-        let fan = tickets.len();
+        let fan = Fan::new(tickets.len());
+        let fan = &fan;
         let faulty = futures_util::future::join_all(tickets.into_iter().map(|t| async move {
             let member = t.member;
+            let part = FanMember::new(fan);
             let max_wait = Duration::from_millis(self.cfg.max_wait_ms);
             let guard = match t.state {
                 TicketState::Ready(g) => g,
@@ -238,7 +286,8 @@ impl Sender {
                     }
                 },
             };
-            self.send_one(member, frames, acks, Some(guard), fan).await
+            self.send_one(member, frames, acks, Some(guard), &part)
+                .await
         }))
         .await
         .into_iter()
@@ -256,19 +305,22 @@ impl Sender {
         let faulty: Vec<FaultyMember> = match dests {
             [] => Vec::new(),
             [one] => self
-                .send_one(*one, frames, acks, None, 1)
+                .send_one(*one, frames, acks, None, &FanMember::new(&Fan::new(1)))
                 .await
                 .err()
                 .into_iter()
                 .collect(),
-            many => futures_util::future::join_all(
-                many.iter()
-                    .map(|d| self.send_one(*d, frames, acks, None, many.len())),
-            )
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect(),
+            many => {
+                let fan = Fan::new(many.len());
+                futures_util::future::join_all(many.iter().map(|d| async {
+                    self.send_one(*d, frames, acks, None, &FanMember::new(&fan))
+                        .await
+                }))
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect()
+            }
         };
         self.outcome(faulty)
     }
@@ -288,7 +340,7 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
         lane: Option<LaneGuard>,
-        fan: usize,
+        fan: &FanMember<'_>,
     ) -> Result<(), FaultyMember> {
         let result = if lane.is_none() && acks > 0 {
             self.send_acked(member, frames, acks, fan).await
@@ -317,7 +369,7 @@ impl Sender {
         member: MemberId,
         frames: &[Bytes],
         acks: usize,
-        fan: usize,
+        fan: &FanMember<'_>,
     ) -> Result<(), PeerError> {
         let pool = self.pool(member.addr());
         let mut waiting = Busy::new(&self.waiting);
@@ -449,7 +501,7 @@ impl Sender {
         frames: &[Bytes],
         acks: usize,
         lane: Option<LaneGuard>,
-        fan: usize,
+        fan: &FanMember<'_>,
     ) -> Result<Vec<usize>, PeerError> {
         let addr = member.addr();
         let pool = self.pool(addr);
@@ -565,18 +617,20 @@ impl Sender {
     /// ACKs read and FAIL-ACK positions go to `progress` as they arrive,
     /// so a caller whose exchange failed knows which messages got through.
     ///
-    /// A send to `fan` > 1 members at once runs one exchange per member,
-    /// polled in turn by one task: each yields once after its write, so
-    /// that every member has its frames before any exchange waits (or
-    /// busy-polls) for an ACK. The ACKs then come back in parallel, as with
-    /// Tribes' parallel sender, instead of one round trip after the other.
+    /// A send to several members at once (`fan`) runs one exchange per
+    /// member, polled in turn by one task: each yields once after its
+    /// write, and none busy-polls for an ACK while another has not written
+    /// yet (it is still connecting, say), so that every member has its
+    /// frames before any exchange holds the task. The ACKs then come back
+    /// in parallel, as with Tribes' parallel sender, instead of one round
+    /// trip after the other.
     async fn exchange(
         &self,
         addr: SocketAddr,
         conn: Option<Conn>,
         frames: &[Bytes],
         acks: usize,
-        fan: usize,
+        fan: &FanMember<'_>,
         progress: &mut Progress,
     ) -> Result<Conn, PeerError> {
         let mut conn = match conn {
@@ -596,7 +650,8 @@ impl Sender {
         write_frames(&mut conn.stream, frames)
             .await
             .map_err(|e| PeerError::Io(e.to_string()))?;
-        if fan > 1 && acks > 0 {
+        fan.written();
+        if fan.fan.members > 1 && acks > 0 {
             tokio::task::yield_now().await;
         }
 
@@ -637,7 +692,10 @@ impl Sender {
                     // wake-ups overlap, and polling would crowd them out);
                     // the exchanges of this same send do not count: their
                     // task is the one polling.
-                    let others = || self.waiting.load(Ordering::Relaxed) > fan;
+                    let others = || {
+                        self.waiting.load(Ordering::Relaxed) > fan.fan.members
+                            || fan.fan.unwritten.load(Ordering::Relaxed) > 0
+                    };
                     let started = Instant::now();
                     let polled = self.busy_poll.read(
                         &mut conn.poll,
@@ -955,7 +1013,9 @@ mod tests {
                 let pool = sender.pool(addr);
                 sender.send_piped(member, &pool, &frames, 5).await
             } else {
-                sender.transfer(member, &frames, 5, None, 1).await
+                sender
+                    .transfer(member, &frames, 5, None, &FanMember::new(&Fan::new(1)))
+                    .await
             }
             .expect("delivered after one retry");
             assert!(failed.is_empty());
