@@ -404,21 +404,14 @@ impl Sender {
         let one_ack_per_frame = frame_count(frames) == Some(acks);
         let mut progress = Progress::default();
         loop {
-            let done = progress.got;
-            if done >= acks {
+            if progress.got >= acks {
                 self.count_sent(frames, &progress.failed);
                 return Ok(progress.failed);
             }
-            let rest = match done {
-                0 => None,
-                _ => frames_after(frames, done),
-            };
+            let rest = progress.rest(frames, acks);
             let (send, want) = match &rest {
-                Some(r) => (r.as_slice(), acks - done),
-                None => {
-                    progress = Progress::default();
-                    (frames, acks)
-                }
+                Some((r, want)) => (r.as_slice(), *want),
+                None => (frames, acks),
             };
             let err = match self.pipe(member.addr(), pool).await {
                 Err(e) => e,
@@ -533,17 +526,10 @@ impl Sender {
                 (Some(lane), 0) => lane.take(),
                 (None, 0) => pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop(),
             };
-            let done = progress.got;
-            let rest = match done {
-                0 => None,
-                _ => frames_after(frames, done),
-            };
+            let rest = progress.rest(frames, acks);
             let (send, want) = match &rest {
-                Some(r) => (r.as_slice(), acks - done),
-                None => {
-                    progress = Progress::default();
-                    (frames, acks)
-                }
+                Some((r, want)) => (r.as_slice(), *want),
+                None => (frames, acks),
             };
             let mut this = Progress::default();
             let result = tokio::time::timeout(
@@ -799,6 +785,21 @@ const VECTORED_MIN_AVERAGE: usize = 4096;
 struct Progress {
     got: usize,
     failed: Vec<usize>,
+}
+
+impl Progress {
+    /// What a retry sends: the frames after those already acknowledged,
+    /// with the ACKs still wanted. `None` to send everything again (nothing
+    /// acknowledged yet, or the frames cannot be told apart), and then the
+    /// earlier progress no longer counts.
+    fn rest(&mut self, frames: &[Bytes], acks: usize) -> Option<(Vec<Bytes>, usize)> {
+        let done = self.got;
+        let rest = (done > 0).then(|| frames_after(frames, done)).flatten();
+        if rest.is_none() {
+            *self = Progress::default();
+        }
+        rest.map(|r| (r, acks - done))
+    }
 }
 
 /// The byte at `pos` of the pieces taken as one stream.
