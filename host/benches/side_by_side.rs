@@ -144,8 +144,15 @@ mod peer {
             cfg.sender.busy_poll_us = tx;
             cfg.receiver.busy_poll_us = rx;
         }
-        // As `shoal run`: a default multi-threaded runtime.
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        // SIDE_BY_SIDE_SHOAL_WORKERS=N sets `runtime.worker_threads`.
+        if let Some(n) = std::env::var("SIDE_BY_SIDE_SHOAL_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.runtime.worker_threads = n;
+        }
+        // As `shoal run`: the runtime of `[runtime]` (default: half the CPUs).
+        let rt = cfg.runtime.build().expect("runtime");
         let received = Arc::new(AtomicU64::new(0));
         let node = rt.block_on(async {
             let node = Node::start(cfg).await.expect("node start");

@@ -76,6 +76,8 @@ pub struct Config {
     pub sender: SenderConfig,
     /// `[dispatch]`: the asynchronous send queue.
     pub dispatch: DispatchConfig,
+    /// `[runtime]`: the threads that run the node.
+    pub runtime: RuntimeConfig,
     /// `[api]`: the HTTP admin endpoint.
     pub api: ApiConfig,
     /// `[plugins]`: limits for WebAssembly plug-ins.
@@ -710,6 +712,54 @@ impl Default for DispatchConfig {
     }
 }
 
+/// `[runtime]`: the async runtime `shoal run` builds (an app embedding a
+/// node brings its own).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 (default) = half the CPUs the process may use,
+    /// at least one. A node shares its machine with the application it
+    /// replicates for, and every wake-up that hands a task to another
+    /// worker costs a futex wake and a context switch: on 2 cores one
+    /// worker moved 40 % more concurrent sync-ACK sends than two
+    /// (docs/benchmarks.md, "One runtime worker on 2 cores").
+    pub worker_threads: usize,
+}
+
+/// Most runtime workers accepted.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+impl RuntimeConfig {
+    /// The worker threads to start: the configured number, or half of
+    /// `cpus` (the CPUs this process may use), at least one.
+    pub fn workers(&self, cpus: usize) -> usize {
+        match self.worker_threads {
+            0 => (cpus / 2).max(1),
+            n => n,
+        }
+    }
+
+    /// A multi-threaded Tokio runtime with [`Self::workers`] workers for
+    /// the CPUs this process may use, I/O and timers enabled.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.workers(cpus))
+            .enable_all()
+            .build()
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(Invalid::new(
+                "runtime.worker_threads",
+                format!("must be 0 (half the CPUs) to {MAX_WORKER_THREADS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[api]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -959,6 +1009,11 @@ impl Config {
             format!("{:?}", self.dispatch),
             format!("{:?}", new.dispatch),
         );
+        differs(
+            "runtime",
+            format!("{:?}", self.runtime),
+            format!("{:?}", new.runtime),
+        );
         differs("api", format!("{:?}", self.api), format!("{:?}", new.api));
         differs(
             "session",
@@ -986,6 +1041,7 @@ impl Config {
             self.receiver.validate(),
             self.sender.validate(),
             self.dispatch.validate(),
+            self.runtime.validate(),
             self.plugins.validate(),
             self.session.validate(),
             self.deploy.validate(),
@@ -1532,6 +1588,23 @@ mod tests {
         assert!(e.to_string().contains("key `membership.port`"), "{e}");
         let e = parse("[node]\nname = \"a\"\n[receiver]\nprot = 4000\n").expect_err("unknown key");
         assert!(e.to_string().contains("line 4: key `receiver.prot`"), "{e}");
+    }
+
+    #[test]
+    fn runtime_workers_default_to_half_the_cpus_at_least_one() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.runtime.workers(1), 1);
+        assert_eq!(c.runtime.workers(2), 1);
+        assert_eq!(c.runtime.workers(8), 4);
+        let c = parse("[runtime]\nworker_threads = 3\n").expect("valid");
+        assert_eq!(c.runtime.workers(2), 3, "as configured");
+        let rt = c.runtime.build().expect("runtime");
+        assert_eq!(rt.metrics().num_workers(), 3);
+        let e = parse("[runtime]\nworker_threads = 100000\n").expect_err("too many");
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "runtime.worker_threads"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => shoal::Config::load(path)?,
                 None => shoal::Config::default(),
             };
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rt = cfg.runtime.build().context("starting the async runtime")?;
             let what = match &config {
                 Some(p) => format!("starting the node configured in {}", p.display()),
                 None => "starting the node (default configuration)".into(),
