@@ -449,6 +449,11 @@ async fn throughput_stats_are_exact() {
     assert_eq!(plugin_counter(&nodes[1], "throughput", "rx_messages"), N);
     assert_eq!(plugin_counter(&nodes[1], "throughput", "rx_bytes"), N * 100);
     assert_eq!(plugin_counter(&nodes[0], "throughput", "rx_messages"), 0);
+    // The host counts (`tally`) and calls the hooks only at each complete
+    // interval of 100, where the plug-in reports: twice in 250 messages.
+    // A call per message would report 250 times; none, never.
+    assert_eq!(plugin_counter(&nodes[0], "throughput", "reports"), 2);
+    assert_eq!(plugin_counter(&nodes[1], "throughput", "reports"), 2);
     shutdown(nodes).await;
 }
 

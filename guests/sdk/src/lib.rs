@@ -406,6 +406,8 @@ pub mod host {
         }
 
         /// Adds `delta`; returns the node-wide total.
+        // Not `std::ops::Add`: it counts on the host, it does not make a value.
+        #[allow(clippy::should_implement_trait)]
         pub fn add(self, delta: u64) -> u64 {
             h::counter_add(self.0, delta)
         }
@@ -413,6 +415,11 @@ pub mod host {
         /// The node-wide total.
         pub fn get(self) -> u64 {
             h::counter_add(self.0, 0)
+        }
+
+        /// The host's handle.
+        pub fn handle(self) -> u32 {
+            self.0
         }
     }
 
@@ -451,6 +458,39 @@ pub mod host {
     /// Passes a member-disappeared event up from this plug-in.
     pub fn raise_member_disappeared(m: &Member, reason: LeaveReason) {
         h::raise_member_disappeared(m, reason)
+    }
+}
+
+/// Counting by the host (the WIT `tally` interface), for a plug-in whose
+/// message hooks would only count: the host adds every message the
+/// plug-in's filter admits to its counters with no call, and calls
+/// `on_send` / `on_receive` only with a message that brings the count past
+/// a multiple of `every` (Tribes' ThroughputInterceptor reports so). A
+/// plug-in that never calls it does not import the interface.
+pub mod tally {
+    use super::bindings::shoal::cluster::tally as t;
+    use super::host::Counter;
+
+    /// Asks the host to count sent messages (one per destination), sent
+    /// bytes (times the destinations), received messages and received bytes
+    /// on these counters from the next message on; the hooks then see only
+    /// the messages at a multiple of `every` (0: none). Call it from
+    /// `create`. An error (nothing counted) when a counter was not
+    /// registered.
+    pub fn count_messages(
+        sent_messages: Counter,
+        sent_bytes: Counter,
+        received_messages: Counter,
+        received_bytes: Counter,
+        every: u64,
+    ) -> Result<(), String> {
+        t::count_messages(t::TallySpec {
+            sent_messages: sent_messages.handle(),
+            sent_bytes: sent_bytes.handle(),
+            received_messages: received_messages.handle(),
+            received_bytes: received_bytes.handle(),
+            every,
+        })
     }
 }
 

@@ -28,7 +28,7 @@ pub use handle::{ChainChange, ChainHandle, ChangeKind, ChangeReport, PluginChang
 use crate::member::{Member, MemberId};
 use crate::plugins::{
     Batch, DestSets, Dests, FailureKind, FailureMode, Interceptor, InterceptorSpec, NodeCtx,
-    PluginLoadError, PluginOptions, Sender, Senders, Verdict,
+    PluginLoadError, PluginOptions, Sender, Senders, Tally, Verdict,
 };
 use crate::wire::SendOptions;
 
@@ -257,6 +257,11 @@ impl Chain {
                     if !ic.caps.sees(m.options(), m.body().len()) {
                         continue;
                     }
+                    if let Some(t) = &ic.tally
+                        && !M::tally(t, m)
+                    {
+                        continue;
+                    }
                     if M::defers_at_once(ic, m, pending) {
                         pending += m.body().len() as u64;
                         ic.shared.defers.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +295,11 @@ impl Chain {
                 return;
             }
             if !M::hooked(ic) || !ic.caps.sees(msg.options(), msg.body().len()) {
+                continue;
+            }
+            if let Some(t) = &ic.tally
+                && !M::tally(t, msg)
+            {
                 continue;
             }
             let r = if M::defers_at_once(ic, msg, 0) {
@@ -327,6 +337,9 @@ trait Way: BodyOwner + Sized {
     fn hooked(ic: &Interceptor) -> bool;
     /// Whether the interceptor's defer rule covers the message.
     fn defers_at_once(ic: &Interceptor, m: &Self, pending: u64) -> bool;
+    /// Counts the message for a plug-in the host counts for; whether its
+    /// hook must see it all the same.
+    fn tally(t: &Tally, m: &Self) -> bool;
     fn party(&self) -> Self::Party;
     fn parties(msgs: &[Self]) -> Self::Parties;
     fn call_one(ic: &Interceptor, m: &Self, party: &Self::Party) -> Result<Verdict, FailureKind>;
@@ -405,6 +418,9 @@ impl Way for OutMsg {
     fn defers_at_once(ic: &Interceptor, m: &Self, pending: u64) -> bool {
         ic.defers_at_once(m.options, m.body.len(), pending)
     }
+    fn tally(t: &Tally, m: &Self) -> bool {
+        t.sent(m.dests.len(), m.body.len())
+    }
     fn party(&self) -> Self::Party {
         Dests::new(&self.dests)
     }
@@ -443,6 +459,9 @@ impl Way for InMsg {
     }
     fn defers_at_once(_: &Interceptor, _: &Self, _: u64) -> bool {
         false
+    }
+    fn tally(t: &Tally, m: &Self) -> bool {
+        t.received(m.body.len())
     }
     fn party(&self) -> Self::Party {
         Sender::new(&self.sender)

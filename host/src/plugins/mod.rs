@@ -35,7 +35,7 @@ use wasmtime::component::{Linker, ResourceAny};
 
 pub use crate::wasm::engine::{content_hash, default_cache_dir, engine};
 pub use crate::wasm::host::{
-    FailureKind, HostEvent, NodeCtx, PluginShared, Raised, Reporter, TCP_FAIL_DETECT,
+    FailureKind, GuestCounter, HostEvent, NodeCtx, PluginShared, Raised, Reporter, TCP_FAIL_DETECT,
 };
 use crate::wasm::pool::{self, InstancePool, PoolLimits};
 use crate::wasm::{bindings, engine, wasi};
@@ -284,6 +284,62 @@ pub enum PluginLoadError {
     },
 }
 
+/// Counters the host keeps for a plug-in that only counts messages (the
+/// `tally` import), in place of a hook call per message.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    sent_messages: Arc<GuestCounter>,
+    sent_bytes: Arc<GuestCounter>,
+    received_messages: Arc<GuestCounter>,
+    received_bytes: Arc<GuestCounter>,
+    every: u64,
+}
+
+impl Tally {
+    /// The counters `spec` names, if every handle is registered.
+    fn resolve(shared: &PluginShared) -> Option<Self> {
+        let spec = (*shared.tally.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let all = shared.counters.read().unwrap_or_else(|p| p.into_inner());
+        let c = |i: usize| all.get(spec.counters[i] as usize).cloned();
+        Some(Self {
+            sent_messages: c(0)?,
+            sent_bytes: c(1)?,
+            received_messages: c(2)?,
+            received_bytes: c(3)?,
+            every: spec.every,
+        })
+    }
+
+    /// Counts `n` messages of `size` bytes on `messages` and `bytes`;
+    /// whether the count passed a multiple of `every` (the hook is called).
+    fn count(&self, messages: &GuestCounter, bytes: &GuestCounter, n: u64, size: u64) -> bool {
+        bytes.value.fetch_add(n * size, Ordering::Relaxed);
+        let before = messages.value.fetch_add(n, Ordering::Relaxed);
+        self.every > 0 && (before + n) / self.every != before / self.every
+    }
+
+    /// A message of `size` bytes sent to `n` members (`n` counts as at
+    /// least one); whether the plug-in's `on-send` must see it.
+    pub(crate) fn sent(&self, n: usize, size: usize) -> bool {
+        self.count(
+            &self.sent_messages,
+            &self.sent_bytes,
+            n.max(1) as u64,
+            size as u64,
+        )
+    }
+
+    /// A message of `size` bytes received; whether `on-receive` must see it.
+    pub(crate) fn received(&self, size: usize) -> bool {
+        self.count(
+            &self.received_messages,
+            &self.received_bytes,
+            1,
+            size as u64,
+        )
+    }
+}
+
 /// What a plug-in asked for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caps {
@@ -388,6 +444,8 @@ pub struct Interceptor {
     pub(crate) lineage: AtomicU64,
     /// The version it declares.
     pub(crate) version: String,
+    /// What the host counts for it instead of calling its message hooks.
+    pub(crate) tally: Option<Tally>,
 }
 
 impl fmt::Debug for Interceptor {
@@ -506,7 +564,9 @@ impl Interceptor {
         let caps_host = Caps::from_wit(&caps);
         pool.set_single(caps_host.single);
         pool.put_control(slot);
+        let tally = Tally::resolve(&shared);
         let me = Self {
+            tally,
             shared,
             hash,
             caps: caps_host,
@@ -520,7 +580,8 @@ impl Interceptor {
         tracing::info!(
             plugin = %name, source = %source_desc, hash = %&me.hash[..12],
             generation = me.shared.generation,
-            caps = ?me.caps, failure_mode = ?me.spec.failure_mode, "interceptor loaded"
+            caps = ?me.caps, tally = me.tally.is_some(), failure_mode = ?me.spec.failure_mode,
+            "interceptor loaded"
         );
         Ok(me)
     }
@@ -1014,5 +1075,52 @@ mod tests {
     fn builtins_are_the_names_config_accepts() {
         let names: Vec<&str> = super::BUILTINS.iter().map(|b| b.0).collect();
         assert_eq!(names, crate::config::BUILTIN_NAMES);
+    }
+
+    #[test]
+    fn a_tally_counts_every_message_and_calls_the_hook_at_each_interval() {
+        use super::{GuestCounter, PluginShared, Tally};
+        use crate::wasm::host::TallySpec;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let shared = PluginShared::new("t".into(), 1);
+        for name in ["tx", "txb", "rx", "rxb"] {
+            shared
+                .counters
+                .write()
+                .expect("counters lock")
+                .push(Arc::new(GuestCounter {
+                    name: name.into(),
+                    help: String::new(),
+                    value: AtomicU64::new(0),
+                }));
+        }
+        // No spec: the host does not count, the hooks see everything.
+        assert!(Tally::resolve(&shared).is_none());
+        *shared.tally.lock().expect("tally lock") = Some(TallySpec {
+            counters: [0, 1, 2, 3],
+            every: 10,
+        });
+        let t = Tally::resolve(&shared).expect("all four handles registered");
+        // Sent to 3 members: 3 messages, 3 × 100 bytes; the hook sees the
+        // sends that pass 10, 20, ...
+        let calls: Vec<bool> = (0..7).map(|_| t.sent(3, 100)).collect();
+        assert_eq!(calls, [false, false, false, true, false, false, true]);
+        // A message to no one (a broadcast) counts once.
+        assert!(!t.sent(0, 5));
+        let received: usize = (0..25).filter(|_| t.received(7)).count();
+        assert_eq!(received, 2);
+        let v = |i: usize| {
+            shared.counters.read().expect("counters lock")[i]
+                .value
+                .load(Ordering::Relaxed)
+        };
+        assert_eq!((v(0), v(1), v(2), v(3)), (22, 2105, 25, 175));
+        // A handle that was never registered: no tally (the import refuses it).
+        *shared.tally.lock().expect("tally lock") = Some(TallySpec {
+            counters: [0, 1, 2, 9],
+            every: 10,
+        });
+        assert!(Tally::resolve(&shared).is_none());
     }
 }

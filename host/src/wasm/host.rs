@@ -139,6 +139,17 @@ pub struct GuestCounter {
     pub value: AtomicU64,
 }
 
+/// What a plug-in asked the host to count for it (the `tally` import):
+/// counter handles for messages sent, bytes sent, messages received, bytes
+/// received, and every how many messages the hook is still called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TallySpec {
+    /// Handles, in the order above.
+    pub counters: [u32; 4],
+    /// Call the hook with the message that passes a multiple of this (0: never).
+    pub every: u64,
+}
+
 /// Kinds of guest failure, counted per plug-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -171,6 +182,8 @@ pub struct PluginShared {
     pub generation: u64,
     /// Registered counters, by handle (index).
     pub counters: RwLock<Vec<Arc<GuestCounter>>>,
+    /// What the host counts for the plug-in (`tally.count-messages`).
+    pub tally: std::sync::Mutex<Option<TallySpec>>,
     /// Failures by kind: trap, timeout, memory.
     pub failures: [AtomicU64; 3],
     /// Messages this plug-in dropped.
@@ -235,6 +248,7 @@ impl PluginShared {
             name,
             generation,
             counters: RwLock::new(Vec::new()),
+            tally: std::sync::Mutex::new(None),
             failures: Default::default(),
             drops: AtomicU64::new(0),
             defers: AtomicU64::new(0),
@@ -568,6 +582,30 @@ impl super::bindings::policy::shoal::cluster::policy_host::Host for HostState {
 
     fn counter_add(&mut self, counter: u32, delta: u64) -> u64 {
         host::Host::counter_add(self, counter, delta)
+    }
+}
+
+impl super::bindings::shoal::cluster::tally::Host for HostState {
+    fn count_messages(
+        &mut self,
+        spec: super::bindings::shoal::cluster::tally::TallySpec,
+    ) -> Result<(), String> {
+        let counters = [
+            spec.sent_messages,
+            spec.sent_bytes,
+            spec.received_messages,
+            spec.received_bytes,
+        ];
+        if let Some(bad) = counters.iter().find(|&&c| self.counter(c).is_none()) {
+            return Err(format!(
+                "tally: counter handle {bad} is not a registered counter"
+            ));
+        }
+        *self.plugin.tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(TallySpec {
+            counters,
+            every: spec.every,
+        });
+        Ok(())
     }
 }
 
