@@ -6,7 +6,7 @@
 //!    against no chain, at 100 B, 1 KiB and 64 KiB;
 //! 2. the same path with 2 tasks in parallel, with one instance per
 //!    interceptor shared by both vs one instance per worker thread;
-//! 3. end-to-end asynchronous throughput (1 KiB) between two nodes on
+//! 3. end-to-end asynchronous throughput (100 B and 1 KiB) between two nodes on
 //!    loopback with the default chain and with no chain.
 //!
 //! `SHOAL_BENCH_ONLY=e2e` (or `per-message`) runs one part alone, e.g. under
@@ -303,6 +303,13 @@ async fn per_message_sections() {
 }
 
 async fn e2e_section() {
+    // At 100 B (where a fixed per-message cost weighs most) and at 1 KiB.
+    for size in [100, 1024] {
+        e2e_at(size).await;
+    }
+}
+
+async fn e2e_at(size: usize) {
     // Runs alternate (none, chain, none, chain, ...) so that drift on a
     // shared machine hits both sides alike; the table gives each run and the
     // medians. SHOAL_BENCH_ROUNDS sets the number of pairs (default 5).
@@ -316,14 +323,14 @@ async fn e2e_section() {
         _ => &[false, true],
     };
     println!(
-        "\n## End-to-end asynchronous throughput, 1 KiB, two nodes on loopback ({rounds} alternating runs of 3 s)\n"
+        "\n## End-to-end asynchronous throughput, {size} B, two nodes on loopback ({rounds} alternating runs of 3 s)\n"
     );
     println!("| chain | msg/s, each run | median msg/s | median MB/s |");
     println!("|---|---|---:|---:|");
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     for _ in 0..rounds {
         for (k, &with_chain) in sides.iter().enumerate() {
-            let (rate, _) = throughput(with_chain, 1024, Duration::from_secs(3)).await;
+            let (rate, _) = throughput(with_chain, size, Duration::from_secs(3)).await;
             rates[k].push(rate);
         }
     }
@@ -345,7 +352,7 @@ async fn e2e_section() {
                 "none"
             },
             runs.join(", "),
-            median * 1024.0 / 1e6
+            median * size as f64 / 1e6
         );
     }
     if let [none, chain] = medians[..] {
