@@ -107,7 +107,9 @@ impl Interceptor for RateLimit {
             return Ok(()); // a fresh start: full buckets
         };
         let Some((&STATE_V1, rest)) = state.split_first() else {
-            host::warn("rate limit: unknown state version from the old version; starting with full buckets");
+            host::warn(
+                "rate limit: unknown state version from the old version; starting with full buckets",
+            );
             return Ok(());
         };
         let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
@@ -131,7 +133,11 @@ impl Interceptor for RateLimit {
     }
 
     fn stats(&self) -> Vec<Stat> {
-        vec![Stat::gauge("rate_senders", self.buckets.len() as f64, "Senders with a token bucket")]
+        vec![Stat::gauge(
+            "rate_senders",
+            self.buckets.len() as f64,
+            "Senders with a token bucket",
+        )]
     }
 }
 

@@ -20,7 +20,12 @@ fn parse_domain(s: &str) -> Result<Vec<u8>, String> {
         inner
             .split(',')
             .filter(|p| !p.trim().is_empty())
-            .map(|p| p.trim().parse::<i16>().map(|v| v as u8).map_err(|_| format!("setting `domain`: bad byte {p:?}")))
+            .map(|p| {
+                p.trim()
+                    .parse::<i16>()
+                    .map(|v| v as u8)
+                    .map_err(|_| format!("setting `domain`: bad byte {p:?}"))
+            })
             .collect()
     } else {
         Ok(s.chars().map(|c| c as u32 as u8).collect())
@@ -35,12 +40,16 @@ impl Interceptor for DomainFilter {
         Ok(Self {
             domain,
             log_interval: log_interval.max(1),
-            dropped: Counter::register("foreign_messages_dropped", "Messages from another domain dropped"),
+            dropped: Counter::register(
+                "foreign_messages_dropped",
+                "Messages from another domain dropped",
+            ),
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS).version(env!("CARGO_PKG_VERSION"))
+        Capabilities::new(Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS)
+            .version(env!("CARGO_PKG_VERSION"))
     }
 
     fn on_receive(&mut self, msg: &Incoming<'_>) -> Verdict {

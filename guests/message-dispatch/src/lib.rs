@@ -40,14 +40,16 @@ impl Interceptor for MessageDispatch {
 
     /// Called for asynchronous sends the host did not defer by itself: the
     /// queue is (about to be) full.
-
     fn on_send(&mut self, msg: &Outgoing<'_>) -> Verdict {
         if host::queued_bytes() + u64::from(msg.meta.size) <= self.max_queue_size {
             Verdict::Defer
         } else if self.always_send {
             Verdict::Pass
         } else {
-            Verdict::Drop(format!("asynchronous queue full ({} bytes)", self.max_queue_size))
+            Verdict::Drop(format!(
+                "asynchronous queue full ({} bytes)",
+                self.max_queue_size
+            ))
         }
     }
 }

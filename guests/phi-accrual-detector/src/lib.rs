@@ -344,7 +344,10 @@ impl Interceptor for Detector {
             .map(|(o, _)| o.clone())
             .collect();
         for o in earlier {
-            self.drop_member(&o, "restarted on the same address: its earlier incarnation is gone");
+            self.drop_member(
+                &o,
+                "restarted on the same address: its earlier incarnation is gone",
+            );
         }
         if let Some(t) = self.tracks.get(&k) {
             if t.in_view {

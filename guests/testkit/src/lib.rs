@@ -43,7 +43,10 @@ impl Testkit {
             "tag" => {
                 let mut b = body.unwrap_or_default().to_vec();
                 b.extend_from_slice(&self.tag);
-                Verdict::Modify { options: None, body: Some(b) }
+                Verdict::Modify {
+                    options: None,
+                    body: Some(b),
+                }
             }
             "verdict" => match self.verdict.as_str() {
                 "drop" => Verdict::Drop("dropped by testkit".into()),
@@ -169,7 +172,8 @@ impl Interceptor for Testkit {
     fn member_added(&mut self, m: &Member) -> MemberVerdict {
         if self.mode == "probe" {
             let count = |name: &str, ok: bool| {
-                host::Counter::register(if ok { name } else { "probes_refused" }, "testkit probes").add(1);
+                host::Counter::register(if ok { name } else { "probes_refused" }, "testkit probes")
+                    .add(1);
             };
             let opts = ProbeOptions {
                 connect_timeout_ms: 500,
@@ -179,7 +183,11 @@ impl Interceptor for Testkit {
             };
             count("member_probes_started", host::probe(m, opts).is_ok());
             if let Some((h, p)) = &self.probe_target {
-                let other = Member { host: h.clone(), port: *p, ..m.clone() };
+                let other = Member {
+                    host: h.clone(),
+                    port: *p,
+                    ..m.clone()
+                };
                 count("other_probes_started", host::probe(&other, opts).is_ok());
             }
             return MemberVerdict::Pass;
@@ -209,7 +217,10 @@ impl Interceptor for Testkit {
     }
 
     fn stats(&self) -> Vec<Stat> {
-        self.settings.iter().map(|(k, v)| Stat::gauge(k, *v, "a setting")).collect()
+        self.settings
+            .iter()
+            .map(|(k, v)| Stat::gauge(k, *v, "a setting"))
+            .collect()
     }
 }
 
