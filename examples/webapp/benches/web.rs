@@ -211,7 +211,8 @@ usage: cargo bench -p shoal-webapp --bench web -- [options]
   --users N          concurrent users (8)
   --items K          cart items a user cycles over (6; the session holds K lines of 1 KiB)
 environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
-             WEB_SHOAL_POLL_US=S,R sets shoal's sender and receiver busy_poll_us
+             WEB_SHOAL_POLL_US=S,R sets shoal's sender and receiver busy_poll_us,
+             WEB_SHOAL_WORKERS=N each webapp's runtime worker threads
              (experiments; default: the nodes' default)";
 
     fn parse(args: &[String]) -> Result<Self, String> {
@@ -554,6 +555,10 @@ fn webapp_toml(route: &str, domain: &str, mcast: u16, api: u16, policy: &str) ->
         }
         Err(_) => (String::new(), String::new()),
     };
+    // WEB_SHOAL_WORKERS=N: `[runtime] worker_threads` (default: half the CPUs).
+    let runtime = std::env::var("WEB_SHOAL_WORKERS")
+        .map(|n| format!("[runtime]\nworker_threads = {n}\n\n"))
+        .unwrap_or_default();
     format!(
         "# written by examples/webapp/benches/web.rs\n\
          [node]\nname = \"{route}\"\njvm_route = \"{route}\"\ndomain = \"{domain}\"\n\n\
@@ -561,6 +566,7 @@ fn webapp_toml(route: &str, domain: &str, mcast: u16, api: u16, policy: &str) ->
          bind = \"127.0.0.1\"\nfrequency_ms = 500\ndrop_time_ms = 3000\n\n\
          [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 100\n{receiver_poll}\n\
          {sender_poll}\
+         {runtime}\
          [api]\nlisten = \"127.0.0.1:{api}\"\n\n\
          [session]\npolicy = \"{policy}\"\nsend_options = \"sync-ack\"\n",
         port = free_port()

@@ -235,8 +235,7 @@ fn args() -> Result<Args, String> {
     })
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -245,7 +244,12 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run().await {
+    let started = start();
+    let result = match started {
+        Ok((args, cfg, rt)) => rt.block_on(run(args, cfg)),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -254,9 +258,21 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// The arguments, the config, and the runtime its `[runtime]` asks for
+/// (default: half the CPUs), which runs the whole app.
+type Started = (Args, shoal::Config, tokio::runtime::Runtime);
+
+fn start() -> Result<Started, Box<dyn std::error::Error>> {
     let args = args()?;
     let cfg = shoal::Config::load(&args.config)?;
+    let rt = cfg
+        .runtime
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    Ok((args, cfg, rt))
+}
+
+async fn run(args: Args, cfg: shoal::Config) -> Result<(), Box<dyn std::error::Error>> {
     let name: Arc<str> = cfg.node.name.as_str().into();
     // Bind first, so a busy port fails before the node joins the cluster.
     let listener = tokio::net::TcpListener::bind(args.listen)
