@@ -104,10 +104,12 @@ pub struct PluginsConfig {
     /// With no `[[interceptor]]`: run the built-in tcp-failure-detector,
     /// message-dispatch and throughput (true), or no chain at all (false).
     pub default_chain: bool,
-    /// Deadline of one message-hook call (epoch interruption). Default 20 ms:
-    /// epochs count wall time, and at 5 ms calls on a loaded 2-core machine
-    /// were interrupted while descheduled. Membership, heartbeat, probe,
-    /// timer and stats calls get 1 s.
+    /// Deadline of one message-hook call (epoch interruption). Default 20 ms.
+    /// Epochs count wall time; when one passes, the call is stopped only
+    /// once it has used another deadline's worth of CPU (or 50 deadlines in
+    /// all), so a call descheduled on a loaded machine is not failed
+    /// ([`crate::wasm::engine::CallDeadline`]). Membership, heartbeat,
+    /// probe, timer and stats calls get 1 s.
     pub call_deadline_ms: u64,
     /// Memory cap of one plug-in instance. Default 64 MiB.
     pub memory_limit_mb: u64,

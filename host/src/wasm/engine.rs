@@ -154,6 +154,71 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("shoal").join("components"))
 }
 
+/// The deadline of the call running in a store, counted in epoch ticks of
+/// wall time but judged by CPU time: a call whose wall-clock deadline
+/// passes while its thread was descheduled (a loaded machine, a container's
+/// CPU quota throttling the node) is not stopped for time it did not run.
+///
+/// When the deadline passes the thread's CPU time is read and the call gets
+/// another deadline's worth of ticks; at each later expiry it is stopped
+/// once the CPU it used since the first expiry reaches the deadline, or
+/// after [`MAX_PERIODS`] deadlines of wall time in all. A runaway guest on an
+/// idle machine is so stopped at twice its deadline; a call that needed its
+/// deadline's CPU but got half a core still finishes. Nothing is read per
+/// call: the CPU clock is read only at expiries.
+#[derive(Debug, Default)]
+pub struct CallDeadline {
+    ticks: u64,
+    /// The thread's CPU time at the first expiry, and the expiries so far.
+    overrun: Option<(Duration, u32)>,
+}
+
+/// Wall-clock deadlines a descheduled call may take in all.
+pub const MAX_PERIODS: u32 = 50;
+
+impl CallDeadline {
+    /// A new call of `ticks` starts.
+    pub fn arm(&mut self, ticks: u64) {
+        self.ticks = ticks;
+        self.overrun = None;
+    }
+
+    /// The epoch deadline passed: another period, or stop the call.
+    pub fn expired(&mut self) -> wasmtime::UpdateDeadline {
+        use wasmtime::UpdateDeadline::{Continue, Interrupt};
+        let Some(now) = thread_cpu_time() else {
+            return Interrupt;
+        };
+        let budget = EPOCH_TICK * u32::try_from(self.ticks).unwrap_or(u32::MAX);
+        match &mut self.overrun {
+            None => {
+                self.overrun = Some((now, 1));
+                Continue(self.ticks)
+            }
+            Some((first, periods)) => {
+                *periods += 1;
+                if now.saturating_sub(*first) >= budget || *periods >= MAX_PERIODS {
+                    Interrupt
+                } else {
+                    Continue(self.ticks)
+                }
+            }
+        }
+    }
+}
+
+/// CPU time the calling thread has used.
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 /// The effective user id of this process.
 #[allow(unsafe_code)]
 fn euid() -> u32 {
@@ -282,4 +347,65 @@ fn store_cache(component: &Component, dir: &Path, file: &Path) -> std::io::Resul
     let tmp = file.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::UpdateDeadline;
+
+    /// Uses `d` of this thread's CPU time.
+    fn spin(d: Duration) {
+        let start = thread_cpu_time().expect("cpu clock");
+        while thread_cpu_time().expect("cpu clock") - start < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn stopped(u: UpdateDeadline) -> bool {
+        matches!(u, UpdateDeadline::Interrupt)
+    }
+
+    #[test]
+    fn a_running_call_is_stopped_at_the_second_expiry() {
+        let mut d = CallDeadline::default();
+        d.arm(5);
+        spin(Duration::from_millis(5));
+        assert!(
+            !stopped(d.expired()),
+            "the first expiry only starts counting"
+        );
+        spin(Duration::from_millis(5));
+        assert!(stopped(d.expired()), "a deadline's CPU past the deadline");
+    }
+
+    #[test]
+    fn a_descheduled_call_gets_more_periods_up_to_the_cap() {
+        let mut d = CallDeadline::default();
+        d.arm(5);
+        let mut periods = 0;
+        while !stopped(d.expired()) {
+            periods += 1;
+            assert!(periods < MAX_PERIODS, "stopped at the cap");
+            // Off the CPU for the period, as when descheduled.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(periods, MAX_PERIODS - 1);
+        // A new call starts afresh.
+        d.arm(5);
+        assert!(!stopped(d.expired()));
+    }
+
+    #[test]
+    fn cpu_used_while_descheduled_in_part_adds_up() {
+        let mut d = CallDeadline::default();
+        d.arm(6);
+        assert!(!stopped(d.expired()));
+        for _ in 0..2 {
+            spin(Duration::from_millis(2));
+            assert!(!stopped(d.expired()), "less than the deadline so far");
+        }
+        spin(Duration::from_millis(2));
+        assert!(stopped(d.expired()), "the deadline's CPU reached");
+    }
 }

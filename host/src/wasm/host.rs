@@ -410,6 +410,8 @@ pub struct HostState {
     counters: Vec<Arc<GuestCounter>>,
     /// Keys of the `crypto` import this instance holds.
     pub(crate) crypto_keys: usize,
+    /// The running call's deadline.
+    pub(crate) deadline: super::engine::CallDeadline,
 }
 
 impl std::fmt::Debug for HostState {
@@ -436,6 +438,7 @@ impl HostState {
             outbox: Vec::new(),
             counters: Vec::new(),
             crypto_keys: 0,
+            deadline: Default::default(),
         }
     }
 

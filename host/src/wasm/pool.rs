@@ -132,6 +132,8 @@ impl<F: Instantiate> InstancePool<F> {
             ),
         );
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.expired()));
+        store.data_mut().deadline.arm(self.control_ticks);
         store.set_epoch_deadline(self.control_ticks);
         let instance = {
             let _running = GuestCall::enter();
@@ -221,6 +223,7 @@ impl<F: Instantiate> InstancePool<F> {
             }
         }
         if let Some(s) = g.as_mut() {
+            s.store.data_mut().deadline.arm(deadline);
             s.store.set_epoch_deadline(deadline);
         }
         Ok(g)
