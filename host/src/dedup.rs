@@ -14,6 +14,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
+/// foldhash, randomly seeded per map: every received message costs a few
+/// lookups here, and SipHash made them ~10 % of a node's CPU at 1 KiB async
+/// (docs/benchmarks.md). The ids are the sender's, so the seed still matters.
+type Hasher = foldhash::fast::RandomState;
+
 /// Message ids remembered per sender.
 pub const WINDOW: usize = 2048;
 /// Senders remembered at most (over all shards).
@@ -22,16 +27,16 @@ const SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Window {
-    seen: HashSet<u128>,
+    seen: HashSet<u128, Hasher>,
     order: VecDeque<u128>,
 }
 
 #[derive(Default)]
 struct Shard {
-    senders: HashMap<[u8; 16], Window>,
+    senders: HashMap<[u8; 16], Window, Hasher>,
     /// Messages being delivered now (claimed, not finished): a copy that
     /// arrives meanwhile on another connection is not delivered too.
-    in_progress: HashSet<([u8; 16], u128)>,
+    in_progress: HashSet<([u8; 16], u128), Hasher>,
     /// Senders in the order first heard, for eviction.
     arrival: VecDeque<[u8; 16]>,
 }
@@ -103,11 +108,11 @@ impl Dedup {
         let Ok(raw) = <[u8; 16]>::try_from(id) else {
             return;
         };
-        self.shard(sender)
-            .in_progress
-            .remove(&(*sender, u128::from_be_bytes(raw)));
+        let id = u128::from_be_bytes(raw);
+        let mut shard = self.shard(sender);
+        shard.in_progress.remove(&(*sender, id));
         if delivered {
-            self.remember(sender, id);
+            shard.remember(sender, id);
         }
     }
 
@@ -117,21 +122,27 @@ impl Dedup {
         let Ok(id) = <[u8; 16]>::try_from(id) else {
             return true;
         };
-        let id = u128::from_be_bytes(id);
-        let mut shard = self.shard(sender);
-        let shard = &mut *shard;
-        if !shard.senders.contains_key(sender) {
-            while shard.senders.len() >= MAX_SENDERS / SHARDS {
-                match shard.arrival.pop_front() {
-                    Some(old) => {
-                        shard.senders.remove(&old);
+        self.shard(sender).remember(sender, u128::from_be_bytes(id))
+    }
+}
+
+impl Shard {
+    fn remember(&mut self, sender: &[u8; 16], id: u128) -> bool {
+        let w = match self.senders.get_mut(sender) {
+            Some(w) => w,
+            None => {
+                while self.senders.len() >= MAX_SENDERS / SHARDS {
+                    match self.arrival.pop_front() {
+                        Some(old) => {
+                            self.senders.remove(&old);
+                        }
+                        None => break,
                     }
-                    None => break,
                 }
+                self.arrival.push_back(*sender);
+                self.senders.entry(*sender).or_default()
             }
-            shard.arrival.push_back(*sender);
-        }
-        let w = shard.senders.entry(*sender).or_default();
+        };
         if !w.seen.insert(id) {
             return false;
         }
