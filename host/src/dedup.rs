@@ -118,6 +118,7 @@ impl Dedup {
 
     /// Remembers that `sender`'s message with this id was delivered; `false`
     /// if it was already.
+    #[cfg(test)]
     pub fn remember(&self, sender: &[u8; 16], id: &[u8]) -> bool {
         let Ok(id) = <[u8; 16]>::try_from(id) else {
             return true;
