@@ -508,22 +508,16 @@ async fn phi_accrual_without_verify_drops_a_silent_member_before_drop_time_and_r
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The epoch ticker sleeps while no guest call runs (an idle node does not
-/// wake every millisecond); a runaway guest call after a long idle spell
-/// still wakes it and is interrupted at its deadline. Separate processes, so
-/// no other test keeps the ticker awake.
-#[test]
-fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
-    let dir = tmpdir("idle-loop");
-    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+/// Configs of two static members, the first with the API on `api` and a
+/// testkit interceptor named `spin` in `mode`, the second bare.
+fn spin_pair(dir: &std::path::Path, api: SocketAddr, mode: &str) -> [std::path::PathBuf; 2] {
     let ports = [free_port(), free_port()];
     let members = format!("[\"127.0.0.1:{}\", \"127.0.0.1:{}\"]", ports[0], ports[1]);
-    let mut procs = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
+    std::array::from_fn(|i| {
         let chain = if i == 0 {
             format!(
                 "[api]\nlisten = \"{api}\"\n[plugins]\ncache_dir = \"{}/component-cache\"\n\
-                 [[interceptor]]\nname = \"spin\"\nwasm = \"{}\"\nsettings = {{ mode = \"loop\" }}\n",
+                 [[interceptor]]\nname = \"spin\"\nwasm = \"{}\"\nsettings = {{ mode = \"{mode}\" }}\n",
                 env!("CARGO_TARGET_TMPDIR"),
                 guest("testkit").display()
             )
@@ -535,13 +529,46 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
             &cfg,
             format!(
                 "[node]\nname = \"n{i}\"\n[membership]\nkind = \"static\"\nmembers = {members}\n\
-                 [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 1\n{chain}"
+                 [receiver]\naddress = \"127.0.0.1\"\nport = {}\nauto_bind = 1\n{chain}",
+                ports[i]
             ),
         )
         .expect("config");
-        procs.push(Some(spawn_shoal(&cfg, &dir.join(format!("n{i}.log")))));
-    }
-    let _procs = Procs(procs);
+        cfg
+    })
+}
+
+/// `shoal_plugin_failures_total` of plug-in `spin` for `kind`, if the
+/// node answers within `wait`.
+fn spin_failures(api: SocketAddr, kind: &str, wait: Duration) -> Option<u64> {
+    let mut m = ureq::get(format!("http://{api}/metrics"))
+        .config()
+        .timeout_global(Some(wait))
+        .build()
+        .call()
+        .ok()?;
+    let text = m.body_mut().read_to_string().ok()?;
+    let key = format!("shoal_plugin_failures_total{{plugin=\"spin\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The epoch ticker sleeps while no guest call runs (an idle node does not
+/// wake every millisecond); a runaway guest call after a long idle spell
+/// still wakes it and is interrupted at its deadline. Separate processes, so
+/// no other test keeps the ticker awake.
+#[test]
+fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
+    let dir = tmpdir("idle-loop");
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfgs = spin_pair(&dir, api, "loop");
+    let _procs = Procs(
+        cfgs.iter()
+            .enumerate()
+            .map(|(i, c)| Some(spawn_shoal(c, &dir.join(format!("n{i}.log")))))
+            .collect(),
+    );
     wait_blocking("the nodes to meet", || {
         member_ids(api).filter(|m| m.len() == 1)
     });
@@ -558,18 +585,34 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
         .expect("the node answers");
     let answer: Value = r.body_mut().read_json().expect("JSON");
     assert_eq!(answer["ok"], true, "{answer}");
-    let mut m = ureq::get(format!("http://{api}/metrics"))
-        .call()
-        .expect("metrics");
-    let text = m.body_mut().read_to_string().expect("text");
-    let timeouts: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("shoal_plugin_failures_total{plugin=\"spin\",kind=\"timeout\"} ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the timeout counter");
-    assert!(timeouts >= 1, "{text}");
+    let timeouts = spin_failures(api, "timeout", Duration::from_secs(5));
+    assert!(timeouts.is_some_and(|n| n >= 1), "{timeouts:?}");
+}
+
+/// A control call (here a membership event) does not wake the parked epoch
+/// ticker, which looks for one still running only every
+/// `engine::BRIEF_WATCH`: a runaway one after an idle spell is still found
+/// and interrupted (within that look plus twice the 1 s control deadline),
+/// and the node goes on.
+#[test]
+fn a_runaway_control_call_after_an_idle_spell_is_still_interrupted() {
+    let dir = tmpdir("idle-control-loop");
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfgs = spin_pair(&dir, api, "loop-members");
+    let mut procs = Procs(vec![Some(spawn_shoal(&cfgs[0], &dir.join("n0.log")))]);
+    let alone = wait_blocking("the first node's API", || member_ids(api));
+    assert!(alone.is_empty(), "{alone:?}");
+    // Idle well past the ticker's linger (100 ms), then a member appears:
+    // member-added loops.
+    std::thread::sleep(Duration::from_millis(1500));
+    procs
+        .0
+        .push(Some(spawn_shoal(&cfgs[1], &dir.join("n1.log"))));
+    wait_blocking("the looping member-added call to be stopped", || {
+        spin_failures(api, "timeout", Duration::from_secs(10)).filter(|n| *n >= 1)
+    });
+    // The node still serves.
+    assert!(member_ids(api).is_some(), "the node answers after the stop");
 }
 
 /// A member SIGKILLed and restarted at once on the same address (a crash

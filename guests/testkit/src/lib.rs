@@ -6,6 +6,7 @@
 //! | `verdict` | returns `verdict` (pass, drop, defer, modify) for every message |
 //! | `trap` | panics (a trap) on every message |
 //! | `loop` | loops forever on every message |
+//! | `loop-members` | loops forever on every membership event (a control call) |
 //! | `alloc` | allocates without bound on every message |
 //! | `fail-create` | refuses to start |
 //! | `trap-create` | panics in `create` |
@@ -74,6 +75,12 @@ impl Testkit {
 
 impl Testkit {
     fn hold(&mut self, m: &Member, reason: Option<LeaveReason>) -> MemberVerdict {
+        if self.mode == "loop-members" {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         if self.mode != "hold" {
             return MemberVerdict::Pass;
         }
@@ -128,7 +135,7 @@ impl Interceptor for Testkit {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let hooks = if self.mode == "hold" || self.mode == "probe" {
+        let hooks = if matches!(self.mode.as_str(), "hold" | "probe" | "loop-members") {
             Hooks::ON_SEND | Hooks::ON_RECEIVE | Hooks::MEMBER_EVENTS
         } else {
             Hooks::ON_SEND | Hooks::ON_RECEIVE

@@ -306,21 +306,33 @@ impl Service {
     ) {
         let mut tick = tokio::time::interval(self.frequency);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first heartbeat went out in start()
+        // the first heartbeat went out in start()
+        let mut next_tick = tick.tick().await + self.frequency;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         // Datagrams are read as they come until two come within `batch` of
         // each other; from then on the socket is out of the reactor and read
-        // every `batch`, until a batch finds nothing.
+        // every `batch`, until a batch finds nothing. A batch due after the
+        // next heartbeat is read with it instead: one wake-up, not two.
         let mut last_read: Option<Instant> = None;
         let mut batch_end: Option<tokio::time::Instant> = None;
+        let batch = self.batch;
+        let next_batch =
+            |next_tick: tokio::time::Instant| (tokio::time::Instant::now() + batch).min(next_tick);
         loop {
             tokio::select! {
+                biased;
                 _ = stop.changed() => break,
-                _ = tick.tick() => {
+                at = tick.tick() => {
+                    next_tick = at + self.frequency;
                     self.send_heartbeat(false).await;
                     // Nothing queued may count as silence.
-                    self.drain(&mut buf).await;
+                    let n = self.drain(&mut buf).await;
                     self.expire().await;
+                    if batch_end.is_some() {
+                        // This read is the batch's.
+                        Metrics::inc(&self.metrics.membership_batches_total);
+                        batch_end = (n > 0).then(|| next_batch(next_tick));
+                    }
                 }
                 // New DNS targets hear from us at once (fixed lists never change).
                 Ok(()) = self.targets.changed() => self.send_heartbeat(false).await,
@@ -334,7 +346,7 @@ impl Service {
                         batch_end = None;
                     } else {
                         self.socket.unregister();
-                        batch_end = Some(tokio::time::Instant::now() + self.batch);
+                        batch_end = Some(next_batch(next_tick));
                     }
                 }
                 r = self.socket.recv_from(&mut buf), if batch_end.is_none() => {
@@ -355,7 +367,7 @@ impl Service {
                         && last_read.is_some_and(|t| now.duration_since(t) < self.batch)
                     {
                         self.socket.unregister();
-                        batch_end = Some(tokio::time::Instant::now() + self.batch);
+                        batch_end = Some(next_batch(next_tick));
                     }
                     last_read = Some(now);
                 }

@@ -18,6 +18,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The ticker stops after this many ticks with no guest call in flight.
 const LINGER_TICKS: u32 = 100;
 
+/// A brief call ([`GuestCall::enter_brief`]) does not wake the parked
+/// ticker: it looks this often whether one is still running, and ticks from
+/// then on. A runaway control call is so stopped within this plus twice its
+/// deadline, and a node whose only calls are its heartbeat and timer calls
+/// wakes no more often than this for the ticker.
+pub const BRIEF_WATCH: Duration = Duration::from_millis(1000);
+
 /// Guest calls in flight, counted per thread (each thread mostly alone on
 /// its cache line, so entering a call costs no contention); see
 /// [`GuestCall`].
@@ -62,8 +69,10 @@ impl GuestCall {
     }
 
     /// Enters a rare guest call (a control call: membership, heartbeat,
-    /// probe result, timer): once it ends, and no other is in flight, the
-    /// epoch thread parks without lingering.
+    /// probe result, timer), which nearly always ends within microseconds:
+    /// it does not wake a parked epoch thread, which finds it at its next
+    /// look ([`BRIEF_WATCH`]) if it still runs; and once it ends, and no
+    /// other is in flight, a ticking epoch thread parks without lingering.
     pub fn enter_brief() -> Self {
         Self::start(true)
     }
@@ -76,7 +85,8 @@ impl GuestCall {
         // SeqCst with the ticker's store-then-check: either the ticker sees
         // this call and does not park, or this sees PARKED and wakes it.
         IN_FLIGHT[slot].0.fetch_add(1, Ordering::SeqCst);
-        if PARKED.load(Ordering::SeqCst)
+        if !brief
+            && PARKED.load(Ordering::SeqCst)
             && let Some(t) = TICKER.get()
         {
             t.unpark();
@@ -98,7 +108,8 @@ impl Drop for GuestCall {
 /// component-model async runtime off (2–3× cheaper calls, wasmtime-notes.md).
 /// A background thread advances the epoch every [`EPOCH_TICK`] while guest
 /// calls are in flight ([`GuestCall`]), and sleeps from 100 idle ticks
-/// after the last one ended until the next one starts.
+/// after the last one ended until the next message call starts, looking
+/// every [`BRIEF_WATCH`] for a control call still running.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
@@ -124,9 +135,10 @@ pub fn engine() -> &'static Engine {
                     idle += 1;
                     if idle >= LINGER_TICKS || PARK_SOON.swap(false, Ordering::Relaxed) {
                         PARKED.store(true, Ordering::SeqCst);
-                        if !any_in_flight() {
-                            // Woken by the next GuestCall (or spuriously).
-                            std::thread::park();
+                        while !any_in_flight() {
+                            // Woken by the next message call, or to look
+                            // for a control call (or spuriously).
+                            std::thread::park_timeout(BRIEF_WATCH);
                         }
                         PARKED.store(false, Ordering::SeqCst);
                         idle = 0;
