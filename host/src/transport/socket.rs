@@ -10,7 +10,7 @@
 //! often. So a connection that busy-polls is taken out of the reactor, and
 //! put back (one `epoll_ctl`) only when a wait has to park.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::TcpStream as StdStream;
 
 use bytes::BytesMut;
@@ -158,18 +158,25 @@ fn write_some(mut s: &StdStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
-/// One non-blocking read of at most `room` bytes appended to `buf`.
-pub(crate) fn read_into(mut s: &StdStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
-    let at = buf.len();
-    buf.resize(at + room.max(1), 0);
-    let r = loop {
-        match s.read(&mut buf[at..]) {
+/// One non-blocking read of at most `room` bytes appended to `buf`, into
+/// its spare capacity: nothing is zeroed first (a busy-polling reader
+/// calls this in a loop, and zeroing 64 KiB per empty poll was 7–10 % of
+/// the CPU under 8 concurrent sync-ACK senders).
+#[allow(unsafe_code)]
+pub(crate) fn read_into(s: &StdStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    let room = room.max(1);
+    buf.reserve(room);
+    let spare = &mut buf.spare_capacity_mut()[..room];
+    let n = loop {
+        match socket2::SockRef::from(s).recv(spare) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => break r,
+            r => break r?,
         }
     };
-    buf.truncate(at + r.as_ref().copied().unwrap_or(0));
-    r
+    // SAFETY: `recv` initialised the first `n` bytes of the spare
+    // capacity (n <= room <= the spare capacity reserved above).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 #[cfg(test)]
