@@ -587,6 +587,8 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
     assert_eq!(answer["ok"], true, "{answer}");
     let timeouts = spin_failures(api, "timeout", Duration::from_secs(5));
     assert!(timeouts.is_some_and(|n| n >= 1), "{timeouts:?}");
+    drop(_procs);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A control call (here a membership event) does not wake the parked epoch
@@ -613,6 +615,8 @@ fn a_runaway_control_call_after_an_idle_spell_is_still_interrupted() {
     });
     // The node still serves.
     assert!(member_ids(api).is_some(), "the node answers after the stop");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A member SIGKILLed and restarted at once on the same address (a crash
