@@ -83,7 +83,8 @@ impl GuestCall {
         }
         let slot = MY_SLOT.with(|s| *s);
         // SeqCst with the ticker's store-then-check: either the ticker sees
-        // this call and does not park, or this sees PARKED and wakes it.
+        // this call and does not park, or a message call sees PARKED and
+        // wakes it (a brief one is found at the ticker's next look).
         IN_FLIGHT[slot].0.fetch_add(1, Ordering::SeqCst);
         if !brief
             && PARKED.load(Ordering::SeqCst)
