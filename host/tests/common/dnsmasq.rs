@@ -59,9 +59,11 @@ impl Dnsmasq {
     pub fn start(bin: &Path, tag: &str, name: &str, ips: &[IpAddr]) -> Self {
         let dir = std::env::temp_dir().join(format!("shoal-dnsmasq-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("hosts")).expect("dnsmasq dir");
         let domain = name.split_once('.').map_or(name, |(_, d)| d);
+        let mut last_log = String::new();
         for _ in 0..START_TRIES {
+            // Made at each try: a failed try's drop removes it.
+            std::fs::create_dir_all(dir.join("hosts")).expect("dnsmasq dir");
             let port = UdpSocket::bind("127.0.0.1:0")
                 .and_then(|s| s.local_addr())
                 .expect("a free UDP port")
@@ -95,12 +97,11 @@ impl Dnsmasq {
             if d.wait_answer(ips) {
                 return d;
             }
-            // Exited (the port was taken meanwhile) or never answered: next port.
+            // Exited (the port was taken meanwhile) or never answered: next
+            // port (dropping `d` stops it and removes its directory).
+            last_log = std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default();
         }
-        panic!(
-            "dnsmasq did not start; its log: {}",
-            std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default()
-        );
+        panic!("dnsmasq did not start in {START_TRIES} tries; the last one's log: {last_log}");
     }
 
     /// Where it listens (UDP and TCP).
