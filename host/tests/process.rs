@@ -563,7 +563,7 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
     let dir = tmpdir("idle-loop");
     let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfgs = spin_pair(&dir, api, "loop");
-    let _procs = Procs(
+    let procs = Procs(
         cfgs.iter()
             .enumerate()
             .map(|(i, c)| Some(spawn_shoal(c, &dir.join(format!("n{i}.log")))))
@@ -587,7 +587,7 @@ fn a_runaway_guest_after_an_idle_spell_is_still_interrupted() {
     assert_eq!(answer["ok"], true, "{answer}");
     let timeouts = spin_failures(api, "timeout", Duration::from_secs(5));
     assert!(timeouts.is_some_and(|n| n >= 1), "{timeouts:?}");
-    drop(_procs);
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
