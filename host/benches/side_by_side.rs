@@ -292,11 +292,13 @@ mod peer {
                     // What the busy-pollers' waits did (see docs/benchmarks.md).
                     let m = node.metrics();
                     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                    let spins = shoal::transport::park_spin::counts();
                     emit(&serde_json::json!({"event": "polls",
                         "sender": [g(&m.sender_polls_hit_total), g(&m.sender_polls_missed_total),
                                    g(&m.sender_polls_skipped_total)],
                         "receiver": [g(&m.receiver_polls_hit_total), g(&m.receiver_polls_missed_total),
                                      g(&m.receiver_polls_skipped_total)],
+                        "park_spins": [g(&spins.hit), g(&spins.missed), g(&spins.skipped)],
                         "queue_overflow": g(&m.async_queue_overflow_sync_total),
                         "pipelined": g(&m.sync_sends_pipelined_total)}));
                 }
@@ -797,13 +799,18 @@ impl Cluster {
 
     /// shoal only: the busy-poll counters of A's sender and B's receiver
     /// ([hit, missed, skipped] each).
-    fn polls(&mut self) -> [[u64; 3]; 2] {
+    /// Busy-poll counts: A's sender, B's receiver, A's spins before park.
+    fn polls(&mut self) -> [[u64; 3]; 3] {
         let get = |p: &mut Proc, key: &str| -> [u64; 3] {
             let (_, v) = p.request("polls", Duration::from_secs(10), "polls");
             let n = |i: usize| v[key][i].as_u64().unwrap_or(0);
             [n(0), n(1), n(2)]
         };
-        [get(&mut self.a, "sender"), get(&mut self.b, "receiver")]
+        [
+            get(&mut self.a, "sender"),
+            get(&mut self.b, "receiver"),
+            get(&mut self.a, "park_spins"),
+        ]
     }
 
     /// SIGKILLs B; ms until A reports it gone.
@@ -909,16 +916,16 @@ struct Figures {
     floor_pp: [Vec<(f64, f64)>; 3],
     /// shoal's poll counters over the latency rounds and over the
     /// 8-sender rounds: [sender, receiver] × [hit, missed, skipped].
-    polls_latency: [[u64; 3]; 2],
-    polls_syncpar: [[u64; 3]; 2],
+    polls_latency: [[u64; 3]; 3],
+    polls_syncpar: [[u64; 3]; 3],
     /// Foreign CPU (share of a core) per latency round, and over the run.
     busy_rounds: Vec<f64>,
     busy_run: f64,
     detect_ms: [f64; 2],
 }
 
-fn add_polls(acc: &mut [[u64; 3]; 2], before: [[u64; 3]; 2], after: [[u64; 3]; 2]) {
-    for s in 0..2 {
+fn add_polls(acc: &mut [[u64; 3]; 3], before: [[u64; 3]; 3], after: [[u64; 3]; 3]) {
+    for s in 0..3 {
         for k in 0..3 {
             acc[s][k] += after[s][k].saturating_sub(before[s][k]);
         }
@@ -1306,10 +1313,10 @@ fn report(
         ("sync-ACK latency rounds", &f.polls_latency),
         (&format!("{SYNC_SENDERS}-sender rounds"), &f.polls_syncpar),
     ] {
-        let pct = |x: [u64; 3]| {
+        let pct = |x: [u64; 3], what: &str| {
             let n = x.iter().sum::<u64>().max(1) as f64;
             format!(
-                "{} waits: {:.0}% hit, {:.0}% missed, {:.0}% parked without polling",
+                "{} {what}: {:.0}% hit, {:.0}% missed, {:.0}% skipped",
                 x.iter().sum::<u64>(),
                 x[0] as f64 / n * 100.0,
                 x[1] as f64 / n * 100.0,
@@ -1317,9 +1324,11 @@ fn report(
             )
         };
         println!(
-            "shoal busy-polling in the {what}: sender (ACKs) {}; receiver (frames) {}",
-            pct(p[0]),
-            pct(p[1])
+            "shoal busy-polling in the {what}: sender (ACKs) {}; receiver (frames) {}; \
+             sender's worker before parking (pipelined ACKs) {}",
+            pct(p[0], "waits"),
+            pct(p[1], "waits"),
+            pct(p[2], "parks")
         );
     }
     for (i, side) in ["Tomcat", "shoal"].iter().enumerate() {

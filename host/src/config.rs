@@ -669,7 +669,9 @@ pub struct SenderConfig {
     /// While waiting for an ACK, poll the socket without parking for up to
     /// this many µs (one waiting send per node at a time); 0 = never. Waking
     /// a parked thread costs tens of µs on a virtual machine, more than a
-    /// loopback or LAN round trip. Not in Tomcat.
+    /// loopback or LAN round trip. The same budget bounds the spin of a
+    /// runtime worker about to park while pipelined sends wait for ACKs
+    /// (`transport::park_spin`). Not in Tomcat.
     pub busy_poll_us: u64,
 }
 
@@ -747,6 +749,7 @@ impl RuntimeConfig {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.workers(cpus))
+            .on_thread_park(crate::transport::park_spin::before_park)
             .enable_all()
             .build()
     }

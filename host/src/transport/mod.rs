@@ -4,6 +4,7 @@
 
 mod busy_poll;
 mod iov;
+pub mod park_spin;
 mod pipe;
 pub mod ports;
 pub mod receiver;

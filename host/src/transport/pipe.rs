@@ -100,6 +100,7 @@ impl PipeConn {
         let _ = stream.set_nodelay(true);
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
+        super::park_spin::watch(std::os::fd::AsRawFd::as_raw_fd(&std));
         let conn = Arc::new(Self {
             fd: register(std).map_err(|e| e.into_parts().1)?,
             state: Mutex::new(State::default()),
@@ -153,6 +154,7 @@ impl PipeConn {
                 self.fail(PeerError::Io(e.to_string()));
             }
         }
+        let _awaiting = super::park_spin::Awaiting::start();
         answer
             .await
             .unwrap_or(Err(Broken::at_start(PeerError::Closed)))

@@ -212,6 +212,7 @@ impl Drop for FanMember<'_> {
 impl Sender {
     /// A sender with no connections yet.
     pub fn new(cfg: SenderConfig, metrics: Arc<Metrics>) -> Self {
+        super::park_spin::set_budget(cfg.busy_poll_us);
         Self {
             busy_poll: BusyPoll::new(cfg.busy_poll_us, metrics.clone(), Side::Sender),
             cfg,

@@ -1,0 +1,289 @@
+//! Spinning, before a runtime worker parks, for the ACKs that pipelined
+//! sends wait for.
+//!
+//! A task that waits for an ACK cannot busy-poll for it without holding
+//! the runtime worker that the other sending tasks need (tried on the
+//! pipelined connection: −14 %). But once the worker has nothing else to
+//! run it is about to park in `epoll_wait`, and on a virtual machine a
+//! parked worker whose core goes idle costs tens of µs to wake when the
+//! ACK comes. Tokio calls a hook just before a worker parks
+//! ([`before_park`], installed by [`crate::config::RuntimeConfig::build`]):
+//! if pipelined sends are waiting for ACKs, it spins for up to the sender's
+//! `busy_poll_us` on an epoll set of the pipelined connections, and returns
+//! as soon as one has bytes to read. The worker then parks, finds the
+//! socket ready at once, and runs the ACK reader without a wake-up.
+//!
+//! Bounds: one spinner at a time in the process; each spin at most the
+//! budget; after [`MISSES_TO_BACK_OFF`] spins in a row in which nothing
+//! came, it spins again only once every [`RETRY_EVERY`] parks, until one
+//! catches an ACK. Nothing spins while no pipelined send waits.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Spins in a row that caught nothing before spinning backs off.
+const MISSES_TO_BACK_OFF: u32 = 2;
+/// While backed off, spin once every this many parks.
+const RETRY_EVERY: u32 = 64;
+
+/// The process's spinner: the epoll set of pipelined connections, the sends
+/// waiting on them, and the budget.
+struct ParkSpin {
+    epoll: OwnedFd,
+    awaiting: AtomicUsize,
+    budget_ns: AtomicU64,
+    spinning: AtomicBool,
+    misses: AtomicU32,
+    skipped: AtomicU32,
+}
+
+/// What the spins did, process-wide (`shoal_park_spins_total`).
+#[derive(Debug, Default)]
+pub struct SpinCounts {
+    /// Spins that saw an ACK arrive.
+    pub hit: AtomicU64,
+    /// Spins that ran out of budget.
+    pub missed: AtomicU64,
+    /// Parks with sends waiting that did not spin (backed off).
+    pub skipped: AtomicU64,
+}
+
+static SPIN: OnceLock<Option<ParkSpin>> = OnceLock::new();
+static COUNTS: SpinCounts = SpinCounts {
+    hit: AtomicU64::new(0),
+    missed: AtomicU64::new(0),
+    skipped: AtomicU64::new(0),
+};
+
+/// The process-wide counts of what the spins did.
+pub fn counts() -> &'static SpinCounts {
+    &COUNTS
+}
+
+/// Appends `shoal_park_spins_total{outcome=...}` in Prometheus' text
+/// format (process-wide: every node of the process shares the spinner).
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP shoal_park_spins_total Times a runtime worker about to park spun for the ACKs of pipelined sends: hit (an ACK came), missed (budget spent), skipped (backed off)."
+    );
+    let _ = writeln!(out, "# TYPE shoal_park_spins_total counter");
+    for (outcome, c) in [
+        ("hit", &COUNTS.hit),
+        ("missed", &COUNTS.missed),
+        ("skipped", &COUNTS.skipped),
+    ] {
+        let _ = writeln!(
+            out,
+            "shoal_park_spins_total{{outcome=\"{outcome}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[allow(unsafe_code)]
+fn spinner() -> Option<&'static ParkSpin> {
+    SPIN.get_or_init(|| {
+        // SAFETY: epoll_create1 takes no pointers; a negative result is an
+        // error, anything else a new descriptor this process owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "no epoll set for spinning before park; workers park at once"
+            );
+            return None;
+        }
+        Some(ParkSpin {
+            // SAFETY: `fd` was just returned by epoll_create1 and is not
+            // owned by anything else.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            awaiting: AtomicUsize::new(0),
+            budget_ns: AtomicU64::new(0),
+            spinning: AtomicBool::new(false),
+            misses: AtomicU32::new(0),
+            skipped: AtomicU32::new(0),
+        })
+    })
+    .as_ref()
+}
+
+/// Spins for at most `budget_us` µs before a worker parks while pipelined
+/// sends wait (the largest budget any sender of the process asked for).
+pub(crate) fn set_budget(budget_us: u64) {
+    if let Some(s) = spinner() {
+        s.budget_ns
+            .fetch_max(budget_us.saturating_mul(1000), Ordering::Relaxed);
+    }
+}
+
+/// Adds a pipelined connection's socket to the set spun on. It leaves the
+/// set by itself when the socket is closed.
+#[allow(unsafe_code)]
+pub(crate) fn watch(fd: RawFd) {
+    let Some(s) = spinner() else { return };
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: 0,
+    };
+    // SAFETY: both descriptors are open (the caller holds `fd`); `ev` is a
+    // valid epoll_event for the call's duration.
+    let rc = unsafe { libc::epoll_ctl(s.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot watch a pipelined connection for spinning");
+    }
+}
+
+/// A pipelined send waiting for its ACKs, counted while it lives.
+#[derive(Debug)]
+pub(crate) struct Awaiting(bool);
+
+impl Awaiting {
+    pub(crate) fn start() -> Self {
+        match spinner() {
+            Some(s) => {
+                s.awaiting.fetch_add(1, Ordering::Relaxed);
+                Self(true)
+            }
+            None => Self(false),
+        }
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        if self.0
+            && let Some(s) = spinner()
+        {
+            s.awaiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The hook Tokio calls before a worker parks (`on_thread_park`): spins
+/// while pipelined sends wait for ACKs and none has come, within the
+/// budget. An application that builds its own runtime for an embedded node
+/// can install it too.
+pub fn before_park() {
+    let Some(s) = SPIN.get().and_then(Option::as_ref) else {
+        return;
+    };
+    if s.awaiting.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let budget = s.budget_ns.load(Ordering::Relaxed);
+    if budget == 0 {
+        return;
+    }
+    if s.misses.load(Ordering::Relaxed) >= MISSES_TO_BACK_OFF
+        && s.skipped.fetch_add(1, Ordering::Relaxed) + 1 < RETRY_EVERY
+    {
+        COUNTS.skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if s.spinning.swap(true, Ordering::Acquire) {
+        return;
+    }
+    s.skipped.store(0, Ordering::Relaxed);
+    let budget = Duration::from_nanos(budget);
+    let start = Instant::now();
+    let hit = loop {
+        if s.ready() {
+            break true;
+        }
+        if s.awaiting.load(Ordering::Relaxed) == 0 || start.elapsed() >= budget {
+            break false;
+        }
+        std::hint::spin_loop();
+    };
+    s.spinning.store(false, Ordering::Release);
+    if hit {
+        s.misses.store(0, Ordering::Relaxed);
+        COUNTS.hit.fetch_add(1, Ordering::Relaxed);
+    } else {
+        s.misses.fetch_add(1, Ordering::Relaxed);
+        COUNTS.missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ParkSpin {
+    /// Whether a watched socket has bytes (or an end) to read.
+    #[allow(unsafe_code)]
+    fn ready(&self) -> bool {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 1];
+        // SAFETY: `ev` has room for the one event asked for; timeout 0
+        // never blocks.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), ev.as_mut_ptr(), 1, 0) };
+        n > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::config::RuntimeConfig;
+    use crate::transport::pipe::PipeConn;
+    use crate::wire::AckKind;
+
+    /// On a runtime built from the node config (the hook installed), a
+    /// worker that has nothing left to run while pipelined sends wait for
+    /// ACKs spins for them before it parks, and catches them.
+    #[test]
+    fn a_worker_about_to_park_spins_for_pipelined_acks() {
+        set_budget(2000);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        // The peer answers every read's frames (one byte each) after a
+        // pause, so the sender's worker is idle by then.
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut buf = [0u8; 64];
+            loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                std::thread::sleep(Duration::from_micros(200));
+                for _ in 0..n {
+                    if s.write_all(AckKind::Ack.frame()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let rt = RuntimeConfig { worker_threads: 1 }
+            .build()
+            .expect("runtime");
+        let hits = counts().hit.load(Ordering::Relaxed);
+        rt.block_on(async {
+            let conn = PipeConn::connect(addr, 1024, None).await.expect("connect");
+            for _ in 0..50 {
+                let sends = (0..4).map(|_| {
+                    let conn = conn.clone();
+                    tokio::spawn(async move { conn.send(&[Bytes::from_static(b"x")], 1).await })
+                });
+                for s in sends {
+                    let r = tokio::time::timeout(Duration::from_secs(10), s)
+                        .await
+                        .expect("no send hangs")
+                        .expect("task");
+                    assert_eq!(r, Ok(vec![]));
+                }
+            }
+            conn.fail(crate::transport::sender::PeerError::Closed);
+        });
+        drop(rt);
+        peer.join().expect("peer");
+        let caught = counts().hit.load(Ordering::Relaxed) - hits;
+        assert!(
+            caught > 0,
+            "no ACK was caught by spinning before park in 50 rounds"
+        );
+    }
+}
