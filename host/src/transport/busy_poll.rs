@@ -31,11 +31,11 @@ use super::socket::{Socket, read_into};
 use crate::metrics::Metrics;
 
 /// Long waits in a row before a connection stops polling.
-const MISSES_TO_BACK_OFF: u32 = 2;
+pub(super) const MISSES_TO_BACK_OFF: u32 = 2;
 /// A wait counts as long when it took more than this many budgets.
 const SLACK: u32 = 2;
 /// While backed off, poll again once every this many waits.
-const RETRY_EVERY: u32 = 64;
+pub(super) const RETRY_EVERY: u32 = 64;
 /// Most bytes one poll reads.
 const MAX_POLL_READ: usize = 64 * 1024;
 

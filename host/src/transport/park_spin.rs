@@ -23,10 +23,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Spins in a row that caught nothing before spinning backs off.
-const MISSES_TO_BACK_OFF: u32 = 2;
-/// While backed off, spin once every this many parks.
-const RETRY_EVERY: u32 = 64;
+// Spins in a row that caught nothing before spinning backs off, and how
+// often it spins while backed off: the busy-poll's own rule.
+use super::busy_poll::{MISSES_TO_BACK_OFF, RETRY_EVERY};
 
 /// The process's spinner: the epoll set of pipelined connections, the sends
 /// waiting on them, and the budget.
