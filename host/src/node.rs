@@ -356,8 +356,8 @@ impl Node {
         let loop_watcher = watcher.clone();
         let started = node_ctx.started;
         let events_task = tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            let first = crate::clock::align(tokio::time::Instant::now() + heartbeat, heartbeat);
+            let mut tick = tokio::time::interval_at(first, heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let ev = tokio::select! {

@@ -304,10 +304,13 @@ impl Service {
         mut stop: watch::Receiver<bool>,
         mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     ) {
-        let mut tick = tokio::time::interval(self.frequency);
+        // The first heartbeat went out in start(); the next ones on the
+        // grid the node's other periodic work shares (crate::clock::align).
+        let first =
+            crate::clock::align(tokio::time::Instant::now() + self.frequency, self.frequency);
+        let mut tick = tokio::time::interval_at(first, self.frequency);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // the first heartbeat went out in start()
-        let mut next_tick = tick.tick().await + self.frequency;
+        let mut next_tick = first;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         // Datagrams are read as they come until two come within `batch` of
         // each other; from then on the socket is out of the reactor and read
@@ -316,8 +319,9 @@ impl Service {
         let mut last_read: Option<Instant> = None;
         let mut batch_end: Option<tokio::time::Instant> = None;
         let batch = self.batch;
-        let next_batch =
-            |next_tick: tokio::time::Instant| (tokio::time::Instant::now() + batch).min(next_tick);
+        let next_batch = |next_tick: tokio::time::Instant| {
+            crate::clock::align(tokio::time::Instant::now() + batch, batch).min(next_tick)
+        };
         loop {
             tokio::select! {
                 biased;

@@ -302,14 +302,19 @@ impl SessionEngine {
         channel.add_membership_listener(Arc::new(Members(engine.clone())));
         let weak = Arc::downgrade(&engine.inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // At once, then every second on the grid of the node's
+            // periodic work (crate::clock::align).
+            let every = Duration::from_secs(1);
+            let first = crate::clock::align(tokio::time::Instant::now() + every, every);
+            let mut tick = tokio::time::interval_at(first, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
                 let e = SessionEngine { inner };
                 e.refresh_view();
                 e.sweep(crate::clock::now_ms());
+                drop(e);
+                tick.tick().await;
             }
         });
         engine

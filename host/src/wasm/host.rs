@@ -738,7 +738,10 @@ impl host::Host for HostState {
             ));
         }
         self.spawn_reporting("a timer", move |_node, plugin, id| async move {
-            tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+            let delay = Duration::from_millis(u64::from(delay_ms));
+            // On the grid of the node's periodic work: one wake-up for all.
+            let due = crate::clock::align(tokio::time::Instant::now() + delay, delay);
+            tokio::time::sleep_until(due).await;
             HostEvent::Timer { plugin, id }
         })
     }
