@@ -445,7 +445,9 @@ pub mod host {
     }
 
     /// Asks for `on_timer` after `delay_ms` (at most an hour); returns the
-    /// timer's id. An error means no timer was set.
+    /// timer's id. An error means no timer was set. A delay of 250 ms or
+    /// more comes due on the node's grid of periodic work: at most a tenth
+    /// early, less than 250 ms late.
     pub fn set_timer(delay_ms: u32) -> Result<u64, String> {
         h::set_timer(delay_ms)
     }
