@@ -526,9 +526,7 @@ impl Channel {
         let mut results = Vec::with_capacity(msgs.len());
         let ls = read(&self.inner.listeners).clone();
         let mut recent: VecDeque<RecentMessage> = VecDeque::new();
-        // Only the batch's last messages can be among the recent ones kept.
-        let record_from = msgs.len().saturating_sub(RECENT_MESSAGES);
-        for (k, m) in msgs.into_iter().enumerate() {
+        for m in msgs {
             let rm = ReceivedMessage {
                 sender: m.sender,
                 options: m.options,
@@ -550,8 +548,8 @@ impl Channel {
             });
             // Raw fields only: formatting happens when the API asks (it cost
             // ~20 % of a busy receiver's CPU when done per message).
-            if k < record_from {
-                continue;
+            if recent.len() == RECENT_MESSAGES {
+                recent.pop_front();
             }
             let n = rm.body.len().min(PREVIEW_BYTES);
             recent.push_back(RecentMessage {
@@ -576,71 +574,41 @@ impl Channel {
 
 impl MessageHandler for Channel {
     async fn deliver_batch(&self, msgs: Vec<ChannelData>) -> Vec<Result<(), DeliveryError>> {
-        let n = msgs.len();
-        let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(n);
-        // Each message's sender: a batch comes from one connection, so
-        // nearly always from one sender, whose member is built once.
-        let mut senders: Vec<Option<Member>> = Vec::with_capacity(n);
+        let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(msgs.len());
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut index = Vec::with_capacity(msgs.len());
         let mut last: Option<(MemberPacket, Member)> = None;
-        for msg in &msgs {
+        for (i, msg) in msgs.into_iter().enumerate() {
+            // A batch comes from one connection, so nearly always from one
+            // sender: its member is built once.
             let sender = match &last {
                 Some((p, m)) if *p == msg.sender => Ok(m.clone()),
                 _ => Member::from_packet(&msg.sender).inspect(|m| {
                     last = Some((msg.sender.clone(), m.clone()));
                 }),
             };
-            match sender {
-                Ok(m) => {
-                    senders.push(Some(m));
-                    results.push(Ok(()));
-                }
-                Err(e) => {
-                    senders.push(None);
-                    results.push(Err(DeliveryError(format!("bad sender address: {e}"))));
-                }
-            }
-        }
-        // Claimed for delivery with one lock per run of one sender's messages.
-        let mut claims: Vec<Claim> = Vec::with_capacity(n);
-        let mut start = 0;
-        while start < n {
-            let Some(who) = senders[start].as_ref().map(|m| m.id.unique_id) else {
-                claims.push(Claim::New); // never delivered: the result says why
-                start += 1;
-                continue;
+            let claim = match &sender {
+                Ok(s) => self.inner.dedup.claim(&s.id.unique_id, &msg.unique_id),
+                Err(_) => Claim::New,
             };
-            let mut end = start + 1;
-            while end < n && senders[end].as_ref().is_some_and(|m| m.id.unique_id == who) {
-                end += 1;
-            }
-            self.inner.dedup.claim_many(
-                &who,
-                msgs[start..end].iter().map(|m| &m.unique_id[..]),
-                &mut claims,
-            );
-            start = end;
-        }
-        let mut batch = Vec::with_capacity(n);
-        let mut index = Vec::with_capacity(n);
-        for (i, ((msg, sender), claim)) in msgs.into_iter().zip(senders).zip(claims).enumerate() {
-            let Some(sender) = sender else { continue };
-            match claim {
-                Claim::Delivered => {
+            match sender {
+                Ok(_) if claim == Claim::Delivered => {
                     // Sent again after a broken connection: delivered
                     // already; acknowledged again, not delivered twice.
                     Metrics::inc(&self.inner.metrics.duplicates_dropped_total);
+                    results.push(Ok(()));
                 }
-                Claim::InProgress => {
+                Ok(_) if claim == Claim::InProgress => {
                     // A copy is being delivered from another connection:
                     // not twice. Its outcome is not known yet, so no ACK
                     // that could be false; a later resend is answered from
                     // the first delivery's outcome.
                     Metrics::inc(&self.inner.metrics.duplicates_dropped_total);
-                    results[i] = Err(DeliveryError(
+                    results.push(Err(DeliveryError(
                         "a copy of this message is being delivered".into(),
-                    ));
+                    )));
                 }
-                Claim::New => {
+                Ok(sender) => {
                     batch.push(InMsg {
                         sender,
                         options: msg.options,
@@ -649,7 +617,9 @@ impl MessageHandler for Channel {
                         body: msg.message,
                     });
                     index.push(i);
+                    results.push(Ok(()));
                 }
+                Err(e) => results.push(Err(DeliveryError(format!("bad sender address: {e}")))),
             }
         }
         let chain = self.inner.chain.load_full();
@@ -660,17 +630,9 @@ impl MessageHandler for Channel {
                 .await;
         }
         let mut deliver = Vec::with_capacity(batch.len());
-        let mut slots = Vec::with_capacity(batch.len());
-        // (sender, id) of each delivered message, for the dedup's finish.
-        let mut ids: Vec<([u8; 16], Option<[u8; 16]>)> = Vec::with_capacity(batch.len());
         for ((m, flow), i) in batch.into_iter().zip(flows).zip(index) {
             match flow {
-                Flow::Continue => {
-                    let id = <[u8; 16]>::try_from(&m.unique_id[..]).ok();
-                    ids.push((m.sender.id.unique_id, id));
-                    deliver.push(m);
-                    slots.push(i);
-                }
+                Flow::Continue => deliver.push((m, i)),
                 Flow::Dropped { plugin, reason } => {
                     tracing::debug!(%plugin, %reason, from = %m.sender.id, "received message dropped by an interceptor");
                     // Not delivered: a sender that asked for a synchronized
@@ -714,25 +676,13 @@ impl MessageHandler for Channel {
                 }
             }
         }
-        let outcomes = self.to_listeners_many(deliver);
-        // Remembered (or released) with one lock per run of one sender.
-        let mut k = 0;
-        while k < ids.len() {
-            let who = ids[k].0;
-            let mut end = k + 1;
-            while end < ids.len() && ids[end].0 == who {
-                end += 1;
-            }
-            self.inner.dedup.finish_many(
-                &who,
-                ids[k..end]
-                    .iter()
-                    .zip(&outcomes[k..end])
-                    .filter_map(|((_, id), r)| Some((&id.as_ref()?[..], r.is_ok()))),
-            );
-            k = end;
-        }
-        for (i, r) in slots.into_iter().zip(outcomes) {
+        let ids: Vec<([u8; 16], Bytes)> = deliver
+            .iter()
+            .map(|(m, _)| (m.sender.id.unique_id, m.unique_id.clone()))
+            .collect();
+        let (msgs, slots): (Vec<InMsg>, Vec<usize>) = deliver.into_iter().unzip();
+        for ((i, r), (sender, id)) in slots.into_iter().zip(self.to_listeners_many(msgs)).zip(ids) {
+            self.inner.dedup.finish(&sender, &id, r.is_ok());
             results[i] = r;
         }
         results
