@@ -322,17 +322,6 @@ impl Channel {
         match flow {
             Flow::Continue => self.transmit(msg).await,
             Flow::Dropped { plugin, reason } => Err(ChannelSendError::Dropped { plugin, reason }),
-            Flow::Deferred { resume } if chain.finishes_light(resume, &msg) => {
-                // Nothing below needs a worker: finish the chain here and
-                // queue the frame itself.
-                if let Flow::Dropped { plugin, reason } = chain.send_from(resume, &mut msg).await {
-                    return Err(ChannelSendError::Dropped { plugin, reason });
-                }
-                match self.inner.dispatch.enqueue_final(msg, &chain)? {
-                    Enqueued::Queued => Ok(()),
-                    Enqueued::SendNow(msg) => self.transmit(msg).await,
-                }
-            }
             Flow::Deferred { resume } => {
                 match self
                     .inner

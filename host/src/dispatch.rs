@@ -8,25 +8,19 @@
 //!
 //! The queue is bounded in bytes (`max_queue_size`); when full, the message
 //! is handed back to be sent in the caller (`always_send`, Tomcat's default)
-//! or refused. When no interceptor below the deferring one needs to see the
-//! message (the default chain: only `throughput`, which the host counts
-//! for), the caller finishes the chain and frames the message itself, into
-//! the buffer of the messages queued just before it for the same members;
-//! otherwise the message is queued as it is and a worker runs the rest of
-//! the chain on it. Workers drain several queued messages at a time and
-//! write those for the same destinations in one system call. With
+//! or refused. Workers drain several queued messages at a time and write
+//! those for the same destinations in one system call. With
 //! `dispatch.ordered` (the default) they send their batches in the order
 //! taken, over one connection per member, so a member receives queued
 //! messages in the order queued; without it they send in parallel. Failures are logged
 //! and counted (`async_send_failures_total`).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{Mutex, Notify, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::chain::{Chain, Flow, OutMsg};
@@ -40,10 +34,6 @@ use crate::wire::FrameEncoder;
 const BATCH: usize = 64;
 /// Bytes a queued message is charged besides its body (frame and bookkeeping).
 const OVERHEAD: usize = 160;
-/// Size of the buffers finished frames are encoded into, one after another
-/// while they go to the same members: a worker writes a whole buffer with
-/// one system call.
-const FRAME_BUF: usize = 32 * 1024;
 
 /// One queued message and where to resume its way down the chain.
 #[derive(Debug)]
@@ -54,12 +44,18 @@ pub struct Job {
     pub resume: usize,
     /// The chain it started on (a swapped chain does not affect it).
     pub chain: Arc<Chain>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
     /// A job for `msg`, to continue at interceptor `resume` of `chain`.
     pub fn new(msg: OutMsg, resume: usize, chain: Arc<Chain>) -> Self {
-        Self { msg, resume, chain }
+        Self {
+            msg,
+            resume,
+            chain,
+            permit: None,
+        }
     }
 
     fn cost(&self) -> usize {
@@ -83,80 +79,18 @@ pub enum EnqueueError {
 
 /// What the caller should do with a message.
 #[derive(Debug)]
-pub enum Enqueued<T> {
+pub enum Enqueued {
     /// Queued; a worker will send it.
     Queued,
     /// The queue is full and `always_send` is on: send it now, in the caller.
-    SendNow(T),
-}
-
-/// Finished frames for the same members, encoded one after another.
-#[derive(Debug)]
-struct Frames {
-    dests: Arc<[MemberId]>,
-    buf: BytesMut,
-    acks: usize,
-    messages: usize,
-    cost: usize,
-}
-
-/// What the queue holds, in the order queued.
-#[derive(Debug)]
-enum Entry {
-    /// A message some interceptor below the deferring one must still see.
-    Job(Job),
-    /// Messages whose way down the chain is over, already framed.
-    Frames(Frames),
-}
-
-impl Entry {
-    fn cost(&self) -> usize {
-        match self {
-            Self::Job(j) => j.cost(),
-            Self::Frames(f) => f.cost,
-        }
-    }
-
-    fn messages(&self) -> usize {
-        match self {
-            Self::Job(_) => 1,
-            Self::Frames(f) => f.messages,
-        }
-    }
-}
-
-/// The queue: entries, their bytes, and the order in which workers send.
-#[derive(Debug)]
-struct State {
-    entries: VecDeque<Entry>,
-    bytes: usize,
-    open: bool,
-    /// A worker may be waiting: the next message queued must wake one.
-    idle: bool,
-    /// Fires when the batch taken last has been handed to the sender.
-    turn: Option<oneshot::Receiver<()>>,
-}
-
-/// The queue shared by callers and workers. Callers lock it once per
-/// message, workers once per batch; nothing else is shared per message
-/// (no channel slot, budget permit or reference count crosses threads).
-#[derive(Debug)]
-struct Queue {
-    state: std::sync::Mutex<State>,
-    wake: Notify,
-}
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    SendNow(Job),
 }
 
 /// The queue and its workers.
 #[derive(Debug)]
 pub struct Dispatcher {
-    queue: Arc<Queue>,
-    encoder: Arc<FrameEncoder>,
+    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    budget: Arc<Semaphore>,
     cfg: DispatchConfig,
     metrics: Arc<Metrics>,
     workers: Mutex<JoinSet<()>>,
@@ -170,150 +104,66 @@ impl Dispatcher {
         encoder: Arc<FrameEncoder>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let queue = Arc::new(Queue {
-            state: std::sync::Mutex::new(State {
-                entries: VecDeque::new(),
-                bytes: 0,
-                open: true,
-                idle: true,
-                turn: None,
-            }),
-            wake: Notify::new(),
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let rx = Arc::new(Mutex::new(Queue { rx, turn: None }));
         let mut workers = JoinSet::new();
         for _ in 0..cfg.workers {
             workers.spawn(worker(
-                queue.clone(),
+                rx.clone(),
                 sender.clone(),
                 encoder.clone(),
                 metrics.clone(),
                 cfg.ordered,
             ));
         }
+        let budget = Arc::new(Semaphore::new(
+            cfg.max_queue_size.min(Semaphore::MAX_PERMITS),
+        ));
         Self {
-            queue,
-            encoder,
+            tx: std::sync::Mutex::new(Some(tx)),
+            budget,
             cfg,
             metrics,
             workers: Mutex::new(workers),
         }
     }
 
-    /// Refuses a message of `cost` bytes when the queue is full: `Ok(())`
-    /// to send it in the caller (`always_send`), else the error.
-    fn overflow(&self) -> Result<(), EnqueueError> {
-        if self.cfg.always_send {
-            Metrics::inc(&self.metrics.async_queue_overflow_sync_total);
-            return Ok(());
-        }
-        Metrics::inc(&self.metrics.async_queue_full_total);
-        Err(EnqueueError::QueueFull {
-            limit: self.cfg.max_queue_size,
-        })
-    }
-
-    /// Counts `cost` more bytes queued and wakes a worker if one waits.
-    fn queued(&self, mut s: std::sync::MutexGuard<'_, State>, cost: usize) {
-        s.bytes += cost;
-        let wake = std::mem::take(&mut s.idle);
-        drop(s);
+    /// Queues a message, or hands it back when the queue is full and
+    /// `always_send` is on. Never blocks.
+    pub fn enqueue(&self, mut job: Job) -> Result<Enqueued, EnqueueError> {
+        let cost = job.cost();
+        let permit = u32::try_from(cost)
+            .ok()
+            .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok());
+        let Some(permit) = permit else {
+            if self.budget.is_closed() {
+                return Err(EnqueueError::Closed);
+            }
+            if self.cfg.always_send {
+                Metrics::inc(&self.metrics.async_queue_overflow_sync_total);
+                return Ok(Enqueued::SendNow(job));
+            }
+            Metrics::inc(&self.metrics.async_queue_full_total);
+            return Err(EnqueueError::QueueFull {
+                limit: self.cfg.max_queue_size,
+            });
+        };
+        job.permit = Some(permit);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return Err(EnqueueError::Closed);
+        };
         self.metrics
             .async_queue_bytes
             .fetch_add(cost as i64, Ordering::Relaxed);
-        if wake {
-            self.queue.wake.notify_one();
-        }
-    }
-
-    /// Queues a message that interceptors below `job.resume` must still
-    /// see, or hands it back when the queue is full and `always_send` is
-    /// on. Never blocks.
-    pub fn enqueue(&self, job: Job) -> Result<Enqueued<Job>, EnqueueError> {
-        let cost = job.cost();
-        let mut s = self.queue.lock();
-        if !s.open {
-            return Err(EnqueueError::Closed);
-        }
-        if s.bytes + cost > self.cfg.max_queue_size {
-            drop(s);
-            return self.overflow().map(|()| Enqueued::SendNow(job));
-        }
-        s.entries.push_back(Entry::Job(job));
-        self.queued(s, cost);
-        Ok(Enqueued::Queued)
-    }
-
-    /// Queues a message whose way down the chain is over: encoded at once,
-    /// into the buffer of the messages queued just before it when they go
-    /// to the same members, so a worker writes them with one system call
-    /// and only that buffer passes to the worker's thread. Large bodies
-    /// keep their own buffer (written without a copy). Hands the message
-    /// back when the queue is full and `always_send` is on.
-    pub fn enqueue_final(
-        &self,
-        msg: OutMsg,
-        chain: &Arc<Chain>,
-    ) -> Result<Enqueued<OutMsg>, EnqueueError> {
-        if msg.body.len() >= crate::wire::SPLIT_BODY_AT {
-            return Ok(
-                match self.enqueue(Job::new(msg, usize::MAX, chain.clone()))? {
-                    Enqueued::Queued => Enqueued::Queued,
-                    Enqueued::SendNow(job) => Enqueued::SendNow(job.msg),
-                },
-            );
-        }
-        let len = self.encoder.frame_len(msg.body.len());
-        let cost = msg.body.len() + OVERHEAD;
-        let acks = usize::from(msg.options.wants_ack());
-        let mut s = self.queue.lock();
-        if !s.open {
-            return Err(EnqueueError::Closed);
-        }
-        if s.bytes + cost > self.cfg.max_queue_size {
-            drop(s);
-            return self.overflow().map(|()| Enqueued::SendNow(msg));
-        }
-        let tail = match s.entries.back_mut() {
-            Some(Entry::Frames(f))
-                if f.buf.capacity() - f.buf.len() >= len
-                    && (Arc::ptr_eq(&f.dests, &msg.dests) || f.dests == msg.dests) =>
-            {
-                f
-            }
-            _ => {
-                s.entries.push_back(Entry::Frames(Frames {
-                    dests: msg.dests.clone(),
-                    buf: BytesMut::with_capacity(len.max(FRAME_BUF)),
-                    acks: 0,
-                    messages: 0,
-                    cost: 0,
-                }));
-                let Some(Entry::Frames(f)) = s.entries.back_mut() else {
-                    unreachable!("just pushed")
-                };
-                f
-            }
-        };
-        if let Err(e) =
-            self.encoder
-                .encode_into(&mut tail.buf, msg.options, msg.timestamp, &msg.body)
-        {
-            // Checked when the send began; only a plug-in's change can get here.
-            tracing::warn!(error = %e, "deferred message not sent");
-            return Ok(Enqueued::Queued);
-        }
-        tail.acks += acks;
-        tail.messages += 1;
-        tail.cost += cost;
-        self.queued(s, cost);
+        tx.send(job).map_err(|_| EnqueueError::Closed)?;
         Ok(Enqueued::Queued)
     }
 
     /// Stops taking messages and waits up to `deadline` for the queue to drain.
     /// Returns whether it drained completely.
     pub async fn drain(&self, deadline: Duration) -> bool {
-        self.queue.lock().open = false;
-        self.queue.wake.notify_waiters();
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut workers = self.workers.lock().await;
         let drained = tokio::time::timeout(deadline, async {
             while workers.join_next().await.is_some() {}
@@ -323,6 +173,7 @@ impl Dispatcher {
         if !drained {
             workers.abort_all();
         }
+        self.budget.close();
         drained
     }
 }
@@ -337,111 +188,60 @@ struct Group {
     messages: usize,
 }
 
-/// What a worker took: entries in queue order, and its turn to send.
-struct Taken {
-    entries: Vec<Entry>,
-    my_turn: Option<oneshot::Receiver<()>>,
-    done: Option<oneshot::Sender<()>>,
-}
-
-/// Waits for entries and takes up to [`BATCH`] messages' worth; `None`
-/// once the queue is closed and empty.
-async fn take(queue: &Queue, ordered: bool, metrics: &Metrics) -> Option<Taken> {
-    loop {
-        let wait = queue.wake.notified();
-        tokio::pin!(wait);
-        {
-            let mut s = queue.lock();
-            if !s.entries.is_empty() {
-                let mut entries = Vec::new();
-                let (mut messages, mut bytes) = (0, 0);
-                while messages < BATCH
-                    && let Some(e) = s.entries.pop_front()
-                {
-                    messages += e.messages();
-                    bytes += e.cost();
-                    entries.push(e);
-                }
-                s.bytes -= bytes;
-                let (my_turn, done) = if ordered {
-                    let (done, next) = oneshot::channel();
-                    (s.turn.replace(next), Some(done))
-                } else {
-                    (None, None)
-                };
-                let more = !s.entries.is_empty();
-                drop(s);
-                metrics
-                    .async_queue_bytes
-                    .fetch_sub(bytes as i64, Ordering::Relaxed);
-                if more {
-                    // Another worker may take the rest meanwhile.
-                    queue.wake.notify_one();
-                }
-                return Some(Taken {
-                    entries,
-                    my_turn,
-                    done,
-                });
-            }
-            if !s.open {
-                // Closed and empty: wake the next worker to see it too.
-                drop(s);
-                queue.wake.notify_one();
-                return None;
-            }
-            s.idle = true;
-            // Registered before the lock is released, so neither a caller's
-            // `notify_one` nor the close's `notify_waiters` is missed.
-            wait.as_mut().enable();
-        }
-        wait.await;
-    }
+/// The queue's receiving end, shared by the workers, with the turn of the
+/// batch taken last: batches are sent in the order they were taken.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Job>,
+    /// Fires when the batch taken last has been handed to the sender.
+    turn: Option<oneshot::Receiver<()>>,
 }
 
 async fn worker(
-    queue: Arc<Queue>,
+    rx: Arc<Mutex<Queue>>,
     sender: Arc<Sender>,
     encoder: Arc<FrameEncoder>,
     metrics: Arc<Metrics>,
     ordered: bool,
 ) {
+    let mut batch = Vec::with_capacity(BATCH);
     let mut ready: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<OutMsg> = Vec::with_capacity(BATCH);
     let mut flows: Vec<Flow> = Vec::with_capacity(BATCH);
-    // Workers run the chain on their batches in parallel, but send them in
-    // queue order: each waits for the batch taken before its own to be
-    // sent, so messages to a member leave in the order queued.
-    while let Some(Taken {
-        entries,
-        my_turn,
-        done,
-    }) = take(&queue, ordered, &metrics).await
-    {
-        let mut groups: Vec<Group> = Vec::new();
-        let mut entries = entries.into_iter().peekable();
-        while let Some(entry) = entries.next() {
-            let first = match entry {
-                Entry::Frames(f) => {
-                    groups.push(Group {
-                        dests: f.dests,
-                        parts: vec![f.buf.freeze()],
-                        acks: f.acks,
-                        messages: f.messages,
-                    });
-                    continue;
-                }
-                Entry::Job(j) => j,
-            };
-            // Finish the messages' way down the chain, one call per
-            // interceptor for each run of messages that share a chain and
-            // a resume point.
+    // The batch's queue budget, merged into one permit: released with one
+    // lock of the semaphore instead of one per message.
+    let mut permits: Option<OwnedSemaphorePermit> = None;
+    loop {
+        // Workers run the chain on their batches in parallel, but send
+        // them in queue order: each waits for the batch taken before its own
+        // to be sent, so messages to a member leave in the order queued.
+        let (my_turn, done) = {
+            let mut q = rx.lock().await;
+            if q.rx.recv_many(&mut batch, BATCH).await == 0 {
+                return; // closed and empty
+            }
+            if ordered {
+                let (done, next) = oneshot::channel();
+                (q.turn.replace(next), Some(done))
+            } else {
+                (None, None)
+            }
+        };
+        let queued: usize = batch.iter().map(Job::cost).sum();
+        metrics
+            .async_queue_bytes
+            .fetch_sub(queued as i64, Ordering::Relaxed);
+        // Finish the messages' way down the chain, one call per interceptor
+        // for each run of messages that share a chain and a resume point.
+        let mut jobs = batch.drain(..).peekable();
+        while let Some(first) = jobs.next() {
             let (chain, resume) = (first.chain, first.resume);
             msgs.push(first.msg);
-            while let Some(Entry::Job(next)) = entries.next_if(|e| {
-                matches!(e, Entry::Job(j) if j.resume == resume && Arc::ptr_eq(&j.chain, &chain))
-            }) {
+            merge(&mut permits, first.permit);
+            while let Some(next) =
+                jobs.next_if(|j| j.resume == resume && Arc::ptr_eq(&j.chain, &chain))
+            {
                 msgs.push(next.msg);
+                merge(&mut permits, next.permit);
             }
             flows.clear();
             flows.resize(msgs.len(), Flow::Continue);
@@ -455,8 +255,10 @@ async fn worker(
                 }
                 ready.push(msg);
             }
-            groups.extend(encode_groups(&encoder, &mut ready));
+            permits = None;
         }
+        drop(jobs);
+        let groups = encode_groups(&encoder, &mut ready);
         let failed = |e: SendError, messages: usize| {
             Metrics::inc(&metrics.async_send_failures_total);
             tracing::warn!(error = %e, messages, "asynchronous send failed");
@@ -498,6 +300,15 @@ async fn worker(
             }
         }
         drop(groups);
+    }
+}
+
+/// Adds `p` to the merged permit `into`.
+fn merge(into: &mut Option<OwnedSemaphorePermit>, p: Option<OwnedSemaphorePermit>) {
+    match (into.as_mut(), p) {
+        (Some(all), Some(p)) => all.merge(p),
+        (None, p) => *into = p,
+        (_, None) => {}
     }
 }
 

@@ -527,64 +527,6 @@ async fn a_burst_of_pipelined_frames_is_delivered_whole() {
     shutdown_all(nodes).await;
 }
 
-/// Asynchronous sends take two ways into the send queue: small messages
-/// are framed by the caller into a shared buffer, large ones are queued as
-/// they are (written without a copy). Interleaved, they must still arrive
-/// in the order sent, each once and intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_small_and_large_messages_arrive_in_the_order_sent() {
-    let nodes = start_all(static_configs(2)).await;
-    wait_converged(&nodes).await;
-    let got = collector(&nodes[1]);
-    let to = [nodes[1].id()];
-    const N: u32 = 3000;
-    for i in 0..N {
-        // Every 7th body is over the 8 KiB at which bodies keep their buffer.
-        let len = if i % 7 == 3 {
-            10_000
-        } else {
-            40 + (i as usize % 200)
-        };
-        let mut body = vec![(i % 251) as u8; len];
-        body[..4].copy_from_slice(&i.to_be_bytes());
-        nodes[0]
-            .channel()
-            .send(&to, &body, SendOptions::ASYNCHRONOUS)
-            .await
-            .expect("queued");
-        if i % 500 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    wait_for("every message", || async {
-        (got.lock().expect("lock").len() >= N as usize).then_some(())
-    })
-    .await;
-    let bodies: Vec<Bytes> = got
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|m| m.body.clone())
-        .collect();
-    assert_eq!(bodies.len(), N as usize, "each once");
-    for (i, body) in bodies.iter().enumerate() {
-        let i = i as u32;
-        let seq = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
-        assert_eq!(seq, i, "message {i} arrived out of order");
-        let len = if i % 7 == 3 {
-            10_000
-        } else {
-            40 + (i as usize % 200)
-        };
-        assert_eq!(body.len(), len, "message {i} intact");
-        assert!(
-            body[4..].iter().all(|&b| b == (i % 251) as u8),
-            "message {i} intact"
-        );
-    }
-    shutdown_all(nodes).await;
-}
-
 /// Receiver bounds (issue 13, item 5): a thousand idle connections from one
 /// address, a peer that trickles a frame in one byte at a time (each byte
 /// well within the stall timeout, the frame not), and headers claiming the

@@ -146,23 +146,6 @@ impl Chain {
         f
     }
 
-    /// Whether the rest of `msg`'s way down from interceptor `resume` needs
-    /// no plug-in of its own thread: every interceptor from there on either
-    /// does not see the message or has the host count it (a tally, whose
-    /// hook is called only at the end of an interval), and none defers it.
-    /// The sender then finishes the chain itself and queues a framed message.
-    pub fn finishes_light(&self, resume: usize, msg: &OutMsg) -> bool {
-        self.interceptors
-            .get(resume..)
-            .unwrap_or_default()
-            .iter()
-            .all(|ic| {
-                !ic.caps.send
-                    || !ic.caps.sees(msg.options, msg.body.len())
-                    || (ic.tally.is_some() && ic.caps.defer.is_none())
-            })
-    }
-
     /// Passes `msg` up through the `above` interceptors nearest the network
     /// … up to the top (`above` = [`Chain::len`] for a fresh message).
     pub async fn receive_from(&self, above: usize, msg: &mut InMsg) -> Flow {
