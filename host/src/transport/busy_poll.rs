@@ -9,15 +9,24 @@
 //!
 //! Bounds: one poller per [`BusyPoll`] (per node side) at a time, each poll
 //! at most `budget`; and each connection keeps a [`PollHistory`] of how
-//! long its recent waits took, polled or not. After two waits in a row that
-//! took longer than twice the budget (polling would not have paid: the data
-//! came late) it stops polling, retrying once every 64 waits, so sparse
-//! traffic (gaps longer than the budget) costs almost nothing; the first
-//! short wait turns polling back on. Judging by the wait's whole length,
-//! not by the poll's luck, matters: when one side of an exchange stops
-//! polling, the other side's waits get longer too, and a rule that backs
-//! off on missed polls alone lets both sides talk each other into parking
-//! (measured: a fifth of the waits parked, p50 at 28 µs instead of ~15).
+//! long its recent waits took, polled or not. After two polled waits in a
+//! row that took longer than twice the budget (polling would not have paid:
+//! the data came late) it stops polling, retrying once every 64 waits, so
+//! sparse traffic (gaps longer than the budget) costs almost nothing.
+//! Judging by the wait's whole length, not by the poll's luck, matters: when
+//! one side of an exchange stops polling, the other side's waits get longer
+//! too, and a rule that backs off on missed polls alone lets both sides talk
+//! each other into parking (measured: a fifth of the waits parked, p50 at
+//! 28 µs instead of ~15).
+//!
+//! Polling also stops when it makes waits longer than parking does: the
+//! history keeps a moving average of polled and of parked waits, and polls
+//! only while the polled ones are not the longer. That is the case on a
+//! machine with no core to spare (another busy process, a hypervisor
+//! stealing the vCPU): the poller holds the core its peer needs to answer.
+//! Measured on 2 vCPUs with one busy process beside the two nodes: p50 89 µs
+//! polling against 32 µs parking, where an idle machine gives 13 against
+//! ~80 (docs/benchmarks.md, "Polling on a machine with no core to spare").
 
 use std::io;
 use std::sync::Arc;
@@ -69,15 +78,70 @@ enum Outcome {
 /// How long a connection's recent waits took.
 #[derive(Debug, Default)]
 pub(crate) struct PollHistory {
-    /// Long waits in a row.
+    /// Long polled waits in a row.
     misses: u32,
     /// Waits not polled since backing off.
     skipped: u32,
+    /// Moving averages of whole waits, polled and parked (not polled).
+    polled: Average,
+    parked: Average,
+    /// What the wait under way did, for [`BusyPoll::waited`] to file its
+    /// whole length under.
+    wait: Wait,
+}
+
+/// What a wait did before parking.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Polled, and the poll missed: a polled wait.
+    Polled,
+    /// Did not poll because the history said not to: a parked wait.
+    BackedOff,
+    /// Did not poll for another reason (other work, another poller): not
+    /// a sample of either.
+    #[default]
+    Other,
+}
+
+/// A moving average of wait lengths (ns). Waits longer than
+/// [`Average::CAP`] budgets are gaps in the traffic, not exchanges: they
+/// are left out (the misses count them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Average {
+    ns: u64,
+    seen: bool,
+}
+
+impl Average {
+    /// Budgets a sample may take to count.
+    const CAP: u32 = 4;
+    /// Weight of a new sample: 1 / 2^SHIFT.
+    const SHIFT: u32 = 3;
+
+    fn add(&mut self, sample: Duration, budget: Duration) {
+        if sample > budget * Self::CAP {
+            return;
+        }
+        let x = sample.as_nanos() as u64;
+        if self.seen {
+            self.ns = self.ns - (self.ns >> Self::SHIFT) + (x >> Self::SHIFT);
+        } else {
+            self.ns = x;
+            self.seen = true;
+        }
+    }
 }
 
 impl PollHistory {
+    /// Whether polling is off for now: polled waits were long twice in a
+    /// row, or polled waits take longer than parked ones.
+    fn backed_off(&self) -> bool {
+        self.misses >= MISSES_TO_BACK_OFF
+            || (self.polled.seen && self.parked.seen && self.polled.ns > self.parked.ns)
+    }
+
     fn should_try(&mut self) -> bool {
-        if self.misses < MISSES_TO_BACK_OFF {
+        if !self.backed_off() {
             return true;
         }
         self.skipped += 1;
@@ -88,12 +152,25 @@ impl PollHistory {
         false
     }
 
-    fn record(&mut self, hit: bool) {
-        if hit {
+    /// A polled wait took `waited` in all.
+    fn polled(&mut self, waited: Duration, budget: Duration) {
+        self.polled.add(waited, budget);
+        if waited <= budget * SLACK {
             self.misses = 0;
             self.skipped = 0;
         } else {
             self.misses = self.misses.saturating_add(1);
+        }
+    }
+
+    /// A wait that did not poll took `waited` in all. A short one says
+    /// polling would have caught the data (when the averages do not say
+    /// that polling makes waits longer).
+    fn parked(&mut self, waited: Duration, budget: Duration) {
+        self.parked.add(waited, budget);
+        if waited <= budget * SLACK && !(self.polled.seen && self.polled.ns > self.parked.ns) {
+            self.misses = 0;
+            self.skipped = 0;
         }
     }
 }
@@ -126,8 +203,13 @@ impl BusyPoll {
     /// A wait that `read` did not answer ended: the bytes came after
     /// `waited` in all (polling, then parking).
     pub(crate) fn waited(&self, history: &mut PollHistory, waited: Duration) {
-        if !self.budget.is_zero() {
-            history.record(waited <= self.budget * SLACK);
+        if self.budget.is_zero() {
+            return;
+        }
+        match std::mem::take(&mut history.wait) {
+            Wait::Polled => history.polled(waited, self.budget),
+            Wait::BackedOff => history.parked(waited, self.budget),
+            Wait::Other => {}
         }
     }
 
@@ -149,12 +231,20 @@ impl BusyPoll {
         if self.budget.is_zero() {
             return None;
         }
-        if others_busy()
-            || !history.should_try()
-            || self
-                .active
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
+        history.wait = Wait::Other;
+        if others_busy() {
+            self.count(Outcome::Skipped);
+            return None;
+        }
+        if !history.should_try() {
+            history.wait = Wait::BackedOff;
+            self.count(Outcome::Skipped);
+            return None;
+        }
+        if self
+            .active
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
         {
             self.count(Outcome::Skipped);
             return None;
@@ -182,7 +272,9 @@ impl BusyPoll {
         };
         self.active.store(false, Ordering::Release);
         if r.is_some() {
-            history.record(true);
+            history.polled(start.elapsed(), self.budget);
+        } else {
+            history.wait = Wait::Polled;
         }
         self.count(if r.is_some() {
             Outcome::Hit
@@ -312,21 +404,38 @@ mod tests {
         assert!(!a.others_recent(y, 10));
     }
 
+    const BUDGET: Duration = Duration::from_micros(50);
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// Of `n` waits, how many would poll.
+    fn tries(h: &mut PollHistory, n: u32) -> usize {
+        (0..n).filter(|_| h.should_try()).count()
+    }
+
     #[test]
     fn long_waits_back_off_and_a_short_one_resumes_polling() {
         let poll = BusyPoll::new(50, Arc::new(Metrics::default()), Side::Sender);
         let mut h = PollHistory::default();
         // data just after the budget (a parked peer's answer): keep polling
         for _ in 0..10 {
-            poll.waited(&mut h, Duration::from_micros(90));
+            h.wait = Wait::Polled;
+            poll.waited(&mut h, us(90));
             assert!(h.should_try());
         }
-        // sparse traffic: two long waits, then polling stops
-        poll.waited(&mut h, Duration::from_millis(5));
-        poll.waited(&mut h, Duration::from_millis(5));
+        // sparse traffic: two long polled waits, then polling stops
+        for _ in 0..2 {
+            h.wait = Wait::Polled;
+            poll.waited(&mut h, Duration::from_millis(5));
+        }
         assert!(!h.should_try());
-        // one short wait while backed off: polling resumes at once
-        poll.waited(&mut h, Duration::from_micros(60));
+        // one short wait while backed off (the answer plus a wake-up, no
+        // shorter than the polled waits were): polling resumes at once
+        assert!(!h.should_try());
+        h.wait = Wait::BackedOff;
+        poll.waited(&mut h, us(95));
         assert!(h.should_try());
     }
 
@@ -334,15 +443,49 @@ mod tests {
     fn history_backs_off_after_misses_and_retries_periodically() {
         let mut h = PollHistory::default();
         assert!(h.should_try());
-        h.record(false);
+        h.polled(us(500), BUDGET);
         assert!(h.should_try());
-        h.record(false);
+        h.polled(us(500), BUDGET);
         // backed off: only one wait in RETRY_EVERY polls
-        let tries = (0..RETRY_EVERY * 3).filter(|_| h.should_try()).count();
-        assert_eq!(tries, 3);
-        h.record(true);
-        assert!(h.should_try());
-        assert!(h.should_try());
+        assert_eq!(tries(&mut h, RETRY_EVERY * 3), 3);
+        // a polled wait that caught the data soon: polling again
+        h.polled(us(10), BUDGET);
+        assert_eq!(tries(&mut h, 2), 2);
+    }
+
+    #[test]
+    fn polling_stops_while_it_makes_waits_longer_than_parking() {
+        let mut h = PollHistory::default();
+        // Both caught within the slack, so no miss: but polled waits take
+        // 90 µs and parked ones 30 (the poller holds the core the peer needs).
+        for _ in 0..8 {
+            h.polled(us(90), BUDGET);
+            h.parked(us(30), BUDGET);
+        }
+        assert_eq!(tries(&mut h, RETRY_EVERY * 2), 2, "explores now and then");
+        // A short parked wait does not turn it back on against that evidence.
+        h.parked(us(30), BUDGET);
+        assert!(!h.should_try());
+        // The machine frees up: parked waits pay a wake-up, polls catch the
+        // data at once; a few explorations turn polling back on.
+        let mut explored = 0;
+        assert!(h.backed_off());
+        while h.backed_off() && explored < 20 {
+            for _ in 0..RETRY_EVERY {
+                if h.should_try() {
+                    h.polled(us(13), BUDGET);
+                    explored += 1;
+                } else {
+                    h.parked(us(80), BUDGET);
+                }
+            }
+        }
+        assert!(
+            !h.backed_off(),
+            "polling resumed after {explored} explorations"
+        );
+        assert!(explored <= 4, "within a few explorations: {explored}");
+        assert_eq!(tries(&mut h, 10), 10);
     }
 
     #[tokio::test]
