@@ -750,6 +750,7 @@ impl RuntimeConfig {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.workers(cpus))
             .on_thread_park(crate::transport::park_spin::before_park)
+            .on_thread_unpark(crate::transport::park_spin::after_unpark)
             .enable_all()
             .build()
     }

@@ -135,12 +135,12 @@ impl Average {
 impl PollHistory {
     /// Whether polling is off for now: polled waits were long twice in a
     /// row, or polled waits take longer than parked ones.
-    fn backed_off(&self) -> bool {
+    pub(super) fn backed_off(&self) -> bool {
         self.misses >= MISSES_TO_BACK_OFF
             || (self.polled.seen && self.parked.seen && self.polled.ns > self.parked.ns)
     }
 
-    fn should_try(&mut self) -> bool {
+    pub(super) fn should_try(&mut self) -> bool {
         if !self.backed_off() {
             return true;
         }
@@ -153,7 +153,7 @@ impl PollHistory {
     }
 
     /// A polled wait took `waited` in all.
-    fn polled(&mut self, waited: Duration, budget: Duration) {
+    pub(super) fn polled(&mut self, waited: Duration, budget: Duration) {
         self.polled.add(waited, budget);
         if waited <= budget * SLACK {
             self.misses = 0;
@@ -166,7 +166,7 @@ impl PollHistory {
     /// A wait that did not poll took `waited` in all. A short one says
     /// polling would have caught the data (when the averages do not say
     /// that polling makes waits longer).
-    fn parked(&mut self, waited: Duration, budget: Duration) {
+    pub(super) fn parked(&mut self, waited: Duration, budget: Duration) {
         self.parked.add(waited, budget);
         if waited <= budget * SLACK && !(self.polled.seen && self.polled.ns > self.parked.ns) {
             self.misses = 0;

@@ -14,18 +14,24 @@
 //! socket ready at once, and runs the ACK reader without a wake-up.
 //!
 //! Bounds: one spinner at a time in the process; each spin at most the
-//! budget; after [`MISSES_TO_BACK_OFF`] spins in a row in which nothing
-//! came, it spins again only once every [`RETRY_EVERY`] parks, until one
-//! catches an ACK. Nothing spins while no pipelined send waits.
+//! budget; it backs off by the busy-poll's rule ([`PollHistory`]): after two
+//! waits in a row in which the ACK came later than twice the budget, or
+//! while waits that spun take longer than waits that parked at once (a
+//! machine with no core to spare, where the spinner holds the core the
+//! peer needs), it spins only once every 64 parks. A wait lasts from the
+//! hook until the worker is woken ([`after_unpark`], Tokio's
+//! `on_thread_unpark`). Nothing spins while no pipelined send waits.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-// Spins in a row that caught nothing before spinning backs off, and how
-// often it spins while backed off: the busy-poll's own rule.
-use super::busy_poll::{MISSES_TO_BACK_OFF, RETRY_EVERY};
+use std::cell::Cell;
+use std::sync::Mutex;
+
+// When to spin: the busy-poll's own rule.
+use super::busy_poll::PollHistory;
 
 /// The process's spinner: the epoll set of pipelined connections, the sends
 /// waiting on them, and the budget.
@@ -33,9 +39,15 @@ struct ParkSpin {
     epoll: OwnedFd,
     awaiting: AtomicUsize,
     budget_ns: AtomicU64,
-    spinning: AtomicBool,
-    misses: AtomicU32,
-    skipped: AtomicU32,
+    /// How long recent waits took, spun and parked; held while spinning
+    /// (so one spinner at a time).
+    history: Mutex<PollHistory>,
+}
+
+std::thread_local! {
+    /// This worker's wait under way: when it began, and whether it spun
+    /// (and missed) or parked at once because spinning was backed off.
+    static WAITING: Cell<Option<(Instant, bool)>> = const { Cell::new(None) };
 }
 
 /// What the spins did, process-wide (`shoal_park_spins_total`).
@@ -102,9 +114,7 @@ fn spinner() -> Option<&'static ParkSpin> {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             awaiting: AtomicUsize::new(0),
             budget_ns: AtomicU64::new(0),
-            spinning: AtomicBool::new(false),
-            misses: AtomicU32::new(0),
-            skipped: AtomicU32::new(0),
+            history: Mutex::new(PollHistory::default()),
         })
     })
     .as_ref()
@@ -170,24 +180,24 @@ pub fn before_park() {
     let Some(s) = SPIN.get().and_then(Option::as_ref) else {
         return;
     };
-    if s.awaiting.load(Ordering::Relaxed) == 0 {
+    let budget = Duration::from_nanos(s.budget_ns.load(Ordering::Relaxed));
+    let Ok(mut history) = s.history.try_lock() else {
+        return; // another worker spins
+    };
+    // A wait [`after_unpark`] did not end (a runtime built without it): a
+    // spin that caught nothing counts as a long wait, so spinning still
+    // backs off on sparse ACKs.
+    if let Some((_, true)) = WAITING.take() {
+        history.polled(Duration::MAX, budget);
+    }
+    if s.awaiting.load(Ordering::Relaxed) == 0 || budget.is_zero() {
         return;
     }
-    let budget = s.budget_ns.load(Ordering::Relaxed);
-    if budget == 0 {
-        return;
-    }
-    if s.misses.load(Ordering::Relaxed) >= MISSES_TO_BACK_OFF
-        && s.skipped.fetch_add(1, Ordering::Relaxed) + 1 < RETRY_EVERY
-    {
+    if !history.should_try() {
         COUNTS.skipped.fetch_add(1, Ordering::Relaxed);
+        WAITING.set(Some((Instant::now(), false)));
         return;
     }
-    if s.spinning.swap(true, Ordering::Acquire) {
-        return;
-    }
-    s.skipped.store(0, Ordering::Relaxed);
-    let budget = Duration::from_nanos(budget);
     let start = Instant::now();
     let hit = loop {
         if s.ready() {
@@ -198,13 +208,33 @@ pub fn before_park() {
         }
         std::hint::spin_loop();
     };
-    s.spinning.store(false, Ordering::Release);
     if hit {
-        s.misses.store(0, Ordering::Relaxed);
+        history.polled(start.elapsed(), budget);
         COUNTS.hit.fetch_add(1, Ordering::Relaxed);
     } else {
-        s.misses.fetch_add(1, Ordering::Relaxed);
+        WAITING.set(Some((start, true)));
         COUNTS.missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The hook Tokio calls when a worker wakes (`on_thread_unpark`): ends the
+/// wait [`before_park`] began, so that spinning is judged by how long the
+/// worker waited for the ACKs, spun or not. Without it spinning still backs
+/// off on spins that caught nothing.
+pub fn after_unpark() {
+    let Some((since, spun)) = WAITING.take() else {
+        return;
+    };
+    let Some(s) = SPIN.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let budget = Duration::from_nanos(s.budget_ns.load(Ordering::Relaxed));
+    if let Ok(mut history) = s.history.try_lock() {
+        if spun {
+            history.polled(since.elapsed(), budget);
+        } else {
+            history.parked(since.elapsed(), budget);
+        }
     }
 }
 
