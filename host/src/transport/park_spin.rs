@@ -22,13 +22,11 @@
 //! hook until the worker is woken ([`after_unpark`], Tokio's
 //! `on_thread_unpark`). Nothing spins while no pipelined send waits.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
 use std::cell::Cell;
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 // When to spin: the busy-poll's own rule.
 use super::busy_poll::PollHistory;
@@ -180,6 +178,10 @@ pub fn before_park() {
     let Some(s) = SPIN.get().and_then(Option::as_ref) else {
         return;
     };
+    let unended = WAITING.take();
+    if unended.is_none() && s.awaiting.load(Ordering::Relaxed) == 0 {
+        return; // an idle node's park: nothing to do
+    }
     let budget = Duration::from_nanos(s.budget_ns.load(Ordering::Relaxed));
     let Ok(mut history) = s.history.try_lock() else {
         return; // another worker spins
@@ -187,7 +189,7 @@ pub fn before_park() {
     // A wait [`after_unpark`] did not end (a runtime built without it): a
     // spin that caught nothing counts as a long wait, so spinning still
     // backs off on sparse ACKs.
-    if let Some((_, true)) = WAITING.take() {
+    if let Some((_, true)) = unended {
         history.polled(Duration::MAX, budget);
     }
     if s.awaiting.load(Ordering::Relaxed) == 0 || budget.is_zero() {
