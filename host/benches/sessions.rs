@@ -709,7 +709,8 @@ impl ShoalCluster {
 
 /// The node config, with the `[session]` keys of issue 10.
 /// `SESSIONS_SHOAL_POLL_US=S,R` (experiments only) sets the sender's and
-/// the receiver's `busy_poll_us`.
+/// the receiver's `busy_poll_us`; `SESSIONS_SHOAL_TOML` is appended to
+/// the file (`$'\n[runtime]\ncpu_pressure_gate = false'`, say).
 fn shoal_toml(name: &str, mcast: u16, api: u16, policy: &str, mode: &str) -> String {
     let (sender_poll, receiver_poll) = match std::env::var("SESSIONS_SHOAL_POLL_US") {
         Ok(v) => {
@@ -729,8 +730,9 @@ fn shoal_toml(name: &str, mcast: u16, api: u16, policy: &str, mode: &str) -> Str
          [receiver]\naddress = \"127.0.0.1\"\nport = {port}\nauto_bind = 100\n{receiver_poll}\n\
          {sender_poll}\
          [api]\nlisten = \"127.0.0.1:{api}\"\n\n\
-         [session]\npolicy = \"{policy}\"\nsend_options = \"{mode}\"\n",
-        port = free_port()
+         [session]\npolicy = \"{policy}\"\nsend_options = \"{mode}\"\n{extra}",
+        port = free_port(),
+        extra = std::env::var("SESSIONS_SHOAL_TOML").unwrap_or_default()
     )
 }
 

@@ -151,6 +151,14 @@ mod peer {
         {
             cfg.runtime.worker_threads = n;
         }
+        // SIDE_BY_SIDE_SHOAL_CPU_PRESSURE_GATE=false sets
+        // `runtime.cpu_pressure_gate`.
+        if let Some(on) = std::env::var("SIDE_BY_SIDE_SHOAL_CPU_PRESSURE_GATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.runtime.cpu_pressure_gate = on;
+        }
         // As `shoal run`: the runtime of `[runtime]` (default: half the CPUs).
         let rt = cfg.runtime.build().expect("runtime");
         let received = Arc::new(AtomicU64::new(0));

@@ -313,6 +313,7 @@ async fn messages(State(s): State<AppState>) -> Response {
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let mut text = s.metrics.render();
     crate::transport::park_spin::render_metrics(&mut text);
+    crate::transport::cpu_pressure::render_metrics(&mut text);
     // Guest stats calls are synchronous (bounded by the call deadline).
     s.channel.chain().render_metrics(&mut text).await;
     if let Some(e) = &s.sessions {

@@ -718,7 +718,7 @@ impl Default for DispatchConfig {
 
 /// `[runtime]`: the async runtime `shoal run` builds (an app embedding a
 /// node brings its own).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 (default) = half the CPUs the process may use,
@@ -728,6 +728,22 @@ pub struct RuntimeConfig {
     /// worker moved 40 % more concurrent sync-ACK sends than two
     /// (docs/benchmarks.md, "One runtime worker on 2 cores").
     pub worker_threads: usize,
+    /// Busy-polling (`sender.busy_poll_us`, `receiver.busy_poll_us`) and
+    /// the spin before parking pause while the kernel reports that tasks
+    /// of this machine wait for a CPU (`/proc/pressure/cpu`): a poller
+    /// then holds the core its peer needs. Default true; false polls
+    /// whatever the pressure (say, beside niced batch jobs that may wait).
+    /// Process-wide: set by [`Self::build`].
+    pub cpu_pressure_gate: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: 0,
+            cpu_pressure_gate: true,
+        }
+    }
 }
 
 /// Most runtime workers accepted.
@@ -746,6 +762,7 @@ impl RuntimeConfig {
     /// A multi-threaded Tokio runtime with [`Self::workers`] workers for
     /// the CPUs this process may use, I/O and timers enabled.
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        crate::transport::cpu_pressure::set_enabled(self.cpu_pressure_gate);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.workers(cpus))

@@ -218,7 +218,8 @@ usage: cargo bench -p shoal-webapp --bench web -- [options]
   --items K          cart items a user cycles over (6; the session holds K lines of 1 KiB)
 environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
              WEB_SHOAL_POLL_US=S,R sets shoal's sender and receiver busy_poll_us,
-             WEB_SHOAL_WORKERS=N each webapp's runtime worker threads
+             WEB_SHOAL_WORKERS=N each webapp's runtime worker threads,
+             WEB_SHOAL_CPU_PRESSURE_GATE=false its runtime.cpu_pressure_gate
              (experiments; default: the nodes' default)";
 
     fn parse(args: &[String]) -> Result<Self, String> {
@@ -562,9 +563,16 @@ fn webapp_toml(route: &str, domain: &str, mcast: u16, api: u16, policy: &str) ->
         Err(_) => (String::new(), String::new()),
     };
     // WEB_SHOAL_WORKERS=N: `[runtime] worker_threads` (default: half the CPUs).
-    let runtime = std::env::var("WEB_SHOAL_WORKERS")
-        .map(|n| format!("[runtime]\nworker_threads = {n}\n\n"))
+    // WEB_SHOAL_CPU_PRESSURE_GATE=false: `[runtime] cpu_pressure_gate`.
+    let mut runtime = std::env::var("WEB_SHOAL_WORKERS")
+        .map(|n| format!("worker_threads = {n}\n"))
         .unwrap_or_default();
+    if let Ok(on) = std::env::var("WEB_SHOAL_CPU_PRESSURE_GATE") {
+        runtime.push_str(&format!("cpu_pressure_gate = {on}\n"));
+    }
+    if !runtime.is_empty() {
+        runtime = format!("[runtime]\n{runtime}\n");
+    }
     format!(
         "# written by examples/webapp/benches/web.rs\n\
          [node]\nname = \"{route}\"\njvm_route = \"{route}\"\ndomain = \"{domain}\"\n\n\

@@ -3,6 +3,7 @@
 //! [`watch`] keeps one idle connection to each member to see it crash.
 
 mod busy_poll;
+pub(crate) mod cpu_pressure;
 mod iov;
 pub mod park_spin;
 mod pipe;

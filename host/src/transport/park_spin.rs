@@ -20,11 +20,12 @@
 //! machine with no core to spare, where the spinner holds the core the
 //! peer needs), it spins only once every 64 parks. A wait lasts from the
 //! hook until the worker is woken ([`after_unpark`], Tokio's
-//! `on_thread_unpark`). Nothing spins while no pipelined send waits.
+//! `on_thread_unpark`). Nothing spins while no pipelined send waits, nor
+//! while the machine is short of CPU ([`super::cpu_pressure`]).
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,9 @@ pub struct SpinCounts {
 }
 
 static SPIN: OnceLock<Option<ParkSpin>> = OnceLock::new();
+/// Tests of the spinning itself, which run beside other tests, ignore the
+/// machine's CPU pressure.
+static IGNORE_CPU_PRESSURE: AtomicBool = AtomicBool::new(false);
 static COUNTS: SpinCounts = SpinCounts {
     hit: AtomicU64::new(0),
     missed: AtomicU64::new(0),
@@ -195,6 +199,12 @@ pub fn before_park() {
     if s.awaiting.load(Ordering::Relaxed) == 0 || budget.is_zero() {
         return;
     }
+    if super::cpu_pressure::saturated() && !IGNORE_CPU_PRESSURE.load(Ordering::Relaxed) {
+        // Not a sample of either kind: every wait is longer on a machine
+        // short of CPU.
+        COUNTS.skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if !history.should_try() {
         COUNTS.skipped.fetch_add(1, Ordering::Relaxed);
         WAITING.set(Some((Instant::now(), false)));
@@ -267,6 +277,7 @@ mod tests {
     /// ACKs spins for them before it parks, and catches them.
     #[test]
     fn a_worker_about_to_park_spins_for_pipelined_acks() {
+        IGNORE_CPU_PRESSURE.store(true, Ordering::Relaxed);
         set_budget(2000);
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
@@ -288,9 +299,12 @@ mod tests {
                 }
             }
         });
-        let rt = RuntimeConfig { worker_threads: 1 }
-            .build()
-            .expect("runtime");
+        let rt = RuntimeConfig {
+            worker_threads: 1,
+            ..RuntimeConfig::default()
+        }
+        .build()
+        .expect("runtime");
         let hits = counts().hit.load(Ordering::Relaxed);
         rt.block_on(async {
             let conn = PipeConn::connect(addr, 1024, None).await.expect("connect");
