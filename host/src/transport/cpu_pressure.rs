@@ -179,36 +179,34 @@ pub(crate) fn saturated() -> bool {
 pub fn render_metrics(out: &mut String) {
     use std::fmt::Write as _;
     let Some(g) = gate() else { return };
-    let _ = writeln!(
-        out,
-        "# HELP shoal_cpu_pressure_ratio Share of the last sampled interval in which some task of this machine waited for a CPU (/proc/pressure/cpu; sampled only while busy-polling is asked for)."
-    );
-    let _ = writeln!(out, "# TYPE shoal_cpu_pressure_ratio gauge");
-    let _ = writeln!(
-        out,
-        "shoal_cpu_pressure_ratio {:.3}",
-        f64::from(g.permille.load(Ordering::Relaxed)) / 1000.0
-    );
-    let _ = writeln!(
-        out,
-        "# HELP shoal_busy_poll_paused 1 while busy-polling is off because the machine is short of CPU."
-    );
-    let _ = writeln!(out, "# TYPE shoal_busy_poll_paused gauge");
-    let _ = writeln!(
-        out,
-        "shoal_busy_poll_paused {}",
-        u8::from(g.saturated.load(Ordering::Relaxed))
-    );
-    let _ = writeln!(
-        out,
-        "# HELP shoal_busy_poll_pauses_total Times busy-polling was switched off because the machine was short of CPU."
-    );
-    let _ = writeln!(out, "# TYPE shoal_busy_poll_pauses_total counter");
-    let _ = writeln!(
-        out,
-        "shoal_busy_poll_pauses_total {}",
-        g.turned_on.load(Ordering::Relaxed)
-    );
+    let ratio = f64::from(g.permille.load(Ordering::Relaxed)) / 1000.0;
+    let paused = u8::from(g.saturated.load(Ordering::Relaxed));
+    let pauses = g.turned_on.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        (
+            "shoal_cpu_pressure_ratio",
+            "gauge",
+            "Share of the last sampled interval in which some task of this machine waited for a CPU (/proc/pressure/cpu; sampled only while busy-polling is asked for).",
+            format!("{ratio:.3}"),
+        ),
+        (
+            "shoal_busy_poll_paused",
+            "gauge",
+            "1 while busy-polling is off because the machine is short of CPU.",
+            paused.to_string(),
+        ),
+        (
+            "shoal_busy_poll_pauses_total",
+            "counter",
+            "Times busy-polling was switched off because the machine was short of CPU.",
+            pauses.to_string(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
 }
 
 #[cfg(test)]
