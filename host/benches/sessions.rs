@@ -1492,7 +1492,7 @@ fn start_systems(opts: &Opts, ctx: &Ctx, mcast: &mut u16, sys: &mut Systems) -> 
     }
     if opts.has("shoal") {
         eprintln!(
-            "== shoal: 4 clusters of {NODES} nodes ({})",
+            "== shoal: 4 clusters of {NODES} nodes ({}; SESSIONS_SHOAL_CONFIGS picks)",
             opts.shoal_bin.display()
         );
         for (policy, mode) in [
@@ -1502,6 +1502,13 @@ fn start_systems(opts: &Opts, ctx: &Ctx, mcast: &mut u16, sys: &mut Systems) -> 
             ("backup", "sync-ack"),
         ] {
             let label = format!("shoal-{policy}-{mode}");
+            // Experiments: `SESSIONS_SHOAL_CONFIGS=delta-sync-ack,...`
+            // runs only those.
+            if std::env::var("SESSIONS_SHOAL_CONFIGS")
+                .is_ok_and(|v| !v.split(',').any(|c| c == &label["shoal-".len()..]))
+            {
+                continue;
+            }
             let mut c = Config::new(format!("shoal {policy}, {mode}"), Some("http"), native);
             match start_shoal(
                 ctx,
