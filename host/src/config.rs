@@ -378,10 +378,6 @@ pub struct SessionConfig {
     /// copies go to every member) or `"fail-closed"` (the change stays on
     /// this node until the policy works again).
     pub failure_mode: FailureMode,
-    /// With `sync-ack`: most changes for one set of members carried by one
-    /// frame (and one ACK) while an earlier frame to them is unacknowledged
-    /// (group commit; default 64, 1: every change its own frame).
-    pub group_commit: usize,
     /// A separate listen address for the session API; default: the admin
     /// API's listener.
     pub listen: Option<SocketAddr>,
@@ -402,7 +398,6 @@ impl Default for SessionConfig {
             max_attribute_bytes: 256 * 1024,
             max_session_bytes: 1024 * 1024,
             failure_mode: FailureMode::FailOpen,
-            group_commit: 64,
             listen: None,
             settings: toml::Table::new(),
         }
@@ -454,12 +449,6 @@ impl SessionConfig {
             return Err(Invalid::new(
                 "session.max_session_bytes",
                 "must be at least max_attribute_bytes and at most 67108864".into(),
-            ));
-        }
-        if self.group_commit == 0 || self.group_commit > 4096 {
-            return Err(Invalid::new(
-                "session.group_commit",
-                "must be between 1 (off) and 4096".into(),
             ));
         }
         for (k, v) in &self.settings {

@@ -30,7 +30,6 @@
 //!   Tomcat's behaviour).
 
 pub mod api;
-mod group;
 pub mod policy;
 pub mod store;
 pub mod wire;
@@ -218,29 +217,7 @@ struct Inner {
     misses: Mutex<HashMap<Key, Instant>>,
     unknown_fetches: tokio::sync::Semaphore,
     placing: tokio::sync::Mutex<()>,
-    /// Acknowledged changes grouped per destination set.
-    grouped: Arc<group::GroupCommit<Box<[MemberId]>, Delta>>,
     metrics: SessionMetrics,
-}
-
-/// Most bytes of changes one grouped frame carries (a larger change goes
-/// alone).
-const GROUP_BYTES: usize = 256 * 1024;
-
-/// Sends a group of changes with `sync-ack` for [`group::GroupCommit`].
-#[derive(Clone)]
-struct AckedDeltas(SessionEngine);
-
-impl group::SendBatch<Box<[MemberId]>, Delta> for AckedDeltas {
-    async fn send(&self, dests: &Box<[MemberId]>, items: Vec<Delta>) -> bool {
-        let e = &self.0;
-        e.send(
-            dests,
-            &Msg::Deltas(items),
-            e.send_options(SessionSendMode::SyncAck),
-        )
-        .await
-    }
 }
 
 /// The session engine of a node. Cheap to clone.
@@ -294,7 +271,6 @@ impl SessionEngine {
             attribute_bytes: cfg.max_attribute_bytes,
             session_bytes: cfg.max_session_bytes,
         };
-        let cfg_group = cfg.group_commit;
         let inner = Arc::new(Inner {
             cfg,
             limits,
@@ -317,7 +293,6 @@ impl SessionEngine {
             misses: Mutex::new(HashMap::new()),
             unknown_fetches: tokio::sync::Semaphore::new(UNKNOWN_FETCHES),
             placing: tokio::sync::Mutex::new(()),
-            grouped: Arc::new(group::GroupCommit::new(cfg_group, GROUP_BYTES)),
             metrics: SessionMetrics::default(),
         });
         let engine = Self { inner };
@@ -878,18 +853,9 @@ impl SessionEngine {
             } else {
                 self.inner.cfg.send_options
             };
-            let sent = if mode == SessionSendMode::SyncAck && !ids.is_empty() {
-                let bytes = delta.approx_len();
-                let mut lane: Box<[MemberId]> = ids.clone().into();
-                lane.sort_unstable();
-                self.inner
-                    .grouped
-                    .submit(lane, delta, bytes, &AckedDeltas(self.clone()))
-                    .await
-            } else {
-                self.send(&ids, &Msg::Deltas(vec![delta]), self.send_options(mode))
-                    .await
-            };
+            let sent = self
+                .send(&ids, &Msg::Deltas(vec![delta]), self.send_options(mode))
+                .await;
             replicated = sent && ids.len() == holders.len();
             if let Some(l) = proxies_touch.filter(|_| self.inner.policy.load().proxies) {
                 let others: Vec<MemberId> = view
@@ -1474,15 +1440,9 @@ impl SessionEngine {
                 }
             }
             Msg::Deltas(v) => {
-                // Every change of a group is applied; one refused fails
-                // the frame's ACK, not the others' application.
-                let mut refused = Ok(());
                 for d in v {
-                    if let Err(e) = self.apply_delta(d) {
-                        refused = Err(e);
-                    }
+                    self.apply_delta(d)?;
                 }
-                refused?;
             }
             Msg::Locations(v) => {
                 for l in v {
@@ -1811,21 +1771,6 @@ impl SessionEngine {
             "Session replication messages sent (per destination).",
             "counter",
             l(&m.messages_sent),
-        );
-        let (frames, changes) = self.inner.grouped.counts();
-        g(
-            out,
-            "session_group_frames_total",
-            "Frames of acknowledged changes sent by group commit (per destination set).",
-            "counter",
-            frames,
-        );
-        g(
-            out,
-            "session_group_changes_total",
-            "Acknowledged changes those frames carried.",
-            "counter",
-            changes,
         );
         g(
             out,

@@ -113,16 +113,6 @@ pub struct Delta {
     pub ops: Vec<AttrOp>,
 }
 
-impl Delta {
-    /// About its encoded size, bytes (bounds a group of changes).
-    pub fn approx_len(&self) -> usize {
-        let route = self.route.as_ref().map_or(0, |(r, _)| r.len() + 20);
-        self.ops.iter().fold(48 + route, |n, op| {
-            n + 24 + op.name.len() + op.value.as_ref().map_or(0, String::len)
-        })
-    }
-}
-
 /// Where a session lives, for members without a copy (proxy entries), and
 /// for holders when the location changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
