@@ -535,6 +535,20 @@ fn bad_input_on_every_route_is_a_4xx_and_the_node_is_unaffected() {
             Some("x".repeat(200_000)),
             413,
         ),
+        // Larger than the socket buffers: the client is still writing
+        // when the answer is ready, and must read it, not a reset.
+        (
+            "POST",
+            "/api/sessions".into(),
+            Some("x".repeat(3_000_000)),
+            413,
+        ),
+        (
+            "PATCH",
+            format!("/api/sessions/{id}"),
+            Some("x".repeat(3_000_000)),
+            413,
+        ),
         ("GET", "/api/sessions/nope".into(), None, 404),
         ("GET", "/api/sessions/..".into(), None, 404),
         (
