@@ -201,7 +201,13 @@ impl ApiServer {
             .route("/api/ready", get(readiness))
             .route("/api/events", get(events))
             .route("/api/messages", get(messages))
-            .route("/api/send", post(send))
+            .route(
+                "/api/send",
+                post(send).layer(axum::middleware::from_fn_with_state(
+                    MAX_SEND_BODY,
+                    drain_oversized,
+                )),
+            )
             .route("/api/plugins", get(plugin_list))
             .route(
                 "/api/plugins/{name}",
@@ -584,4 +590,45 @@ async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>, body: Bytes
         )
             .into_response(),
     }
+}
+
+/// Most bytes of an over-limit body read (and dropped) before its 413.
+const DRAIN_MAX: u64 = 8 << 20;
+/// Longest time spent reading them.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers 413 to a body whose `Content-Length` is over `max` without
+/// running the route (layer it with `from_fn_with_state(max, …)` beside the
+/// route's `DefaultBodyLimit::max(max)`). It reads the body first (up to
+/// [`DRAIN_MAX`] bytes for [`DRAIN_TIME`]): a client still sending when the answer is ready
+/// would otherwise get a connection reset (the server closing with unread
+/// data) and never read the 413 — the lingering close of Apache httpd.
+/// A larger or slower body gets the answer and the close.
+pub(crate) async fn drain_oversized(
+    State(max): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = len.filter(|n| *n > max as u64) else {
+        return next.run(req).await;
+    };
+    if len <= DRAIN_MAX {
+        use futures_util::StreamExt;
+        let mut body = req.into_body().into_data_stream();
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(_)) = body.next().await {}
+        })
+        .await;
+    }
+    let msg = format!("request body of {len} bytes is over the limit of {max} bytes");
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
 }

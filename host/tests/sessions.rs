@@ -549,6 +549,8 @@ fn bad_input_on_every_route_is_a_4xx_and_the_node_is_unaffected() {
             Some("x".repeat(3_000_000)),
             413,
         ),
+        // The admin API's send route (4 MiB) on the same listener.
+        ("POST", "/api/send".into(), Some("x".repeat(6_000_000)), 413),
         ("GET", "/api/sessions/nope".into(), None, 404),
         ("GET", "/api/sessions/..".into(), None, 404),
         (

@@ -20,12 +20,10 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -50,42 +48,9 @@ pub fn router(engine: SessionEngine, max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             max_body,
-            refuse_oversized,
+            crate::api::drain_oversized,
         ))
         .with_state(engine)
-}
-
-/// Most bytes of an over-limit body read (and dropped) before its 413.
-const DRAIN_MAX: u64 = 8 << 20;
-/// Longest time spent reading them.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Answers 413 to a body whose `Content-Length` is over `max` without
-/// running the route. It reads the body first (up to [`DRAIN_MAX`] bytes
-/// for [`DRAIN_TIME`]): a client still sending when the answer is ready
-/// would otherwise get a connection reset (the server closing with unread
-/// data) and never read the 413 — the lingering close of Apache httpd.
-/// A larger or slower body gets the answer and the close.
-async fn refuse_oversized(State(max): State<usize>, req: Request, next: Next) -> Response {
-    let len = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let Some(len) = len.filter(|n| *n > max as u64) else {
-        return next.run(req).await;
-    };
-    if len <= DRAIN_MAX {
-        let mut body = req.into_body().into_data_stream();
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            while let Some(Ok(_)) = body.next().await {}
-        })
-        .await;
-    }
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body of {len} bytes is over the limit of {max} bytes"),
-    )
 }
 
 #[derive(Deserialize)]
