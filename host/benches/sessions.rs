@@ -51,6 +51,15 @@
 //!   with 200 and a 35-byte id and does nothing else, driven by the same
 //!   client code as Tomcat; and a trivial RESP server (`--floor-peer resp`)
 //!   that answers `:1` to every command, driven by the Redis client code.
+//!   And two replicated floors (`--floor-peer repl`): three such HTTP
+//!   processes in a ring, each sending every body (4-byte length + body)
+//!   to the replica listener of the next node (one replica, as `backup`) or
+//!   of both others (as `delta`), written to all before waiting for their
+//!   1-byte ACKs, then answering: two loopback exchanges and three
+//!   processes per write with no work, the ceiling here of any design that
+//!   replicates each write in an exchange of its own. The report's ratios
+//!   end with what these floors allow against Tomcat and Redis, and shoal's
+//!   share of them.
 //!
 //! The HTTP clients are a minimal keep-alive HTTP/1.1 client ([`Http1`]: one
 //! `write` per request) rather than ureq, whose per-request syscalls took the
@@ -143,8 +152,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--floor-peer") {
         let kind = args.get(1).map_or("", String::as_str);
-        let port = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
-        floor::serve(kind, port);
+        let port = |i: usize| args.get(i).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if kind == "repl" {
+            let next: Vec<u16> = (4..args.len()).map(port).collect();
+            floor::serve_replicated(port(2), port(3), next);
+        } else {
+            floor::serve(kind, port(2));
+        }
         return;
     }
     let opts = match Opts::parse(&args) {
@@ -291,7 +305,7 @@ environment: SESSIONS_JAVA_OPTS adds JVM flags to every Tomcat node";
 
     /// Number of throughput configurations selected.
     fn configs(&self) -> usize {
-        [("floor", 2), ("tomcat", 4), ("redis", 2), ("shoal", 4)]
+        [("floor", 4), ("tomcat", 4), ("redis", 2), ("shoal", 4)]
             .iter()
             .filter(|(p, _)| self.has(p))
             .map(|(_, n)| n)
@@ -336,13 +350,40 @@ mod floor {
 
     /// Child mode `--floor-peer http|resp PORT`: serves until killed.
     pub fn serve(kind: &str, port: u16) {
+        let handler: fn(TcpStream) -> std::io::Result<()> = match kind {
+            "http" => |s| http_conn(s, &[]),
+            "resp" => resp_conn,
+            _ => panic!("--floor-peer http|resp|repl PORT"),
+        };
+        accept_loop(port, handler);
+    }
+
+    /// Child mode `--floor-peer repl HTTP REPLICA NEXT...`: one node of
+    /// the replicated floor. The HTTP floor, except that each request's
+    /// body first goes to the replica listeners `next` (one connection to
+    /// each per client connection, a 4-byte length and the body, written to
+    /// all before any wait) and the answer waits for their 1-byte ACKs; this
+    /// node's own replica listener (port `replica`) ACKs every body it
+    /// reads. With one replica: two loopback exchanges and three processes
+    /// per write, no work — what a design that replicates each write in its
+    /// own exchange cannot beat here.
+    pub fn serve_replicated(http: u16, replica: u16, next: Vec<u16>) {
+        assert!(
+            http != 0 && replica != 0 && !next.is_empty() && !next.contains(&0),
+            "--floor-peer repl HTTP REPLICA NEXT..."
+        );
+        let next: &'static [u16] = next.leak();
+        std::thread::spawn(move || accept_loop(replica, replica_conn));
+        accept_loop(http, move |s| http_conn(s, next));
+    }
+
+    /// Accepts on `port` and serves each connection on its own thread.
+    fn accept_loop(
+        port: u16,
+        handler: impl Fn(TcpStream) -> std::io::Result<()> + Copy + Send + 'static,
+    ) {
         let l = TcpListener::bind(("127.0.0.1", port)).expect("floor peer: bind");
         let live = Arc::new(AtomicUsize::new(0));
-        let handler: fn(TcpStream) -> std::io::Result<()> = match kind {
-            "http" => http_conn,
-            "resp" => resp_conn,
-            _ => panic!("--floor-peer http|resp PORT"),
-        };
         loop {
             let Ok((s, _)) = l.accept() else {
                 std::thread::sleep(Duration::from_millis(10));
@@ -362,10 +403,14 @@ mod floor {
     }
 
     /// HTTP/1.1 keep-alive: reads a request (headers, Content-Length body),
-    /// answers 200 with [`ID`], again until the client closes.
-    fn http_conn(s: TcpStream) -> std::io::Result<()> {
+    /// answers 200 with [`ID`], again until the client closes. With
+    /// `replicas`, the body goes to each first and the answer waits for
+    /// their ACKs.
+    fn http_conn(s: TcpStream, replicas: &[u16]) -> std::io::Result<()> {
         let mut w = s.try_clone()?;
         let mut r = BufReader::new(s);
+        let mut to_replicas: Vec<TcpStream> = Vec::new();
+        let mut frame = Vec::with_capacity(4 + VALUE_BYTES + 64);
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{ID}",
             ID.len()
@@ -398,7 +443,47 @@ mod floor {
                 return Ok(());
             }
             r.read_exact(&mut body[..len])?;
+            if !replicas.is_empty() {
+                if to_replicas.is_empty() {
+                    for port in replicas {
+                        let c = TcpStream::connect(("127.0.0.1", *port))?;
+                        c.set_nodelay(true)?;
+                        to_replicas.push(c);
+                    }
+                }
+                frame.clear();
+                frame.extend_from_slice(&(len as u32).to_be_bytes());
+                frame.extend_from_slice(&body[..len]);
+                for c in &mut to_replicas {
+                    c.write_all(&frame)?;
+                }
+                let mut ack = [0u8; 1];
+                for c in &mut to_replicas {
+                    c.read_exact(&mut ack)?;
+                }
+            }
             w.write_all(resp.as_bytes())?;
+        }
+    }
+
+    /// The replicated floor's replica side: reads length-prefixed bodies,
+    /// ACKs each with one byte.
+    fn replica_conn(s: TcpStream) -> std::io::Result<()> {
+        let mut w = s.try_clone()?;
+        let mut r = BufReader::new(s);
+        let mut body = vec![0u8; 1 << 16];
+        loop {
+            let mut len = [0u8; 4];
+            match r.read_exact(&mut len) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                other => other?,
+            }
+            let len = u32::from_be_bytes(len) as usize;
+            if len > body.len() {
+                return Ok(());
+            }
+            r.read_exact(&mut body[..len])?;
+            w.write_all(b"A")?;
         }
     }
 
@@ -1378,6 +1463,42 @@ struct Systems {
 }
 
 /// Starts every selected system and returns the configurations.
+/// The replicated floors' labels: one replica per write (as `backup`), and
+/// every other node (as `delta`).
+const REPL_FLOOR: &str = "floor: HTTP + 1 KiB to a replica and its ACK, 3 nodes, no work";
+const REPL_FLOOR_ALL: &str = "floor: HTTP + 1 KiB to 2 replicas and their ACKs, 3 nodes, no work";
+
+/// Three `--floor-peer repl` nodes in a ring: node i's bodies go to the
+/// replica listeners of the `replicas` nodes after it.
+fn start_replicated_floor(ctx: &Ctx, sys: &mut Systems, replicas: usize) -> Result<Target, String> {
+    let http: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let replica: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    for i in 0..NODES {
+        let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+        cmd.arg("--floor-peer").arg("repl");
+        cmd.arg(http[i].to_string()).arg(replica[i].to_string());
+        for k in 1..=replicas {
+            cmd.arg(replica[(i + k) % NODES].to_string());
+        }
+        let tag = format!("floor-repl{replicas}-{}", i + 1);
+        let mut p = Proc::spawn(cmd, &tag, &ctx.logs, StopBy::Sigterm)?;
+        let up = wait_for(
+            &mut p,
+            "the replicated floor's listeners",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            |_| {
+                let ok = TcpStream::connect(("127.0.0.1", http[i])).is_ok()
+                    && TcpStream::connect(("127.0.0.1", replica[i])).is_ok();
+                ok.then_some(())
+            },
+        );
+        sys.procs.push(p);
+        up?;
+    }
+    Ok(Target::Servlet(http))
+}
+
 fn start_systems(opts: &Opts, ctx: &Ctx, mcast: &mut u16, sys: &mut Systems) -> Vec<Config> {
     let mut cfgs = Vec::new();
     let mut next_mcast = || {
@@ -1386,7 +1507,7 @@ fn start_systems(opts: &Opts, ctx: &Ctx, mcast: &mut u16, sys: &mut Systems) -> 
     };
     let native = (NATIVE_WARMUP, NATIVE_WARMUP);
     if opts.has("floor") {
-        eprintln!("== floor: trivial HTTP and RESP servers");
+        eprintln!("== floor: trivial HTTP and RESP servers, and HTTP replicating to a peer");
         for (kind, label) in [
             ("http", "floor: HTTP, 1 KiB POST → 200, no work"),
             ("resp", "floor: RESP, 1 KiB HSET → :1, no work"),
@@ -1411,6 +1532,11 @@ fn start_systems(opts: &Opts, ctx: &Ctx, mcast: &mut u16, sys: &mut Systems) -> 
                     })
                 });
             c.set(r);
+            cfgs.push(c);
+        }
+        for (label, replicas) in [(REPL_FLOOR, 1), (REPL_FLOOR_ALL, NODES - 1)] {
+            let mut c = Config::new(label, None, native);
+            c.set(start_replicated_floor(ctx, sys, replicas));
             cfgs.push(c);
         }
     }
@@ -2063,6 +2189,9 @@ fn ratios(cfgs: &[Config]) {
         cfgs.iter()
             .find(|c| c.label.starts_with(prefix) && !c.samples.is_empty())
     };
+    // (who, ours, theirs, target): the issue's ratios, then what the
+    // replicated floor allows (no system with one replication exchange per
+    // write gets past it on this machine).
     let rows = [
         (
             "delta",
@@ -2090,6 +2219,17 @@ fn ratios(cfgs: &[Config]) {
             "Tomcat BackupManager, options 8",
             0.0,
         ),
+        (
+            "floor",
+            REPL_FLOOR_ALL,
+            "Tomcat DeltaManager, options 6",
+            0.0,
+        ),
+        ("floor", REPL_FLOOR, "Tomcat BackupManager, options 6", 0.0),
+        ("floor", REPL_FLOOR_ALL, "Redis HSET + WAIT", 0.0),
+        ("floor", REPL_FLOOR, "Redis HSET + WAIT", 0.0),
+        ("delta", "shoal delta, sync-ack", REPL_FLOOR_ALL, 0.0),
+        ("backup", "shoal backup, sync-ack", REPL_FLOOR, 0.0),
     ];
     let mut lines = Vec::new();
     for (policy, ours, theirs, target) in rows {
@@ -2121,10 +2261,21 @@ fn ratios(cfgs: &[Config]) {
         } else {
             format!("≥ {target}×")
         };
-        let theirs_label = b.label.split(" (").next().unwrap_or(&b.label);
+        let short = |l: &str| match l {
+            REPL_FLOOR => "replicated floor (1 replica)".to_owned(),
+            REPL_FLOOR_ALL => "replicated floor (2 replicas)".to_owned(),
+            l => l.split(" (").next().unwrap_or(l).to_owned(),
+        };
+        let ours = match policy {
+            "floor" => short(&a.label),
+            _ => format!(
+                "{policy}: {}",
+                a.label.trim_start_matches(&format!("shoal {policy}, "))
+            ),
+        };
         lines.push(format!(
-            "| {policy}: {} / {theirs_label} | {} | {goal} | {verdict} |",
-            a.label.trim_start_matches(&format!("shoal {policy}, ")),
+            "| {ours} / {} | {} | {goal} | {verdict} |",
+            short(&b.label),
             r.show(2)
         ));
         if warming {

@@ -38,7 +38,14 @@
 //! * The floor: three trivial axum servers (this binary, `--floor-peer`;
 //!   a `POST /cart/add` route that reads the body and answers a fixed body
 //!   the size of the cart, with a cookie and `X-Node`, no session, no work),
-//!   driven the same way, directly and through httpd.
+//!   driven the same way, directly and through httpd. And two replicated
+//!   floors (the same servers, `--floor-peer ROUTE ITEMS REPLICA PEER...`):
+//!   `/cart/add` first sends the note, length-prefixed, to one other node
+//!   (as `backup`) or both (as `delta`), written to all before it reads
+//!   their 1-byte ACKs; each node ACKs what arrives on its replica port.
+//!   The report says how many times Tomcat's rate these floors reach, and
+//!   shoal's share of them: an axum app that replicates each request in an
+//!   exchange of its own gets no further here.
 //! * Diagnostics, directly: one `webapp` with no peers and one Tomcat node
 //!   with no peers (DeltaManager, options 6: nothing to replicate to), the
 //!   app, its session layer and HTTP without the replication; the report
@@ -163,7 +170,12 @@ fn main() {
     if args.first().map(String::as_str) == Some("--floor-peer") {
         let route = args.get(1).cloned().unwrap_or_else(|| "f".into());
         let items = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(ITEMS);
-        floor::serve(&route, items);
+        // The replicated floor: this node's replica port, then its peers'.
+        let ports: Vec<u16> = args[3.min(args.len())..]
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        floor::serve(&route, items, &ports);
         return;
     }
     let opts = match Opts::parse(&args) {
@@ -220,7 +232,8 @@ environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
              WEB_SHOAL_POLL_US=S,R sets shoal's sender and receiver busy_poll_us,
              WEB_SHOAL_WORKERS=N each webapp's runtime worker threads,
              WEB_SHOAL_CPU_PRESSURE_GATE=false its runtime.cpu_pressure_gate
-             (experiments; default: the nodes' default)";
+             (experiments; default: the nodes' default);
+             WEB_FLOOR_WORKERS=N the floor servers' worker threads (Tokio's default)";
 
     fn parse(args: &[String]) -> Result<Self, String> {
         let mut o = Self {
@@ -306,7 +319,8 @@ environment: WEB_JAVA_OPTS adds JVM flags to every Tomcat node;
         } else {
             0
         };
-        (clusters + 1) * self.paths.len() + usize::from(self.single) * self.systems.len()
+        // + the floor and the two replicated floors
+        (clusters + 3) * self.paths.len() + usize::from(self.single) * self.systems.len()
     }
 
     /// JVM clusters (or nodes) that need a warm-up.
@@ -355,11 +369,19 @@ mod floor {
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
 
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     #[derive(Clone)]
     struct Floor {
         body: Bytes,
         node: HeaderValue,
         cookie: HeaderValue,
+        /// The replicated floor: the peers' replica ports, and idle
+        /// connections to them (one set per request in flight).
+        replicas: Arc<[u16]>,
+        idle: Arc<Mutex<Vec<Vec<TcpStream>>>>,
     }
 
     /// A cart answer of `items` lines with notes of `NOTE_BYTES`: the size
@@ -372,10 +394,14 @@ mod floor {
         format!("{{\"items\":{{{}}},\"node\":\"{node}\"}}", lines.join(","))
     }
 
-    /// Child mode `--floor-peer ROUTE ITEMS`: serves on 127.0.0.1 (a port
-    /// of the OS's choice, printed as `listening PORT`) until its stdin
-    /// says `stop` or ends (so it also exits when the bench dies).
-    pub fn serve(route: &str, items: usize) {
+    /// Child mode `--floor-peer ROUTE ITEMS [REPLICA PEER...]`: serves on
+    /// 127.0.0.1 (a port of the OS's choice, printed as `listening PORT`)
+    /// until its stdin says `stop` or ends (so it also exits when the bench
+    /// dies). With ports after ITEMS, the replicated floor: it ACKs every
+    /// length-prefixed body that arrives on port REPLICA with one byte, and
+    /// `/cart/add` sends its body to every PEER's replica port (written to
+    /// all, then the ACKs read) before it answers.
+    pub fn serve(route: &str, items: usize, ports: &[u16]) {
         std::thread::spawn(|| {
             let mut line = String::new();
             let stdin = std::io::stdin();
@@ -384,10 +410,17 @@ mod floor {
             }
             std::process::exit(0);
         });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        // WEB_FLOOR_WORKERS=N: the floor servers' worker threads (default:
+        // Tokio's, one per core).
+        if let Some(n) = std::env::var("WEB_FLOOR_WORKERS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+        {
+            rt.worker_threads(n);
+        }
+        let rt = rt.enable_all().build().expect("a tokio runtime");
         let floor = Floor {
             body: Bytes::from(cart_like(items, route)),
             node: HeaderValue::from_str(route).unwrap_or(HeaderValue::from_static("f")),
@@ -395,8 +428,21 @@ mod floor {
                 "JSESSIONID=0123456789ABCDEF0123456789ABCDEF.{route}; Path=/; HttpOnly"
             ))
             .unwrap_or(HeaderValue::from_static("JSESSIONID=0.f")),
+            replicas: ports.get(1..).unwrap_or_default().into(),
+            idle: Arc::default(),
         };
+        let replica = ports.first().copied();
         rt.block_on(async move {
+            if let Some(port) = replica {
+                let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .expect("floor: bind the replica port");
+                tokio::spawn(async move {
+                    while let Ok((s, _)) = l.accept().await {
+                        tokio::spawn(ack_bodies(s));
+                    }
+                });
+            }
             let l = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("floor: bind");
@@ -410,9 +456,59 @@ mod floor {
         });
     }
 
-    /// Reads the body, answers the fixed cart; the cookie when the request
-    /// had none.
-    async fn add(State(f): State<Floor>, headers: HeaderMap, _note: Bytes) -> Response {
+    /// The replica side: reads length-prefixed bodies, ACKs each.
+    async fn ack_bodies(mut s: TcpStream) -> std::io::Result<()> {
+        s.set_nodelay(true)?;
+        let mut body = vec![0u8; 1 << 16];
+        loop {
+            let len = s.read_u32().await? as usize;
+            if len > body.len() {
+                return Ok(());
+            }
+            s.read_exact(&mut body[..len]).await?;
+            s.write_all(b"A").await?;
+        }
+    }
+
+    /// Sends `body` to every replica and waits for their ACKs, on a set of
+    /// connections of its own.
+    async fn replicate(f: &Floor, body: &[u8]) -> std::io::Result<()> {
+        let idle = f.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+        let mut conns = match idle {
+            Some(c) => c,
+            None => {
+                let mut c = Vec::with_capacity(f.replicas.len());
+                for port in f.replicas.iter() {
+                    let s = TcpStream::connect(("127.0.0.1", *port)).await?;
+                    s.set_nodelay(true)?;
+                    c.push(s);
+                }
+                c
+            }
+        };
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(body);
+        for c in &mut conns {
+            c.write_all(&frame).await?;
+        }
+        let mut ack = [0u8; 1];
+        for c in &mut conns {
+            c.read_exact(&mut ack).await?;
+        }
+        if let Ok(mut v) = f.idle.lock() {
+            v.push(conns);
+        }
+        Ok(())
+    }
+
+    /// Reads the body (and, in the replicated floor, sends it to the
+    /// replicas), answers the fixed cart; the cookie when the request had
+    /// none.
+    async fn add(State(f): State<Floor>, headers: HeaderMap, note: Bytes) -> Response {
+        if !f.replicas.is_empty() && replicate(&f, &note).await.is_err() {
+            return StatusCode::BAD_GATEWAY.into_response();
+        }
         let mut r = ([(header::CONTENT_TYPE, "application/json")], f.body).into_response();
         r.headers_mut().insert("x-node", f.node);
         if !headers.contains_key(header::COOKIE) {
@@ -430,6 +526,9 @@ mod floor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Floor,
+    /// The floor, each request's body sent to this many other nodes and
+    /// their ACKs awaited before the answer.
+    FloorRepl(usize),
     /// One node of the system ("shoal" or "tomcat"), no peers.
     Single(&'static str),
     Shoal(&'static str),
@@ -440,6 +539,10 @@ impl Kind {
     fn label(self) -> String {
         match self {
             Kind::Floor => "floor: axum, no session".into(),
+            Kind::FloorRepl(1) => "floor: axum + the note to 1 replica, ACK, no session".into(),
+            Kind::FloorRepl(n) => {
+                format!("floor: axum + the note to {n} replicas, ACKs, no session")
+            }
             Kind::Single("shoal") => "shoal webapp, 1 node (no peers)".into(),
             Kind::Single(_) => "Tomcat DeltaManager, 1 node (no peers)".into(),
             Kind::Shoal(p) => format!("shoal {p}, sync-ack"),
@@ -521,14 +624,78 @@ struct Ctx {
     items: usize,
 }
 
-/// Starts the three floor servers.
-fn start_floor(ctx: &Ctx) -> Result<Cluster, String> {
-    let mut c = Cluster::new(Kind::Floor);
+/// What the replicated floors allow, per round: the floor with as many
+/// replicas as the policy writes to (backup 1, delta 2) over Tomcat, and
+/// shoal over that floor. A system that replicates each request in an
+/// exchange of its own, on axum, gets no further than the floor.
+fn floor_allows(opts: &Opts, cfgs: &[Config]) {
+    let mut rows = Vec::new();
+    for policy in Opts::POLICIES.iter().filter(|p| opts.policies.contains(*p)) {
+        let replicas = if *policy == "backup" { 1 } else { NODES - 1 };
+        for httpd in [false, true] {
+            let find = |k: Kind| cfgs.iter().find(|c| c.kind == k && c.httpd == httpd);
+            let (Some(f), Some(s), Some(t)) = (
+                find(Kind::FloorRepl(replicas)),
+                find(Kind::Shoal(policy)),
+                find(Kind::Tomcat(policy)),
+            ) else {
+                continue;
+            };
+            let per_round = |a: &Config, b: &Config| -> Option<Stat> {
+                let v: Vec<f64> = (0..opts.rounds)
+                    .filter_map(|r| Some(a.in_round(r)?.rate / b.in_round(r)?.rate.max(1e-9)))
+                    .collect();
+                (!v.is_empty()).then(|| Stat::of(&v))
+            };
+            let show = |x: Option<Stat>| x.map_or("n/a".to_owned(), |x| x.show(2));
+            rows.push(format!(
+                "| {policy}, {} | {replicas} | {} | {} |",
+                if httpd { "httpd" } else { "direct" },
+                show(per_round(f, t)),
+                show(per_round(s, f)),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "
+What the replicated floor allows (the floor with the policy's number of replicas; per \
+         round, median and spread):\n"
+    );
+    println!("| policy, path | replicas | floor requests/s / Tomcat's | shoal's / the floor's |");
+    println!("|---|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+}
+
+/// Starts the three floor servers; with `replicas` > 0, the replicated
+/// floor: node k sends each body to the `replicas` nodes after it.
+fn start_floor(ctx: &Ctx, replicas: usize) -> Result<Cluster, String> {
+    let kind = if replicas == 0 {
+        Kind::Floor
+    } else {
+        Kind::FloorRepl(replicas)
+    };
+    let mut c = Cluster::new(kind);
+    let replica_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     for k in 1..=NODES {
-        let route = format!("f{k}");
+        let route = if replicas == 0 {
+            format!("f{k}")
+        } else {
+            format!("r{replicas}f{k}")
+        };
         let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
         cmd.args(["--floor-peer", &route, &ctx.items.to_string()]);
-        let mut p = Proc::spawn(cmd, &format!("floor-{k}"), &ctx.logs, StopBy::Stdin)?;
+        if replicas > 0 {
+            cmd.arg(replica_ports[k - 1].to_string());
+            for j in 1..=replicas {
+                cmd.arg(replica_ports[(k - 1 + j) % NODES].to_string());
+            }
+        }
+        let mut p = Proc::spawn(cmd, &format!("floor-{route}"), &ctx.logs, StopBy::Stdin)?;
         let port = wait_for(
             &mut p,
             "`listening PORT`",
@@ -1456,8 +1623,15 @@ fn start_systems(opts: &Opts, ctx: &Ctx, clusters: &mut Vec<Cluster>) -> Vec<Con
     );
     // (kind, result), in round order; a failed start is reported in the table.
     let mut started: Vec<(Kind, Result<Cluster, String>)> = Vec::new();
-    eprintln!("== floor: {NODES} trivial axum servers");
-    started.push((Kind::Floor, start_floor(ctx)));
+    eprintln!("== floor: {NODES} trivial axum servers, and two replicated floors");
+    for replicas in [0, 1, NODES - 1] {
+        let kind = if replicas == 0 {
+            Kind::Floor
+        } else {
+            Kind::FloorRepl(replicas)
+        };
+        started.push((kind, start_floor(ctx, replicas)));
+    }
     let policies: Vec<&'static str> = Opts::POLICIES
         .into_iter()
         .filter(|p| opts.policies.contains(p) && opts.clusters)
@@ -1931,7 +2105,7 @@ fn report(
             continue;
         }
         let rate = c.stat(|s| s.rate);
-        let vs = if c.kind == Kind::Floor {
+        let vs = if matches!(c.kind, Kind::Floor | Kind::FloorRepl(_)) {
             "—".to_owned()
         } else {
             floor_rate(c.httpd).map_or("—".to_owned(), |f| format!("{:.2}", rate.median / f))
@@ -2070,6 +2244,7 @@ fn report(
         );
         println!("| both targets | {} |", met.join(" | "));
     }
+    floor_allows(opts, cfgs);
     where_cpu_goes(opts, cfgs);
     let carts: Vec<String> = cfgs
         .iter()
